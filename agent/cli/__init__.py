@@ -1,0 +1,1 @@
+"""The ``bwc-agent`` command line: argument parsing only, each subcommand a thin layer."""

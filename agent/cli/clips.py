@@ -1,0 +1,64 @@
+"""``bwc-agent clips``: list clips with their hashes, media, state and flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from agent.cli.common import add_config_arg, human_size, load_config, open_store, print_json, table
+from agent.errors import ConfigError
+from agent.store import STATES
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("clips", help="list clips")
+    add_config_arg(parser)
+    parser.add_argument("--state", metavar="S", help=f"only clips in state S ({', '.join(STATES)})")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=run)
+
+
+def clip_record(row: Any) -> dict[str, Any]:
+    return {
+        "clip_id": row["clip_id"], "device_serial": row["device_serial"], "path": row["path"],
+        "name": row["name"], "size": row["size"], "sha256": row["sha256"],
+        "state": row["state"], "reason": row["reason"], "flags": json.loads(row["flags"]),
+        "media": json.loads(row["media"]) if row["media"] else None,
+        "recorded_start": row["recorded_start"], "important": bool(row["important"]),
+        "officer_id": row["officer_id"] or None, "case_id": row["case_id"],
+        "copied_at": row["copied_at"], "sealed_at": row["sealed_at"],
+        "uploaded_at": row["uploaded_at"], "acknowledged_at": row["acknowledged_at"],
+        "released_at": row["released_at"], "purged_at": row["purged_at"],
+    }
+
+
+def media_summary(media: dict[str, Any] | None) -> str:
+    if not media:
+        return "-"
+    if not media.get("width"):
+        return f"{media.get('container', '?')} (no video)"
+    text = (f"{media.get('container')} {media.get('codec')} {media['width']}x{media['height']}"
+            f" {media.get('fps', 0):g}fps {media.get('duration_s', 0):.1f}s")
+    return text if media.get("decodable") else text + " UNDECODABLE"
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    if args.state and args.state not in STATES:
+        raise ConfigError(f"--state: {args.state!r} is not a clip state ({', '.join(STATES)})")
+    store = open_store(config)
+    records = [clip_record(r) for r in store.clips(args.state)]
+    if args.json:
+        print_json({"clips": records})
+        return 0
+    rows = [
+        [r["clip_id"][:13], r["name"], human_size(r["size"]),
+         r["sha256"] or "-", media_summary(r["media"]),
+         r["state"] + (f" ({r['reason']})" if r["reason"] else ""),
+         ",".join(r["flags"]) or "-"]
+        for r in records
+    ]
+    print(table(["CLIP", "NAME", "SIZE", "SHA-256", "MEDIA", "STATE", "FLAGS"], rows))
+    print(f"{len(records)} clips; vault: {config.data_dir / 'vault'}")
+    return 0

@@ -1,0 +1,57 @@
+"""``bwc-agent run``: the daemon, or ``--once`` for the devices docked now."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+from agent.cli.common import add_config_arg, load_config
+from agent.station import Station
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("run", help="run the station daemon")
+    add_config_arg(parser)
+    parser.add_argument("--once", action="store_true",
+                        help="offload the devices docked now, seal (and sync) everything, exit")
+    parser.add_argument("--platform-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="with --once and a platform: how long to wait for acknowledgements")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    if not args.verbose:
+        logging.getLogger().setLevel(config.station.log_level.upper())
+    station = Station(config)
+    if args.once:
+        station.start(watch=False)
+        try:
+            summary = station.run_once(platform_timeout_s=args.platform_timeout)
+        finally:
+            station.stop()
+        for report in summary.reports:
+            print(f"{report.serial or report.handle}: {report.recordings} recordings, "
+                  f"{len(report.copied)} copied, {report.already_ingested} already ingested, "
+                  f"{len(report.duplicates)} duplicates, {len(report.quarantined)} quarantined, "
+                  f"{len(report.skipped)} skipped" +
+                  (f"; errors: {'; '.join(report.errors)}" if report.errors else ""))
+        for failure in summary.failures:
+            print(f"failed: {failure}", file=sys.stderr)
+        return 0 if summary.ok else 1
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).warning("signal %d: stopping", signum)
+        station.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    station.start(watch=True)
+    try:
+        station.wait()
+    finally:
+        station.stop()
+    return 0

@@ -1,0 +1,78 @@
+"""``bwc-agent status``: devices, clips by state, backlog, disk, sync."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from agent.cli.common import add_config_arg, human_size, load_config, open_store, print_json
+from agent.config import Config
+from agent.store import STATES, Store
+
+BACKLOG_STATES = ("discovered", "copying", "copied", "sealed", "uploading", "uploaded")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("status", help="station status")
+    add_config_arg(parser)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=run)
+
+
+def collect(config: Config, store: Store) -> dict[str, Any]:
+    counts = store.counts_by_state()
+    devices = [
+        {"serial": r["serial"], "model": r["model"], "officer_id": r["officer_id"],
+         "docked": r["docked_handle"] is not None, "last_seen": r["last_seen"],
+         "clock_offset_s": r["clock_offset_s"]}
+        for r in store.query("SELECT * FROM devices ORDER BY serial")
+    ]
+    stat = os.statvfs(config.data_dir)
+    pending = store.query_one("SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL")
+    checkpoint = store.query_one("SELECT size, at FROM checkpoints ORDER BY size DESC LIMIT 1")
+    last_ack = store.query_one("SELECT MAX(acknowledged_at) AS at FROM clips")
+    return {
+        "station_id": config.station.id,
+        "data_dir": str(config.data_dir),
+        "devices": devices,
+        "clips": {state: counts.get(state, 0) for state in STATES},
+        "backlog": sum(counts.get(s, 0) for s in BACKLOG_STATES),
+        "disk": {"free_bytes": stat.f_bavail * stat.f_frsize,
+                 "total_bytes": stat.f_blocks * stat.f_frsize},
+        "log": {"size": store.log_size(),
+                "checkpoint": dict(checkpoint) if checkpoint else None},
+        "sync": {"platform": config.platform is not None,
+                 "outbox_pending": int(pending["n"]) if pending else 0,
+                 "last_ack": last_ack["at"] if last_ack else None},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    store = open_store(config)
+    info = collect(config, store)
+    if args.json:
+        print_json(info)
+        return 0
+    print(f"station {info['station_id']}  data: {info['data_dir']}")
+    print(f"disk free: {human_size(info['disk']['free_bytes'])} of "
+          f"{human_size(info['disk']['total_bytes'])}")
+    print("devices:")
+    for d in info["devices"] or []:
+        print(f"  {d['serial']:<12} {d['model']:<20} officer {d['officer_id'] or '-':<8} "
+              f"{'DOCKED' if d['docked'] else 'last seen ' + d['last_seen']}")
+    if not info["devices"]:
+        print("  (none seen yet)")
+    print("clips: " + (", ".join(f"{k} {v}" for k, v in info["clips"].items() if v) or "none"))
+    print(f"backlog: {info['backlog']}")
+    cp = info["log"]["checkpoint"]
+    print(f"custody log: {info['log']['size']} entries; last checkpoint: "
+          f"{cp['size']} at {cp['at']}" if cp else
+          f"custody log: {info['log']['size']} entries; no checkpoint yet")
+    if info["sync"]["platform"]:
+        print(f"sync: {info['sync']['outbox_pending']} events pending; last ack "
+              f"{info['sync']['last_ack'] or 'never'}")
+    else:
+        print("sync: no platform configured (local only)")
+    return 0

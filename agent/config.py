@@ -1,0 +1,222 @@
+"""The station configuration: one validated, typed tree loaded from TOML.
+
+Relative paths are resolved against the directory of the configuration file,
+so a station directory can be moved as a whole.  Secrets never live here:
+keys that name secrets point to files (checked for permissions) or name
+environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.configschema import load_section, option
+from agent.errors import ConfigError
+
+STATION_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StationSection:
+    id: str = option(doc="Station ID; also the MQTT client ID and certificate CN.",
+                     pattern=STATION_ID_PATTERN)
+    data_dir: Path = option(doc="Store, vault and keys live below it.")
+    max_ingest_workers: int = option(2, min=1, max=16,
+                                     doc="Devices offloaded at the same time.")
+    log_level: str = option("info", choices=("debug", "info", "warning", "error"),
+                            doc="Daemon log level.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestSection:
+    chunk_kib: int = option(1024, min=64, max=65536, doc="Read/write block size (KiB).")
+    queue_chunks: int = option(8, min=2, max=64,
+                               doc="Blocks in flight between reader, hasher and writer.")
+    verify: bool = option(True, doc="Re-read each vault copy from disk and compare its hash.")
+    change_retries: int = option(2, min=0, max=10,
+                                 doc="Re-copies of a file that changed during the copy "
+                                     "before it is quarantined.")
+    min_free_mb: int = option(512, min=0,
+                              doc="Stop ingesting (and alert) when the vault disk has less "
+                                  "free space than this.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MediaSection:
+    probe: bool = option(True, doc="Probe each clip with OpenCV (container, codec, size...).")
+    decode_check: bool = option(True, doc="Decode frames near the end to catch truncated files.")
+    max_clock_skew_s: float = option(300.0, min=0,
+                                     doc="Device clock offset above which clips are flagged.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CustodySection:
+    checkpoint_interval_s: int = option(300, min=5, max=86400,
+                                        doc="Seconds between signed log checkpoints.")
+    case_id_pattern: str = option(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}",
+                                  doc="Regular expression every case ID must match.")
+    credential_key_file: Path | None = option(
+        None, doc="Platform public key (PEM) that signs officer credentials.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlatformSection:
+    mqtt_url: str = option(doc="Broker URL: mqtts://host:port (mqtt:// needs insecure=true).")
+    upload_url: str = option(doc="tus 1.0 creation endpoint (https://...).")
+    ca_file: Path = option(doc="CA bundle that verifies the broker and the upload server.")
+    cert_file: Path | None = option(None, doc="Station TLS client certificate (mutual TLS).")
+    key_file: Path | None = option(None, doc="Station TLS client key (mode 0600).")
+    platform_key_file: Path = option(doc="Platform public key (PEM) that signs acks and "
+                                         "commands.")
+    insecure: bool = option(False, doc="Allow mqtt:// and http:// (development only).")
+    mqtt_protocol: str = option("5", choices=("5", "3.1.1"), doc="MQTT protocol version.")
+    username: str | None = option(None, doc="Broker user name, if the broker asks for one.")
+    password_file: Path | None = option(None, doc="File holding the broker password (0600).")
+    keepalive_s: int = option(30, min=5, max=3600, doc="MQTT keep-alive.")
+    status_interval_s: int = option(60, min=5, max=3600, doc="Seconds between status reports.")
+    upload_concurrency: int = option(2, min=1, max=16, doc="Uploads at the same time.")
+    upload_chunk_mib: int = option(8, min=1, max=256, doc="Bytes per tus PATCH request (MiB).")
+    bandwidth_kib_s: int = option(0, min=0, doc="Upload bandwidth cap in KiB/s (0: none).")
+    retry_max_s: int = option(300, min=1, max=86400, doc="Longest back-off between retries.")
+    command_max_age_s: int = option(600, min=10, max=86400,
+                                    doc="Commands older than this are refused as stale.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetentionSection:
+    release: str = option("after-ack", choices=("after-ack", "never"),
+                          doc="Delete a clip from the camera after the platform acknowledged it.")
+    keep_days: float = option(30.0, min=0, doc="Days an acknowledged clip stays in the vault.")
+    low_water_mb: int = option(2048, min=0,
+                               doc="Purge acknowledged clips early when free space falls "
+                                   "below this.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole configuration.  ``devices`` maps a driver key to that driver's config."""
+
+    station: StationSection
+    devices: dict[str, Any]
+    ingest: IngestSection
+    media: MediaSection
+    custody: CustodySection
+    retention: RetentionSection
+    platform: PlatformSection | None
+    source: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.station.data_dir
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "station": StationSection,
+    "ingest": IngestSection,
+    "media": MediaSection,
+    "custody": CustodySection,
+    "retention": RetentionSection,
+    "platform": PlatformSection,
+}
+
+
+def _resolve_paths(obj: Any, base: Path) -> Any:
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return obj
+    changes: dict[str, Any] = {}
+    for fld in dataclasses.fields(obj):
+        value = getattr(obj, fld.name)
+        if isinstance(value, Path) and not value.is_absolute():
+            changes[fld.name] = (base / value).resolve()
+        elif dataclasses.is_dataclass(value):
+            changes[fld.name] = _resolve_paths(value, base)
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
+    """Validate a parsed TOML document; raises ConfigError listing every problem."""
+    from drivers import REGISTRY  # drivers depend on agent; import late to avoid a cycle
+
+    problems: list[str] = []
+    for key in raw:
+        if key not in _SECTIONS and key != "devices":
+            problems.append(f"{key}: unknown section (allowed: {', '.join([*_SECTIONS, 'devices'])})")
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name)
+        if table is None:
+            if name == "platform":
+                sections[name] = None
+                continue
+            table = {}
+        if not isinstance(table, dict):
+            problems.append(f"{name}: expected a table, got {type(table).__name__}")
+            table = {}
+        sections[name] = load_section(cls, table, name, problems)
+
+    devices: dict[str, Any] = {}
+    dev_table = raw.get("devices", {})
+    if not isinstance(dev_table, dict):
+        problems.append("devices: expected a table of driver sections")
+        dev_table = {}
+    for key, table in dev_table.items():
+        spec = REGISTRY.get(key)
+        if spec is None:
+            problems.append(f"devices.{key}: unknown driver (known: {', '.join(sorted(REGISTRY))})")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"devices.{key}: expected a table")
+            continue
+        devices[key] = load_section(spec.config_cls, table, f"devices.{key}", problems)
+    if not devices and "devices" in raw:
+        problems.append("devices: no driver configured")
+
+    platform = sections["platform"]
+    if platform is not None and not problems:
+        problems.extend(_check_platform(platform))
+
+    if problems:
+        where = f" in {source}" if source else ""
+        raise ConfigError(f"configuration is invalid{where} ({len(problems)} problems)", problems)
+
+    resolved = {name: _resolve_paths(value, base_dir) for name, value in sections.items()}
+    devices = {k: _resolve_paths(v, base_dir) for k, v in devices.items()}
+    return Config(devices=devices, source=source, **resolved)
+
+
+def _check_platform(p: PlatformSection) -> list[str]:
+    problems = []
+    if p.mqtt_url.startswith("mqtt://") and not p.insecure:
+        problems.append("platform.mqtt_url: mqtt:// sends evidence events in clear text; "
+                        "use mqtts:// or set platform.insecure = true for development")
+    elif not p.mqtt_url.startswith(("mqtts://", "mqtt://")):
+        problems.append(f"platform.mqtt_url: {p.mqtt_url!r} is not an mqtts:// or mqtt:// URL")
+    if p.upload_url.startswith("http://") and not p.insecure:
+        problems.append("platform.upload_url: http:// sends footage in clear text; "
+                        "use https:// or set platform.insecure = true for development")
+    elif not p.upload_url.startswith(("https://", "http://")):
+        problems.append(f"platform.upload_url: {p.upload_url!r} is not an https:// URL")
+    if (p.cert_file is None) != (p.key_file is None):
+        problems.append("platform.cert_file / platform.key_file: give both or neither")
+    return problems
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the configuration file at ``path``."""
+    source = Path(path)
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {source}: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: TOML syntax error: {exc}") from exc
+    return parse(raw, source.resolve().parent, source)

@@ -1,0 +1,134 @@
+"""Sealing and checkpoints: the station's signature on each clip and on the log.
+
+Sealing a clip is one transaction: the signed manifest is stored, the clip
+moves ``copied → sealed``, the custody log gets a ``clip.sealed`` entry (with
+the manifest's digest) and the platform event is queued.  A crash before the
+commit leaves the clip ``copied``; start-up seals it again.  A crash after it
+leaves it sealed; nothing is sealed twice (the transition is refused).
+
+Checkpoints sign the log's Merkle root: after each burst of seals and every
+``custody.checkpoint_interval_s`` seconds while the log grows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from typing import Any
+
+from agent.config import Config
+from agent.custody import dsse, merkle
+from agent.custody.jcs import canonicalize
+from agent.custody.keys import StationKey, check_key_matches_certificate, init_station_keys, \
+    load_certificate
+from agent.custody.manifest import build_manifest
+from agent.errors import StoreError
+from agent.store import ClipState, Store
+from agent.timeutil import now
+from agent.vault import Vault
+
+log = logging.getLogger(__name__)
+S = ClipState
+
+
+def key_paths(config: Config) -> tuple[Any, Any]:
+    keys = config.data_dir / "keys"
+    return keys / "station.key", keys / "station.pem"
+
+
+class Custody:
+    def __init__(self, config: Config, store: Store, vault: Vault) -> None:
+        self.config = config
+        self.store = store
+        self.vault = vault
+        self.key: StationKey | None = None
+        self._seal_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+
+    def start(self) -> None:
+        key_path, cert_path = key_paths(self.config)
+        if not key_path.exists():
+            # Like an SSH host key: a new station makes its identity on first start.
+            log.warning("no station key yet: creating %s and a development certificate",
+                        key_path)
+            init_station_keys(self.config.data_dir, self.config.station.id)
+        self.key = StationKey.load(key_path)
+        check_key_matches_certificate(self.key, load_certificate(cert_path))
+        self._timer = threading.Thread(target=self._run_timer, name="checkpoint", daemon=True)
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(timeout=10)
+        try:
+            self.checkpoint()
+        except StoreError:
+            log.exception("final checkpoint failed")
+
+    @property
+    def key_id(self) -> str:
+        assert self.key is not None
+        return self.key.keyid
+
+    # --- sealing -------------------------------------------------------------------------
+
+    def seal(self, clip_id: str) -> dict[str, Any] | None:
+        """Seal a copied clip; returns its DSSE envelope (None if it is not ``copied``)."""
+        assert self.key is not None
+        with self._seal_lock, self.store.transaction() as tx:
+            clip = tx.clip(clip_id)
+            if clip["state"] != S.COPIED.value:
+                return None
+            device = tx.one("SELECT * FROM devices WHERE serial = ?", (clip["device_serial"],))
+            manifest = build_manifest(clip, device, station_id=self.config.station.id,
+                                      key_id=self.key.keyid)
+            payload = canonicalize(manifest)
+            envelope = dsse.sign_envelope(dsse.MANIFEST, payload, [self.key])
+            manifest_sha = hashlib.sha256(payload).hexdigest()
+            tx.transition(clip_id, S.SEALED, manifest=json.dumps(envelope), sealed_at=now(),
+                          log_body={"sha256": clip["sha256"], "manifest_sha256": manifest_sha})
+            tx.event("clip.sealed", {"clip_id": clip_id, "sha256": clip["sha256"],
+                                     "size": clip["size"], "important": bool(clip["important"]),
+                                     "manifest": envelope})
+        return envelope
+
+    def seal_pending(self) -> int:
+        """Seal every clip left ``copied`` (after a crash or between sessions)."""
+        rows = self.store.clips(S.COPIED.value)
+        for row in rows:
+            self.seal(row["clip_id"])
+        if rows:
+            self.checkpoint()
+        return len(rows)
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """Sign the current log root, if the log grew since the last checkpoint."""
+        assert self.key is not None
+        with self._seal_lock:
+            size = self.store.log_size()
+            last = self.store.query_one("SELECT MAX(size) AS n FROM checkpoints")
+            if size == 0 or (last is not None and last["n"] is not None and last["n"] >= size):
+                return None
+            leaves = self.store.leaf_hashes(size)
+            body = {"station_id": self.config.station.id, "size": size,
+                    "root": merkle.root(leaves).hex(), "at": now()}
+            envelope = dsse.sign_envelope(dsse.CHECKPOINT, canonicalize(body), [self.key])
+            with self.store.transaction() as tx:
+                tx.execute("INSERT INTO checkpoints (size, root, at, envelope) VALUES (?,?,?,?)",
+                           (size, body["root"], body["at"], json.dumps(envelope)))
+                tx.event("log.checkpoint", {"checkpoint": envelope, **body})
+        return envelope
+
+    def _run_timer(self) -> None:
+        interval = self.config.custody.checkpoint_interval_s
+        while not self._stop.wait(interval):
+            try:
+                self.checkpoint()
+            except StoreError:
+                log.exception("checkpoint failed")

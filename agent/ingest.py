@@ -1,0 +1,147 @@
+"""Single-pass copy of a recording into the vault: read once, hash and write overlapped.
+
+The device is read exactly once.  Three threads share the work so that the
+device read, SHA-256 and the vault write overlap (each releases the GIL in
+its system call or in hashlib):
+
+    reader (caller's thread) ──chunk──▶ hash queue  ──▶ hasher
+                              └────────▶ write queue ──▶ writer ──▶ fsync
+
+Memory stays bounded: at most ``queue_chunks`` chunks wait in each queue, so
+the peak is about ``2 × queue_chunks × chunk`` bytes whatever the file size.
+The temp file is fsynced before :func:`copy_to_vault` returns; moving it into
+place is the vault's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from agent.errors import AgentError, DeviceError, DeviceGoneError, StoreError
+
+_DONE = b""
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    sha256: str
+    size: int
+
+
+class _Stage(threading.Thread):
+    """A consumer thread that records the first exception it meets."""
+
+    def __init__(self, name: str, q: queue.Queue[bytes]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.q = q
+        self.error: BaseException | None = None
+
+    def consume(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called after the end marker (fsync for the writer)."""
+
+    def run(self) -> None:
+        while True:
+            chunk = self.q.get()
+            if chunk is _DONE:
+                break
+            if self.error is None:
+                try:
+                    self.consume(chunk)
+                except BaseException as exc:
+                    self.error = exc
+        if self.error is None:
+            try:
+                self.finish()
+            except BaseException as exc:
+                self.error = exc
+
+
+class _Hasher(_Stage):
+    def __init__(self, q: queue.Queue[bytes]) -> None:
+        super().__init__("ingest-hash", q)
+        self.h = hashlib.sha256()
+
+    def consume(self, chunk: bytes) -> None:
+        self.h.update(chunk)
+
+
+class _Writer(_Stage):
+    def __init__(self, q: queue.Queue[bytes], fd: int) -> None:
+        super().__init__("ingest-write", q)
+        self.fd = fd
+        self.written = 0
+
+    def consume(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.written += len(chunk)
+
+    def finish(self) -> None:
+        os.fsync(self.fd)
+
+
+def copy_to_vault(source: BinaryIO, temp: Path, *, chunk_size: int, queue_chunks: int) -> CopyResult:
+    """Copy ``source`` to ``temp`` (created new, fsynced), hashing in the same pass.
+
+    Raises DeviceGoneError / DeviceError for the device side, StoreError for the
+    vault side.  On any error the temp file is removed.
+    """
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot create {temp}: {exc.strerror}") from exc
+    hash_q: queue.Queue[bytes] = queue.Queue(maxsize=queue_chunks)
+    write_q: queue.Queue[bytes] = queue.Queue(maxsize=queue_chunks)
+    hasher = _Hasher(hash_q)
+    writer = _Writer(write_q, fd)
+    hasher.start()
+    writer.start()
+    read_error: BaseException | None = None
+    total = 0
+    try:
+        while writer.error is None and hasher.error is None:
+            try:
+                chunk = source.read(chunk_size)
+            except AgentError:
+                raise
+            except OSError as exc:
+                raise DeviceError(f"read failed: {exc.strerror or exc}") from exc
+            if not chunk:
+                break
+            total += len(chunk)
+            hash_q.put(chunk)
+            write_q.put(chunk)
+    except BaseException as exc:
+        read_error = exc
+    finally:
+        hash_q.put(_DONE)
+        write_q.put(_DONE)
+        hasher.join()
+        writer.join()
+        os.close(fd)
+    failure = read_error or writer.error or hasher.error
+    if failure is not None:
+        try:
+            temp.unlink()
+        except OSError:
+            pass
+        if isinstance(failure, AgentError):
+            raise failure
+        if failure is writer.error and isinstance(failure, OSError):
+            raise StoreError(f"writing {temp.name} into the vault failed: "
+                             f"{failure.strerror}") from failure
+        if isinstance(failure, OSError):
+            raise DeviceGoneError(f"device read failed: {failure}") from failure
+        raise failure
+    return CopyResult(sha256=hasher.h.hexdigest(), size=total)

@@ -1,0 +1,366 @@
+"""A dock session: identify a docked device, register its recordings, copy each into the vault.
+
+One worker thread owns a device for the whole session.  For each recording:
+
+    discovered ─▶ copying ─▶ copied ─▶ (sealed, by the custody sealer)
+                   │  ├──▶ discovered   device removed mid-copy: partial discarded,
+                   │  │                 resumes on the next dock
+                   │  ├──▶ duplicate    the same bytes are already in the vault
+                   │  └──▶ quarantined  kept changing after retries, or unreadable
+
+A recording already known (same device serial, path, size and mtime) is not
+copied again.  Every step is a custody log entry in the same transaction as
+the state change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import media
+from agent.config import Config
+from agent.errors import AgentError, DeviceError, DeviceGoneError, IntegrityError, StoreError
+from agent.ingest import copy_to_vault
+from agent.store import ClipState, Store
+from agent.timeutil import now, parse_rfc3339, rfc3339, uuid7
+from agent.vault import Vault
+from drivers.base import Device, DeviceInfo, Recording
+
+log = logging.getLogger(__name__)
+S = ClipState
+
+
+@dataclass
+class DockReport:
+    """What happened during one dock session: shown to people, stored with the dock."""
+
+    handle: str
+    serial: str = ""
+    model: str = ""
+    officer_id: str = ""
+    docked_at: str = field(default_factory=now)
+    recordings: int = 0
+    new: int = 0
+    already_ingested: int = 0
+    copied: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    clock_offset_s: float | None = None
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors or self.quarantined or self.interrupted)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def mtime_ms(value: float) -> int:
+    return round(value * 1000)
+
+
+class Offloader:
+    """Runs dock sessions.  Thread-safe: each call works on its own device."""
+
+    def __init__(self, config: Config, store: Store, vault: Vault,
+                 after_copy: Callable[[str], None] | None = None,
+                 before_listing: Callable[[Device, DeviceInfo], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.vault = vault
+        self.after_copy = after_copy
+        self.before_listing = before_listing
+
+    # --- the session ---------------------------------------------------------------------
+
+    def offload(self, device: Device) -> DockReport:
+        report = DockReport(handle=device.handle)
+        try:
+            info = device.identify()
+        except AgentError as exc:
+            report.errors.append(f"identify failed: {exc}")
+            self._alert(None, "device.unidentified", f"{device.handle}: {exc}")
+            return report
+        report.serial, report.model, report.officer_id = info.serial, info.model, info.officer_id
+        report.clock_offset_s = _clock_offset(info)
+        dock_id = self._record_dock(device, info, report)
+        try:
+            if self.before_listing is not None:
+                self.before_listing(device, info)
+            self._ingest_all(device, info, dock_id, report)
+        except DeviceGoneError as exc:
+            report.errors.append(f"device removed: {exc}")
+            log.warning("%s removed during offload: %s", info.serial, exc)
+        except DeviceError as exc:
+            report.errors.append(str(exc))
+            self._alert(info.serial, "device.error", str(exc))
+        if not report.errors and device.present():
+            self._sync_clock(device, info, report)
+        with self.store.transaction() as tx:
+            tx.execute("UPDATE docks SET report = ? WHERE id = ?",
+                       (json.dumps(report.as_dict(), ensure_ascii=False), dock_id))
+        return report
+
+    def _record_dock(self, device: Device, info: DeviceInfo, report: DockReport) -> int:
+        at = report.docked_at
+        with self.store.transaction() as tx:
+            tx.execute(
+                """INSERT INTO devices (serial, driver, vendor, model, firmware, officer_id,
+                       officer_name, unit_code, unit_name, usb_id, clock_offset_s, first_seen,
+                       last_seen, docked_handle)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT (serial) DO UPDATE SET driver=excluded.driver,
+                       vendor=excluded.vendor, model=excluded.model, firmware=excluded.firmware,
+                       officer_id=excluded.officer_id, officer_name=excluded.officer_name,
+                       unit_code=excluded.unit_code, unit_name=excluded.unit_name,
+                       usb_id=excluded.usb_id, clock_offset_s=excluded.clock_offset_s,
+                       last_seen=excluded.last_seen, docked_handle=excluded.docked_handle""",
+                (info.serial, info.driver, info.vendor, info.model, info.firmware,
+                 info.officer_id, info.officer_name, info.unit_code, info.unit_name,
+                 info.usb_id, report.clock_offset_s, at, at, device.handle))
+            cur = tx.execute("INSERT INTO docks (device_serial, handle, docked_at) VALUES (?,?,?)",
+                             (info.serial, device.handle, at))
+            dock_id = int(cur.lastrowid or 0)
+            body = device_body(info)
+            body.update({"handle": device.handle, "dock_id": dock_id,
+                         "clock_offset_s": report.clock_offset_s})
+            tx.log("device.docked", None, body)
+            tx.event("device.docked", body)
+        return dock_id
+
+    def _ingest_all(self, device: Device, info: DeviceInfo, dock_id: int,
+                    report: DockReport) -> None:
+        listing = device.recordings()
+        report.recordings = len(listing.recordings)
+        report.skipped = [{"path": s.path, "reason": s.reason} for s in listing.skipped]
+        if listing.skipped:
+            with self.store.transaction() as tx:
+                tx.log("device.skipped", None, {"serial": info.serial, "entries": report.skipped})
+            for s in listing.skipped:
+                log.warning("%s: skipped %r: %s", info.serial, s.path, s.reason)
+        todo: list[tuple[str, Recording]] = []
+        # Important clips first: if the officer undocks early, those are already safe.
+        for rec in sorted(listing.recordings, key=lambda r: (not r.important, r.path)):
+            clip_id = self._register(info, rec, dock_id, report)
+            if clip_id is not None:
+                todo.append((clip_id, rec))
+        for clip_id, rec in todo:
+            self._copy_with_retries(device, info, clip_id, rec, report)
+
+    def _register(self, info: DeviceInfo, rec: Recording, dock_id: int,
+                  report: DockReport) -> str | None:
+        """Find or create the clip row for a recording; None if it needs no copy."""
+        identity = (info.serial, rec.path, rec.size, mtime_ms(rec.mtime))
+        with self.store.transaction() as tx:
+            row = tx.one("SELECT clip_id, state FROM clips WHERE device_serial = ? AND path = ?"
+                         " AND size = ? AND mtime_ms = ?", identity)
+            if row is not None:
+                if row["state"] == S.DISCOVERED.value:
+                    tx.update_clip(row["clip_id"], dock_id=dock_id, docked_at=report.docked_at)
+                    return str(row["clip_id"])
+                report.already_ingested += 1
+                return None
+            clip_id = uuid7()
+            flags = list(rec.name_flags)
+            if rec.size == 0:
+                flags.append("file.empty")
+            tx.execute(
+                """INSERT INTO clips (clip_id, device_serial, path, name, size, mtime_ms, state,
+                       flags, recorded_start, important, officer_id, dock_id, docked_at,
+                       discovered_at, updated_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                (clip_id, *identity[:2], rec.name, rec.size, identity[3], S.DISCOVERED.value,
+                 json.dumps(flags), rec.recorded_start, int(rec.important), info.officer_id,
+                 dock_id, report.docked_at, now(), now()))
+            tx.log("clip.discovered", clip_id, {
+                "device_serial": info.serial, "path": rec.path, "size": rec.size,
+                "mtime": rfc3339(rec.mtime), "important": rec.important, "flags": flags})
+        report.new += 1
+        return clip_id
+
+    # --- one clip ------------------------------------------------------------------------
+
+    def _copy_with_retries(self, device: Device, info: DeviceInfo, clip_id: str,
+                           rec: Recording, report: DockReport) -> None:
+        retries = self.config.ingest.change_retries
+        for attempt in range(retries + 1):
+            last = attempt == retries
+            outcome = self._copy_once(device, info, clip_id, rec, last_attempt=last)
+            if outcome == "copied":
+                report.copied.append(clip_id)
+                if self.after_copy is not None:
+                    self.after_copy(clip_id)
+                return
+            if outcome == "duplicate":
+                report.duplicates.append(clip_id)
+                return
+            if outcome == "quarantined":
+                report.quarantined.append(clip_id)
+                return
+            # "retry": the file changed or a read failed; try again.
+        report.quarantined.append(clip_id)
+
+    def _copy_once(self, device: Device, info: DeviceInfo, clip_id: str, rec: Recording,
+                   *, last_attempt: bool) -> str:
+        ingest = self.config.ingest
+        with self.store.transaction() as tx:
+            attempts = int(tx.clip(clip_id)["copy_attempts"]) + 1
+            tx.transition(clip_id, S.COPYING, copy_attempts=attempts,
+                          log_body={"attempt": attempts})
+        temp = self.vault.temp_path(clip_id)
+        self.vault.discard(temp)  # a leftover from an earlier attempt in this process
+        try:
+            before = device.stat(rec)
+            with device.open(rec) as stream:
+                result = copy_to_vault(stream, temp, chunk_size=ingest.chunk_kib * 1024,
+                                       queue_chunks=ingest.queue_chunks)
+            after = device.stat(rec)
+        except DeviceGoneError as exc:
+            self.vault.discard(temp)
+            self._back_to_discovered(clip_id, f"device removed during copy: {exc}")
+            raise
+        except DeviceError as exc:
+            self.vault.discard(temp)
+            if last_attempt:
+                self._quarantine(clip_id, f"unreadable on the device: {exc}", None)
+                return "quarantined"
+            self._back_to_discovered(clip_id, f"read failed, retrying: {exc}")
+            return "retry"
+        expected = (rec.size, mtime_ms(rec.mtime))
+        changed = [
+            what for what, ok in (
+                (f"size {rec.size} -> {before[0]}", before[0] == rec.size),
+                (f"mtime {rfc3339(rec.mtime)} -> {rfc3339(before[1])}",
+                 mtime_ms(before[1]) == expected[1]),
+                (f"{result.size} bytes read of {before[0]}", result.size == before[0]),
+                (f"size {before[0]} -> {after[0]} during the copy", after[0] == before[0]),
+                (f"mtime changed during the copy", mtime_ms(after[1]) == mtime_ms(before[1])),
+            ) if not ok
+        ]
+        if changed:
+            reason = "file changed while being copied: " + "; ".join(changed)
+            if not last_attempt:
+                self.vault.discard(temp)
+                self._back_to_discovered(clip_id, reason + "; retrying")
+                return "retry"
+            # Keep what was read: it is evidence too.  The clip is quarantined with it.
+            self.vault.commit(temp, result.sha256)
+            self._quarantine(clip_id, reason, result.sha256)
+            return "quarantined"
+        return self._store_copy(clip_id, temp, result.sha256, result.size, info, rec)
+
+    def _store_copy(self, clip_id: str, temp: Any, sha256: str, size: int, info: DeviceInfo,
+                    rec: Recording) -> str:
+        existed = self.vault.has(sha256)
+        final = self.vault.commit(temp, sha256)
+        verified = False
+        if self.config.ingest.verify:
+            try:
+                self.vault.verify(sha256)
+                verified = True
+            except IntegrityError as exc:
+                if not existed:
+                    self.vault.remove(sha256)
+                self._alert(info.serial, "vault.verify_failed", str(exc))
+                self._back_to_discovered(clip_id, f"vault copy failed verification: {exc}")
+                return "retry"
+        dup = self.store.query_one(
+            "SELECT clip_id FROM clips WHERE sha256 = ? AND clip_id != ? AND state != ?",
+            (sha256, clip_id, S.DUPLICATE.value))
+        if dup is not None:
+            with self.store.transaction() as tx:
+                tx.transition(clip_id, S.DUPLICATE, sha256=sha256, copied_at=now(),
+                              verified=int(verified),
+                              log_body={"sha256": sha256, "duplicate_of": dup["clip_id"]})
+            return "duplicate"
+        media_info, flags = self._probe(final)
+        row = self.store.clip(clip_id)
+        dev = self.store.query_one("SELECT clock_offset_s FROM devices WHERE serial = ?",
+                                   (info.serial,))
+        offset = dev["clock_offset_s"] if dev is not None else None
+        all_flags = sorted(set(json.loads(row["flags"])) | set(flags)
+                           | set(clock_flags(offset, self.config.media.max_clock_skew_s)))
+        recorded_end = None
+        if rec.recorded_start and media_info and media_info.get("duration_s"):
+            start = parse_rfc3339(rec.recorded_start).timestamp()
+            recorded_end = rfc3339(start + float(media_info["duration_s"]))
+        with self.store.transaction() as tx:
+            tx.transition(
+                clip_id, S.COPIED, sha256=sha256, copied_at=now(), verified=int(verified),
+                media=json.dumps(media_info) if media_info is not None else None,
+                flags=json.dumps(all_flags), recorded_end=recorded_end,
+                log_body={"sha256": sha256, "size": size, "verified": verified,
+                          "flags": all_flags})
+        return "copied"
+
+    def _probe(self, path: Any) -> tuple[dict[str, Any] | None, list[str]]:
+        if not self.config.media.probe:
+            return None, []
+        info = media.probe(path, decode_check=self.config.media.decode_check)
+        return info.to_dict(), media.flags_for(info)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _back_to_discovered(self, clip_id: str, reason: str) -> None:
+        log.warning("clip %s: %s", clip_id, reason)
+        with self.store.transaction() as tx:
+            tx.transition(clip_id, S.DISCOVERED, log_body={"reason": reason})
+
+    def _quarantine(self, clip_id: str, reason: str, sha256: str | None) -> None:
+        log.error("clip %s quarantined: %s", clip_id, reason)
+        with self.store.transaction() as tx:
+            fields: dict[str, Any] = {"reason": reason}
+            if sha256 is not None:
+                fields.update(sha256=sha256, copied_at=now())
+            tx.transition(clip_id, S.QUARANTINED, log_body={"reason": reason, "sha256": sha256},
+                          **fields)
+            tx.event("alert", {"code": "clip.quarantined", "clip_id": clip_id,
+                               "message": reason})
+
+    def _alert(self, serial: str | None, code: str, message: str) -> None:
+        log.error("%s: %s", code, message)
+        try:
+            with self.store.transaction() as tx:
+                tx.log("alert", None, {"code": code, "serial": serial, "message": message})
+                tx.event("alert", {"code": code, "serial": serial, "message": message})
+        except StoreError:
+            log.exception("could not record alert %s", code)
+
+    def _sync_clock(self, device: Device, info: DeviceInfo, report: DockReport) -> None:
+        try:
+            offset = device.sync_clock(time.time())
+        except AgentError as exc:
+            log.warning("%s: clock sync failed: %s", info.serial, exc)
+            return
+        if offset is None:
+            return
+        with self.store.transaction() as tx:
+            tx.log("device.clock_synced", None, {"serial": info.serial, "offset_s": offset})
+
+
+def device_body(info: DeviceInfo) -> dict[str, Any]:
+    return {"serial": info.serial, "vendor": info.vendor, "model": info.model,
+            "firmware": info.firmware, "officer_id": info.officer_id, "driver": info.driver}
+
+
+def _clock_offset(info: DeviceInfo) -> float | None:
+    if not info.clock:
+        return None
+    try:
+        return round(parse_rfc3339(info.clock).timestamp() - time.time(), 3)
+    except ValueError:
+        return None
+
+
+def clock_flags(offset: float | None, max_skew_s: float) -> list[str]:
+    if offset is not None and abs(offset) > max_skew_s:
+        return ["clock.skew"]
+    return []

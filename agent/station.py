@@ -1,0 +1,227 @@
+"""The Station: every service of the daemon, started in order and stopped in reverse.
+
+Threads (DESIGN.md §10): detectors call back into the dock queue; one worker
+per docked device (bounded by ``station.max_ingest_workers``) runs the dock
+session; the custody checkpointer and, with a platform, the sync services run
+beside them.  Each device and each connection has one owner thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import Config
+from agent.custody.sealer import Custody
+from agent.errors import AgentError
+from agent.offload import DockReport, Offloader
+from agent.store import ClipState, Store
+from agent.vault import Vault
+from drivers import REGISTRY
+from drivers.base import Detector, Device
+
+log = logging.getLogger(__name__)
+S = ClipState
+
+
+@dataclass
+class RunSummary:
+    reports: list[DockReport] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not any(r.failed for r in self.reports)
+
+
+class Station:
+    """Owns the store, vault, custody, detectors, dock workers and (optionally) sync."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store: Store | None = None
+        self.vault: Vault | None = None
+        self.custody: Custody | None = None
+        self.offloader: Offloader | None = None
+        self.detectors: list[Detector] = []
+        self.sync: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._active: dict[str, Future[DockReport]] = {}
+        self._active_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._stops: list[Callable[[], None]] = []
+        self.reports: list[DockReport] = []
+
+    # --- start / stop --------------------------------------------------------------------
+
+    def start(self, *, watch: bool = True) -> None:
+        """Start every service; on a failure, stop what was started and re-raise."""
+        try:
+            self._open_state()
+            self._recover()
+            self._start_custody()
+            self._start_sync()
+            self._start_workers()
+            if watch:
+                self._start_detectors()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self._stopping.set()
+        while self._stops:
+            stop = self._stops.pop()
+            try:
+                stop()
+            except Exception:
+                log.exception("error while stopping")
+
+    def _open_state(self) -> None:
+        data_dir = self.config.data_dir
+        self.store = Store(data_dir / "state.db", station_id=self.config.station.id,
+                           events_enabled=self.config.platform is not None)
+        self._stops.append(self.store.close)
+        self.vault = Vault(data_dir / "vault")
+
+    def _recover(self) -> None:
+        """Reclaim what a crash left in progress: partial copies are discarded and redone."""
+        assert self.store is not None and self.vault is not None
+        removed = self.vault.reclaim_incoming()
+        stuck = self.store.clips(S.COPYING.value)
+        with self.store.transaction() as tx:
+            for row in stuck:
+                tx.transition(row["clip_id"], S.DISCOVERED,
+                              log_body={"reason": "copy interrupted by a restart; re-copied on "
+                                                  "the next dock"})
+            if removed or stuck:
+                tx.log("station.recovered", None, {"partial_files_removed": len(removed),
+                                                   "clips_reset": len(stuck)})
+        if removed or stuck:
+            log.warning("recovered after an interrupted run: %d partial files removed, "
+                        "%d clips reset for re-copy", len(removed), len(stuck))
+
+    def _start_custody(self) -> None:
+        assert self.store is not None and self.vault is not None
+        self.custody = Custody(self.config, self.store, self.vault)
+        self.custody.start()
+        self._stops.append(self.custody.stop)
+        self.custody.seal_pending()
+
+    def _start_sync(self) -> None:
+        if self.config.platform is None:
+            return
+        from agent.sync.service import SyncService  # only stations with a platform need it
+
+        assert self.store is not None and self.vault is not None and self.custody is not None
+        self.sync = SyncService(self.config, self.store, self.vault, self.custody, self)
+        self.sync.start()
+        self._stops.append(self.sync.stop)
+
+    def _start_workers(self) -> None:
+        assert self.store is not None and self.vault is not None and self.custody is not None
+        custody = self.custody
+        before_listing = self.sync.before_listing if self.sync is not None else None
+        self.offloader = Offloader(self.config, self.store, self.vault,
+                                   after_copy=custody.seal, before_listing=before_listing)
+        self._pool = ThreadPoolExecutor(max_workers=self.config.station.max_ingest_workers,
+                                        thread_name_prefix="dock")
+        pool = self._pool
+        self._stops.append(lambda: pool.shutdown(wait=True, cancel_futures=True))
+
+    def _make_detectors(self) -> list[Detector]:
+        detectors = []
+        for key, driver_config in self.config.devices.items():
+            try:
+                detectors.append(REGISTRY[key].make_detector(driver_config))
+            except AgentError:
+                raise
+            except Exception as exc:
+                raise AgentError(f"driver {key!r} failed to start: {exc}") from exc
+        return detectors
+
+    def _start_detectors(self) -> None:
+        self.detectors = self._make_detectors()
+        for detector in self.detectors:
+            detector.start(self.dock, self.undock)
+            self._stops.append(detector.stop)
+        for detector in self.detectors:
+            for device in detector.scan():
+                self.dock(device)
+
+    # --- docking -------------------------------------------------------------------------
+
+    def dock(self, device: Device) -> Future[DockReport] | None:
+        """Queue a dock session for ``device`` unless one is already running for it."""
+        if self._stopping.is_set() or self._pool is None:
+            return None
+        with self._active_lock:
+            running = self._active.get(device.handle)
+            if running is not None and not running.done():
+                return running
+            future = self._pool.submit(self._session, device)
+            self._active[device.handle] = future
+            return future
+
+    def _session(self, device: Device) -> DockReport:
+        assert self.offloader is not None
+        log.info("docked: %s", device.handle)
+        report = self.offloader.offload(device)
+        self.reports.append(report)
+        if self.custody is not None:
+            self.custody.checkpoint()  # a signed checkpoint after each burst of seals
+        log.info("offload of %s done: %d new, %d copied, %d already ingested, %d quarantined,"
+                 " %d skipped", report.serial or device.handle, report.new, len(report.copied),
+                 report.already_ingested, len(report.quarantined), len(report.skipped))
+        return report
+
+    def undock(self, handle: str) -> None:
+        log.info("undocked: %s", handle)
+        if self.store is None:
+            return
+        with self.store.transaction() as tx:
+            row = tx.one("SELECT serial FROM devices WHERE docked_handle = ?", (handle,))
+            if row is None:
+                return
+            tx.execute("UPDATE devices SET docked_handle = NULL WHERE serial = ?",
+                       (row["serial"],))
+            tx.execute("UPDATE docks SET undocked_at = datetime('now') WHERE handle = ? AND "
+                       "undocked_at IS NULL", (handle,))
+            tx.log("device.undocked", None, {"serial": row["serial"], "handle": handle})
+            tx.event("device.undocked", {"serial": row["serial"], "handle": handle})
+
+    # --- batch mode ----------------------------------------------------------------------
+
+    def run_once(self, *, platform_timeout_s: float = 600.0) -> RunSummary:
+        """Offload the devices docked now, seal everything, and (with a platform) sync it."""
+        summary = RunSummary()
+        detectors = self._make_detectors()
+        futures = []
+        for detector in detectors:
+            for device in detector.scan():
+                future = self.dock(device)
+                if future is not None:
+                    futures.append(future)
+        for future in futures:
+            try:
+                summary.reports.append(future.result())
+            except AgentError as exc:
+                summary.failures.append(exc.diagnostics())
+        assert self.custody is not None
+        self.custody.seal_pending()
+        self.custody.checkpoint()
+        if self.sync is not None:
+            summary.failures.extend(self.sync.drain(timeout_s=platform_timeout_s))
+        return summary
+
+    def wait(self) -> None:
+        """Block until stop() (SIGTERM) is requested."""
+        while not self._stopping.wait(1.0):
+            pass
+
+    def request_stop(self) -> None:
+        self._stopping.set()

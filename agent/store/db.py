@@ -1,0 +1,257 @@
+"""The SQLite store: connection, migrations, transactions, clip rows, custody log rows."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.custody.jcs import canonicalize
+from agent.errors import StoreError
+from agent.store.migrations import MIGRATIONS
+from agent.store.states import TRANSITIONS, ClipState
+from agent.timeutil import now as time_now
+
+SCHEMA_VERSION = len(MIGRATIONS)
+EVENT_TOPIC = "bwc/v1/stations/{station_id}/events"
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    seq: int
+    at: str
+    kind: str
+    clip_id: str | None
+    body: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": self.at, "kind": self.kind, "clip_id": self.clip_id,
+                "body": self.body}
+
+    def leaf_input(self) -> bytes:
+        """The bytes hashed into the Merkle leaf: JCS of the entry (RFC 8785)."""
+        return canonicalize(self.as_dict())
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+class Tx:
+    """One open transaction.  Everything done through it commits or rolls back together."""
+
+    def __init__(self, store: Store, conn: sqlite3.Connection) -> None:
+        self.store = store
+        self.conn = conn
+        self.appended: list[LogEntry] = []
+
+    def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    # --- custody log -------------------------------------------------------------------
+
+    def log(self, kind: str, clip_id: str | None, body: dict[str, Any]) -> LogEntry:
+        """Append a custody log entry; its Merkle leaf hash is fixed now and never changes."""
+        row = self.one("SELECT COALESCE(MAX(seq), 0) AS n FROM custody_log")
+        seq = int(row["n"]) + 1 if row else 1
+        entry = LogEntry(seq=seq, at=time_now(), kind=kind, clip_id=clip_id, body=body)
+        leaf = leaf_hash(entry.leaf_input())
+        self.execute(
+            "INSERT INTO custody_log (seq, at, kind, clip_id, body, leaf) VALUES (?,?,?,?,?,?)",
+            (seq, entry.at, kind, clip_id, json.dumps(body, ensure_ascii=False, sort_keys=True),
+             leaf),
+        )
+        self.appended.append(entry)
+        return entry
+
+    # --- platform events ---------------------------------------------------------------
+
+    def event(self, type_: str, data: dict[str, Any]) -> str | None:
+        """Queue a platform event in the durable outbox (only when a platform is configured)."""
+        if not self.store.events_enabled:
+            return None
+        row = self.one("SELECT value FROM meta WHERE key = 'event_seq'")
+        seq = int(row["value"]) + 1 if row else 1
+        self.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('event_seq', ?)", (str(seq),))
+        event_id = str(uuid.uuid4())
+        envelope = {"id": event_id, "type": type_, "station_id": self.store.station_id,
+                    "seq": seq, "at": time_now(), "data": data}
+        payload = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+        self.execute(
+            "INSERT INTO outbox (topic, payload, qos, retain, created_at) VALUES (?,?,?,?,?)",
+            (EVENT_TOPIC.format(station_id=self.store.station_id), payload, 1, 0, time_now()),
+        )
+        self.store.outbox_signal.set()
+        return event_id
+
+    # --- clips -------------------------------------------------------------------------
+
+    def clip(self, clip_id: str) -> sqlite3.Row:
+        row = self.one("SELECT * FROM clips WHERE clip_id = ?", (clip_id,))
+        if row is None:
+            raise StoreError(f"no clip with id {clip_id}")
+        return row
+
+    def transition(self, clip_id: str, to: ClipState, *, log_body: dict[str, Any] | None = None,
+                   **fields: Any) -> LogEntry:
+        """Move a clip to ``to`` (checked against the state machine) and log it, atomically."""
+        row = self.clip(clip_id)
+        current = ClipState(row["state"])
+        if to not in TRANSITIONS[current]:
+            raise StoreError(f"clip {clip_id}: refusing transition {current} -> {to}")
+        fields["state"] = to.value
+        fields["updated_at"] = time_now()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self.execute(f"UPDATE clips SET {assignments} WHERE clip_id = ?",
+                     (*fields.values(), clip_id))
+        body = {"from": current.value, "to": to.value}
+        body.update(log_body or {})
+        return self.log(f"clip.{to.value}", clip_id, body)
+
+    def update_clip(self, clip_id: str, **fields: Any) -> None:
+        """Change bookkeeping fields that are not a state change (offsets, attempts)."""
+        fields["updated_at"] = time_now()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self.execute(f"UPDATE clips SET {assignments} WHERE clip_id = ?",
+                     (*fields.values(), clip_id))
+
+
+class Store:
+    """The station's database.  Thread-safe; one connection, one lock."""
+
+    def __init__(self, path: str | os.PathLike[str], *, station_id: str,
+                 events_enabled: bool = False, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.station_id = station_id
+        self.events_enabled = events_enabled
+        self.outbox_signal = threading.Event()
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                uri = f"file:{self.path}?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False,
+                                             isolation_level=None, timeout=30)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(self.path, check_same_thread=False,
+                                             isolation_level=None, timeout=30)
+            self._conn.row_factory = sqlite3.Row
+            if not readonly:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                # FULL: a commit is on disk when it returns (power cut at the dock).
+                self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            if not readonly:
+                self._migrate()
+            else:
+                self._check_version()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the station database {self.path}: {exc}") from exc
+
+    def _check_version(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {version}, this agent reads "
+                             f"{SCHEMA_VERSION}; start the daemon once to migrate it")
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {version} is newer than this agent "
+                             f"({SCHEMA_VERSION}); refusing to touch it")
+        for index in range(version, SCHEMA_VERSION):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[index].split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {index + 1}")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """BEGIN IMMEDIATE ... COMMIT; rolls back on any exception."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.path}: cannot begin: {exc}") from exc
+            tx = Tx(self, self._conn)
+            try:
+                yield tx
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise StoreError(f"database {self.path}: commit failed: {exc}") from exc
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return list(self._conn.execute(sql, params).fetchall())
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.path}: {exc}") from exc
+
+    def query_one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def clip(self, clip_id: str) -> sqlite3.Row:
+        row = self.query_one("SELECT * FROM clips WHERE clip_id = ?", (clip_id,))
+        if row is None:
+            raise StoreError(f"no clip with id {clip_id}")
+        return row
+
+    def find_clip(self, prefix: str) -> sqlite3.Row:
+        """A clip by its id or a unique prefix of it (people type short ids)."""
+        rows = self.query("SELECT * FROM clips WHERE clip_id LIKE ? ORDER BY clip_id LIMIT 2",
+                          (prefix.replace("%", "").replace("_", "\\_") + "%",))
+        rows = [r for r in rows if r["clip_id"].startswith(prefix)]
+        if not rows:
+            raise StoreError(f"no clip with id {prefix!r}")
+        if len(rows) > 1:
+            raise StoreError(f"clip id prefix {prefix!r} is ambiguous; give more characters")
+        return rows[0]
+
+    def clips(self, state: str | None = None) -> list[sqlite3.Row]:
+        if state:
+            return self.query("SELECT * FROM clips WHERE state = ? ORDER BY clip_id", (state,))
+        return self.query("SELECT * FROM clips ORDER BY clip_id")
+
+    def counts_by_state(self) -> dict[str, int]:
+        rows = self.query("SELECT state, COUNT(*) AS n FROM clips GROUP BY state")
+        return {r["state"]: int(r["n"]) for r in rows}
+
+    def log_size(self) -> int:
+        row = self.query_one("SELECT COALESCE(MAX(seq), 0) AS n FROM custody_log")
+        return int(row["n"]) if row else 0
+
+    def leaf_hashes(self, size: int | None = None) -> list[bytes]:
+        sql = "SELECT leaf FROM custody_log ORDER BY seq"
+        params: tuple[Any, ...] = ()
+        if size is not None:
+            sql = "SELECT leaf FROM custody_log WHERE seq <= ? ORDER BY seq"
+            params = (size,)
+        return [bytes(r["leaf"]) for r in self.query(sql, params)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,110 @@
+"""Schema migrations.  Each entry brings the database from version i to i+1.
+
+Never edit a released migration; append a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: devices, docks, clips, custody log, checkpoints, outbox.
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE devices (
+        serial        TEXT PRIMARY KEY,
+        driver        TEXT NOT NULL,
+        vendor        TEXT NOT NULL DEFAULT '',
+        model         TEXT NOT NULL DEFAULT '',
+        firmware      TEXT NOT NULL DEFAULT '',
+        officer_id    TEXT NOT NULL DEFAULT '',
+        officer_name  TEXT NOT NULL DEFAULT '',
+        unit_code     TEXT NOT NULL DEFAULT '',
+        unit_name     TEXT NOT NULL DEFAULT '',
+        usb_id        TEXT NOT NULL DEFAULT '',
+        clock_offset_s REAL,
+        first_seen    TEXT NOT NULL,
+        last_seen     TEXT NOT NULL,
+        docked_handle TEXT
+    );
+    CREATE TABLE docks (
+        id            INTEGER PRIMARY KEY,
+        device_serial TEXT NOT NULL,
+        handle        TEXT NOT NULL,
+        docked_at     TEXT NOT NULL,
+        undocked_at   TEXT,
+        report        TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE clips (
+        clip_id        TEXT PRIMARY KEY,
+        device_serial  TEXT NOT NULL,
+        path           TEXT NOT NULL,
+        name           TEXT NOT NULL,
+        size           INTEGER NOT NULL,
+        mtime_ms       INTEGER NOT NULL,
+        state          TEXT NOT NULL,
+        reason         TEXT,
+        sha256         TEXT,
+        flags          TEXT NOT NULL DEFAULT '[]',
+        media          TEXT,
+        recorded_start TEXT,
+        recorded_end   TEXT,
+        important      INTEGER NOT NULL DEFAULT 0,
+        officer_id     TEXT NOT NULL DEFAULT '',
+        case_id        TEXT,
+        dock_id        INTEGER,
+        docked_at      TEXT,
+        discovered_at  TEXT NOT NULL,
+        copied_at      TEXT,
+        verified       INTEGER NOT NULL DEFAULT 0,
+        copy_attempts  INTEGER NOT NULL DEFAULT 0,
+        manifest       TEXT,
+        sealed_at      TEXT,
+        upload_url     TEXT,
+        upload_offset  INTEGER NOT NULL DEFAULT 0,
+        upload_attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        uploaded_at    TEXT,
+        ack            TEXT,
+        acknowledged_at TEXT,
+        released_at    TEXT,
+        purged_at      TEXT,
+        updated_at     TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX clips_identity ON clips (device_serial, path, size, mtime_ms);
+    CREATE INDEX clips_state ON clips (state);
+    CREATE INDEX clips_sha256 ON clips (sha256);
+    CREATE INDEX clips_case ON clips (case_id);
+    CREATE TABLE custody_log (
+        seq     INTEGER PRIMARY KEY,
+        at      TEXT NOT NULL,
+        kind    TEXT NOT NULL,
+        clip_id TEXT,
+        body    TEXT NOT NULL,
+        leaf    BLOB NOT NULL
+    );
+    CREATE INDEX custody_log_clip ON custody_log (clip_id);
+    CREATE TABLE checkpoints (
+        size     INTEGER PRIMARY KEY,
+        root     TEXT NOT NULL,
+        at       TEXT NOT NULL,
+        envelope TEXT NOT NULL
+    );
+    CREATE TABLE outbox (
+        id           INTEGER PRIMARY KEY,
+        topic        TEXT NOT NULL,
+        payload      BLOB NOT NULL,
+        qos          INTEGER NOT NULL,
+        retain       INTEGER NOT NULL DEFAULT 0,
+        created_at   TEXT NOT NULL,
+        delivered_at TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox (delivered_at, id);
+    CREATE TABLE seen_commands (
+        id          TEXT PRIMARY KEY,
+        received_at TEXT NOT NULL,
+        expires_at  TEXT NOT NULL
+    );
+    """,
+]

@@ -1,0 +1,146 @@
+"""The vault: clip bytes on the station's disk, content-addressed by SHA-256, read-only.
+
+Layout below ``<data_dir>/vault``::
+
+    sha256/ab/cd/abcd...ef   a clip's bytes, mode 0444, named by its digest
+    incoming/<clip_id>.part  a copy in progress (never survives a restart)
+
+Invariants: a file under ``sha256/`` was fsynced, then renamed into place,
+then its directory fsynced, before any database row points to it.  Names
+come only from digests, never from a device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from agent.durable import fsync_dir, makedirs_durable
+from agent.errors import IntegrityError, StoreError
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+VERIFY_BLOCK = 4 * 1024 * 1024
+
+
+class Vault:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "sha256"
+        self.incoming = root / "incoming"
+        try:
+            makedirs_durable(self.objects)
+            makedirs_durable(self.incoming)
+        except OSError as exc:
+            raise StoreError(f"cannot create the vault under {root}: {exc.strerror}") from exc
+
+    def path_for(self, sha256: str) -> Path:
+        if not _HEX64.fullmatch(sha256):
+            raise StoreError(f"not a SHA-256 hex digest: {sha256!r}")
+        return self.objects / sha256[:2] / sha256[2:4] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def temp_path(self, clip_id: str) -> Path:
+        return self.incoming / f"{clip_id}.part"
+
+    def commit(self, temp: Path, sha256: str) -> Path:
+        """Move a fully written, fsynced temp file into place (durably) and make it read-only.
+
+        If the object already exists (same bytes from another clip or an earlier
+        interrupted run), the temp file is dropped: content addressing makes
+        them the same file.
+        """
+        final = self.path_for(sha256)
+        try:
+            makedirs_durable(final.parent)
+            if final.exists():
+                temp.unlink()
+                fsync_dir(self.incoming)
+                return final
+            os.chmod(temp, 0o444)
+            os.replace(temp, final)
+            fsync_dir(final.parent)
+            fsync_dir(self.incoming)
+        except OSError as exc:
+            raise StoreError(f"cannot move {temp.name} into the vault: {exc.strerror}") from exc
+        return final
+
+    def discard(self, temp: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+    def reclaim_incoming(self) -> list[str]:
+        """Remove every partial copy left by a crash; returns their names (for the log)."""
+        removed = []
+        for entry in sorted(self.incoming.iterdir()):
+            removed.append(entry.name)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if removed:
+            fsync_dir(self.incoming)
+        return removed
+
+    def verify(self, sha256: str, *, drop_cache: bool = True) -> int:
+        """Re-read a vault object from the disk and check its digest; returns its size.
+
+        The pages are dropped from the cache first, so this proves what the disk
+        holds, not what the copy left in memory.
+        """
+        path = self.path_for(sha256)
+        digest, size = hash_file(path, drop_cache=drop_cache)
+        if digest != sha256:
+            raise IntegrityError(f"vault object {sha256} reads back as {digest}")
+        return size
+
+    def remove(self, sha256: str) -> None:
+        """Delete an object (purge after acknowledgement + retention, or a corrupt copy)."""
+        path = self.path_for(sha256)
+        try:
+            os.chmod(path, 0o644)
+            path.unlink()
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot remove vault object {sha256}: {exc.strerror}") from exc
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
+
+def hash_file(path: Path, *, drop_cache: bool = False, block: int = VERIFY_BLOCK) -> tuple[str, int]:
+    """SHA-256 and size of a file, read in bounded blocks (optionally bypassing the cache)."""
+    h = hashlib.sha256()
+    size = 0
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror}") from exc
+    try:
+        if drop_cache:
+            # Clean pages only are dropped; the file was fsynced, so all of them are clean.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        buf = bytearray(block)
+        view = memoryview(buf)
+        while True:
+            n = os.readv(fd, [buf])
+            if n == 0:
+                break
+            h.update(view[:n])
+            size += n
+        if drop_cache:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    return h.hexdigest(), size

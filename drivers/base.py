@@ -1,0 +1,139 @@
+"""The driver contract: what the agent needs from a docked camera or recorder.
+
+A driver module holds its KEY, its config model and its classes, and is
+registered by key in ``drivers/__init__.py``.  Two roles:
+
+* a Detector watches for docking and calls back with a Device handle;
+* a Device identifies itself, lists its recordings and opens them.
+
+Invariants every driver keeps:
+
+* ``Recording.path`` is the path relative to the volume root as the device
+  gives it (POSIX separators, decoded to Unicode).  The agent never uses it
+  as a local file-system path; it is data.  Drivers that *do* open files by
+  it must resolve it with :func:`drivers.paths.resolve_inside` (never leave
+  the volume root, never follow a symlink).
+* ``Device.open`` returns a binary stream over the recording's bytes as they
+  are now; a device that disappears raises ``DeviceGoneError``.
+* Things found on the device that are not recordings (symlinks, special
+  files, unsafe names) are reported in ``Listing.skipped`` with a reason,
+  never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Identity of a docked device, as the device (or the catalog) states it."""
+
+    serial: str
+    vendor: str = ""
+    model: str = ""
+    firmware: str = ""
+    officer_id: str = ""
+    officer_name: str = ""
+    unit_code: str = ""
+    unit_name: str = ""
+    clock: str | None = None  # device clock at identify(), RFC 3339 UTC, if the device has one
+    driver: str = ""
+    usb_id: str = ""  # "VID:PID" when known
+    name_pattern: str | None = None  # catalog regex for recording names, if any
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One recording on a device.  ``path`` is relative to the volume root, POSIX style."""
+
+    path: str
+    size: int
+    mtime: float  # seconds since the epoch, as the device's file system reports it
+    recorded_start: str | None = None  # RFC 3339 UTC, from the name pattern or metadata
+    important: bool = False
+    name_flags: tuple[str, ...] = ()  # e.g. "name.gbk" when the name was decoded from GBK
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry on the device that is not ingested, and why (reported to the user)."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Listing:
+    recordings: list[Recording] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+@runtime_checkable
+class Device(Protocol):
+    """A docked device.  One ingest worker thread owns it while docked."""
+
+    @property
+    def handle(self) -> str:
+        """Stable text naming this docking (mount point, tty, directory)."""
+        ...
+
+    def identify(self) -> DeviceInfo: ...
+
+    def recordings(self) -> Listing: ...
+
+    def open(self, recording: Recording) -> BinaryIO:
+        """Open the recording for reading; raises DeviceError / DeviceGoneError."""
+        ...
+
+    def stat(self, recording: Recording) -> tuple[int, float]:
+        """Current (size, mtime) of the recording, to detect changes during a copy."""
+        ...
+
+    def sync_clock(self, now: float) -> float | None:
+        """Set the device clock if supported; return the measured offset in seconds."""
+        ...
+
+    def release(self, recording: Recording) -> None:
+        """Delete the recording from the device (only after a platform ack)."""
+        ...
+
+    def present(self) -> bool:
+        """Whether the device is still docked."""
+        ...
+
+
+DockCallback = Callable[[Device], None]
+UndockCallback = Callable[[str], None]  # handle
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Watches for devices.  Calls ``on_dock`` once per docking, ``on_undock`` on removal."""
+
+    def start(self, on_dock: DockCallback, on_undock: UndockCallback) -> None: ...
+
+    def scan(self) -> list[Device]:
+        """Devices docked right now (used at start-up and by ``run --once``)."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """What the registry knows of a driver: its key, its config model, its detector factory.
+
+    ``make_detector(config)`` receives the validated instance of ``config_cls``
+    (the ``[devices.<key>]`` table) and returns a Detector.
+    """
+
+    key: str
+    config_cls: type
+    make_detector: Callable[[object], Detector]
