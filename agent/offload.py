@@ -29,7 +29,8 @@ from agent.ingest import copy_to_vault
 from agent.store import ClipState, Store
 from agent.timeutil import now, parse_rfc3339, rfc3339, uuid7
 from agent.vault import Vault
-from drivers.base import Device, DeviceInfo, Recording
+from drivers.base import Device, DeviceInfo, Recording, Skipped
+from drivers.paths import unsafe_reason
 
 log = logging.getLogger(__name__)
 S = ClipState
@@ -139,7 +140,16 @@ class Offloader:
     def _ingest_all(self, device: Device, info: DeviceInfo, dock_id: int,
                     report: DockReport) -> None:
         listing = device.recordings()
-        report.recordings = len(listing.recordings)
+        recordings = []
+        for rec in listing.recordings:
+            # Defence in depth: a driver should never list these, and the name is never
+            # used as a local path, but such an entry is reported rather than copied.
+            reason = unsafe_reason(rec.path)
+            if reason is not None:
+                listing.skipped.append(Skipped(rec.path, f"unsafe name: {reason}"))
+            else:
+                recordings.append(rec)
+        report.recordings = len(recordings)
         report.skipped = [{"path": s.path, "reason": s.reason} for s in listing.skipped]
         if listing.skipped:
             with self.store.transaction() as tx:
@@ -148,7 +158,7 @@ class Offloader:
                 log.warning("%s: skipped %r: %s", info.serial, s.path, s.reason)
         todo: list[tuple[str, Recording]] = []
         # Important clips first: if the officer undocks early, those are already safe.
-        for rec in sorted(listing.recordings, key=lambda r: (not r.important, r.path)):
+        for rec in sorted(recordings, key=lambda r: (not r.important, r.path)):
             clip_id = self._register(info, rec, dock_id, report)
             if clip_id is not None:
                 todo.append((clip_id, rec))
@@ -206,7 +216,6 @@ class Offloader:
                 report.quarantined.append(clip_id)
                 return
             # "retry": the file changed or a read failed; try again.
-        report.quarantined.append(clip_id)
 
     def _copy_once(self, device: Device, info: DeviceInfo, clip_id: str, rec: Recording,
                    *, last_attempt: bool) -> str:
@@ -219,6 +228,7 @@ class Offloader:
         self.vault.discard(temp)  # a leftover from an earlier attempt in this process
         try:
             before = device.stat(rec)
+            self._note_change_since_listing(clip_id, rec, before)
             with device.open(rec) as stream:
                 result = copy_to_vault(stream, temp, chunk_size=ingest.chunk_kib * 1024,
                                        queue_chunks=ingest.queue_chunks)
@@ -234,15 +244,11 @@ class Offloader:
                 return "quarantined"
             self._back_to_discovered(clip_id, f"read failed, retrying: {exc}")
             return "retry"
-        expected = (rec.size, mtime_ms(rec.mtime))
         changed = [
             what for what, ok in (
-                (f"size {rec.size} -> {before[0]}", before[0] == rec.size),
-                (f"mtime {rfc3339(rec.mtime)} -> {rfc3339(before[1])}",
-                 mtime_ms(before[1]) == expected[1]),
                 (f"{result.size} bytes read of {before[0]}", result.size == before[0]),
                 (f"size {before[0]} -> {after[0]} during the copy", after[0] == before[0]),
-                (f"mtime changed during the copy", mtime_ms(after[1]) == mtime_ms(before[1])),
+                ("mtime changed during the copy", mtime_ms(after[1]) == mtime_ms(before[1])),
             ) if not ok
         ]
         if changed:
@@ -255,10 +261,23 @@ class Offloader:
             self.vault.commit(temp, result.sha256)
             self._quarantine(clip_id, reason, result.sha256)
             return "quarantined"
-        return self._store_copy(clip_id, temp, result.sha256, result.size, info, rec)
+        return self._store_copy(clip_id, temp, result.sha256, result.size, info, rec,
+                                last_attempt=last_attempt)
+
+    def _note_change_since_listing(self, clip_id: str, rec: Recording,
+                                   current: tuple[int, float]) -> None:
+        """A file that changed between listing and copy is copied as it is now, and logged."""
+        row = self.store.clip(clip_id)
+        if (row["size"], row["mtime_ms"]) == (current[0], mtime_ms(current[1])):
+            return
+        with self.store.transaction() as tx:
+            tx.update_clip(clip_id, size=current[0], mtime_ms=mtime_ms(current[1]))
+            tx.log("clip.changed_on_device", clip_id, {
+                "size": [row["size"], current[0]],
+                "mtime": [rfc3339(row["mtime_ms"] / 1000), rfc3339(current[1])]})
 
     def _store_copy(self, clip_id: str, temp: Any, sha256: str, size: int, info: DeviceInfo,
-                    rec: Recording) -> str:
+                    rec: Recording, *, last_attempt: bool) -> str:
         existed = self.vault.has(sha256)
         final = self.vault.commit(temp, sha256)
         verified = False
@@ -270,6 +289,9 @@ class Offloader:
                 if not existed:
                     self.vault.remove(sha256)
                 self._alert(info.serial, "vault.verify_failed", str(exc))
+                if last_attempt:
+                    self._quarantine(clip_id, f"vault copy failed verification: {exc}", None)
+                    return "quarantined"
                 self._back_to_discovered(clip_id, f"vault copy failed verification: {exc}")
                 return "retry"
         dup = self.store.query_one(

@@ -1,0 +1,114 @@
+"""Helpers to run a real station (store, vault, custody, simulated cameras) inside a test."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from agent.config import Config
+from agent.errors import DeviceGoneError
+from agent.station import Station
+from drivers.base import DeviceInfo, Listing, Recording
+from drivers.simcam import make_camera
+from drivers.simulated import SimulatedDevice
+
+
+@contextmanager
+def running_station(config: Config) -> Iterator[Station]:
+    station = Station(config)
+    station.start(watch=False)
+    try:
+        yield station
+    finally:
+        station.stop()
+
+
+def camera(config: Config, **kwargs: Any) -> Path:
+    """Dock a simulated camera with real OpenCV clips under the configured simulated root."""
+    kwargs.setdefault("clips", 3)
+    kwargs.setdefault("seconds", 0.5)
+    kwargs.setdefault("width", 160)
+    kwargs.setdefault("height", 120)
+    kwargs.setdefault("fps", 10.0)
+    return make_camera(config.devices["simulated"].root, **kwargs)
+
+
+def sim_devices(station: Station) -> list[Any]:
+    return [d for det in station._make_detectors() for d in det.scan()]
+
+
+class _Hooked(io.RawIOBase):
+    """A device stream that calls ``hook(bytes_so_far)`` before each read."""
+
+    def __init__(self, inner: BinaryIO, hook: Callable[[int], None]) -> None:
+        self.inner, self.hook, self.done = inner, hook, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        self.hook(self.done)
+        data = self.inner.read(n)
+        self.done += len(data)
+        return data
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+class FaultyDevice:
+    """A real simulated camera with a fault injected into its streams (a driver test seam).
+
+    ``on_read(recording, offset)`` runs before every read of a recording's stream;
+    it may change the real file on the camera or raise DeviceGoneError.
+    ``extra`` recordings are added to the listing (for names no file system allows).
+    """
+
+    def __init__(self, inner: SimulatedDevice,
+                 on_read: Callable[[Recording, int], None] | None = None,
+                 extra: list[Recording] | None = None) -> None:
+        self.inner = inner
+        self.on_read = on_read
+        self.extra = extra or []
+
+    @property
+    def handle(self) -> str:
+        return self.inner.handle
+
+    def identify(self) -> DeviceInfo:
+        return self.inner.identify()
+
+    def recordings(self) -> Listing:
+        listing = self.inner.recordings()
+        listing.recordings.extend(self.extra)
+        return listing
+
+    def open(self, recording: Recording) -> BinaryIO:
+        stream = self.inner.open(recording)
+        if self.on_read is None:
+            return stream
+        hook = self.on_read
+        return io.BufferedReader(_Hooked(stream, lambda done: hook(recording, done)))
+
+    def stat(self, recording: Recording) -> tuple[int, float]:
+        return self.inner.stat(recording)
+
+    def sync_clock(self, now: float) -> float | None:
+        return self.inner.sync_clock(now)
+
+    def release(self, recording: Recording) -> None:
+        self.inner.release(recording)
+
+    def present(self) -> bool:
+        return self.inner.present()
+
+
+def gone_after(limit: int) -> Callable[[Recording, int], None]:
+    def hook(_rec: Recording, done: int) -> None:
+        if done >= limit:
+            raise DeviceGoneError("camera unplugged (USB disconnect)")
+    return hook

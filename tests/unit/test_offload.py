@@ -1,0 +1,269 @@
+"""Offloading docked cameras: the happy path and every bad input, with what the user sees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.cli.main import main
+from agent.config import Config
+from agent.custody import dsse
+from agent.custody.keys import load_certificate
+from drivers.base import Recording
+from drivers.simulated import SimulatedDevice
+from tests.support.stations import FaultyDevice, camera, gone_after, running_station, sim_devices
+
+EMPTY_SHA = hashlib.sha256(b"").hexdigest()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _source_files(cam: Path) -> dict[str, str]:
+    return {str(p.relative_to(cam)): _sha(p) for p in sorted((cam / "DCIM").rglob("*"))
+            if p.is_file()}
+
+
+def _vault_files(data_dir: Path) -> list[Path]:
+    return [p for p in (data_dir / "vault" / "sha256").rglob("*") if p.is_file()]
+
+
+def test_dock_offload_seal_end_to_end(station_config: Callable[..., Config],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    config = station_config()
+    cam = camera(config, clips=5, serial="SIM0007", officer_id="012345")
+    sources = _source_files(cam)
+    assert len(sources) == 5
+    with running_station(config) as station:
+        summary = station.run_once()
+        assert summary.ok, summary
+        report = summary.reports[0]
+        assert (report.serial, report.new, len(report.copied)) == ("SIM0007", 5, 5)
+        rows = station.store.clips()  # type: ignore[union-attr]
+    assert sorted(r["path"] for r in rows) == sorted(sources)
+    cert = load_certificate(config.data_dir / "keys" / "station.pem")
+    for row in rows:
+        assert row["state"] == "sealed"
+        assert row["sha256"] == sources[row["path"]]
+        assert row["verified"] == 1
+        vault_obj = config.data_dir / "vault" / "sha256" / row["sha256"][:2] / row["sha256"][2:4] / row["sha256"]
+        assert _sha(vault_obj) == row["sha256"]
+        media = json.loads(row["media"])
+        assert media["decodable"] is True and media["width"] == 160 and media["height"] == 120
+        envelope = json.loads(row["manifest"])
+        from agent.custody.keys import keyid_of
+        pub = cert.public_key()
+        payload = dsse.verify_envelope(envelope, {keyid_of(pub): pub},  # type: ignore[arg-type, dict-item]
+                                       expected_type=dsse.MANIFEST)
+        manifest = json.loads(payload)
+        assert manifest["file"]["digests"]["sha256"] == row["sha256"]
+        assert manifest["device"]["serial"] == "SIM0007"
+        assert manifest["officer"]["id"] == "012345"
+        assert manifest["station"]["id"] == "ST-0001"
+    assert len(_vault_files(config.data_dir)) == 5
+    assert list((config.data_dir / "vault" / "incoming").iterdir()) == []
+    # What the officer's supervisor sees.
+    assert main(["clips", "--config", str(config.source)]) == 0
+    out = capsys.readouterr().out
+    for path, sha in sources.items():
+        assert Path(path).name in out and sha in out
+    assert "5 clips; vault: " in out
+
+
+def test_a_second_dock_ingests_nothing_twice(station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    camera(config, clips=3)
+    with running_station(config) as station:
+        first = station.run_once().reports[0]
+        second = station.run_once().reports[0]
+        assert (first.new, second.new, second.already_ingested) == (3, 0, 3)
+        assert len(station.store.clips()) == 3  # type: ignore[union-attr]
+
+
+def test_same_bytes_under_another_name_are_a_duplicate(station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    cam = camera(config, clips=2)
+    first = sorted((cam / "DCIM").rglob("*.*"))[0]
+    (first.parent / "COPY_OF_CLIP.MP4").write_bytes(first.read_bytes())
+    with running_station(config) as station:
+        report = station.run_once().reports[0]
+        store = station.store
+        assert store is not None
+        dup = [r for r in store.clips() if r["state"] == "duplicate"]
+        assert len(dup) == 1 and len(report.duplicates) == 1
+        original = store.query_one("SELECT clip_id FROM clips WHERE sha256 = ? AND state = 'sealed'",
+                                   (dup[0]["sha256"],))
+        entry = store.query_one("SELECT body FROM custody_log WHERE clip_id = ? AND kind = 'clip.duplicate'",
+                                (dup[0]["clip_id"],))
+        assert original is not None and entry is not None
+        assert json.loads(entry["body"])["duplicate_of"] == original["clip_id"]
+    assert len(_vault_files(config.data_dir)) == 2
+
+
+def test_symlinks_and_special_files_are_skipped_and_reported(
+        station_config: Callable[..., Config], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    secret = tmp_path / "outside.mp4"
+    secret.write_bytes(b"not on the camera")
+    os.symlink(secret, cam / "DCIM" / "LINK.MP4")
+    os.symlink("/", cam / "DCIM" / "ROOTDIR")
+    os.mkfifo(cam / "DCIM" / "PIPE.MP4")
+    assert main(["run", "--once", "--config", str(config.source)]) == 0
+    out = capsys.readouterr().out
+    assert "1 copied" in out and "3 skipped" in out
+    with running_station(config) as station:
+        store = station.store
+        assert store is not None
+        assert [r["name"] for r in store.clips()] != [] and all(
+            r["name"] not in ("LINK.MP4", "PIPE.MP4") for r in store.clips())
+        entry = store.query_one("SELECT body FROM custody_log WHERE kind = 'device.skipped'")
+        assert entry is not None
+        skipped = {e["path"]: e["reason"] for e in json.loads(entry["body"])["entries"]}
+    assert skipped["DCIM/LINK.MP4"].startswith("symlink")
+    assert skipped["DCIM/ROOTDIR"].startswith("symlink")
+    assert skipped["DCIM/PIPE.MP4"].startswith("special file")
+    assert _sha(secret) not in {p.name for p in _vault_files(config.data_dir)}
+
+
+def test_unsafe_names_from_a_device_are_refused(station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    with running_station(config) as station:
+        inner = sim_devices(station)[0]
+        assert isinstance(inner, SimulatedDevice)
+        device = FaultyDevice(inner, extra=[
+            Recording(path="../../etc/passwd", size=10, mtime=0.0),
+            Recording(path="/etc/shadow", size=10, mtime=0.0),
+            Recording(path="DCIM/a\x00b.mp4", size=10, mtime=0.0),
+        ])
+        report = station.offloader.offload(device)  # type: ignore[union-attr]
+        reasons = {s["path"]: s["reason"] for s in report.skipped}
+        assert reasons["../../etc/passwd"] == "unsafe name: '..' path component"
+        assert reasons["/etc/shadow"] == "unsafe name: absolute path"
+        assert reasons["DCIM/a\x00b.mp4"] == "unsafe name: NUL character in name"
+        assert len(report.copied) == 1
+        assert {r["path"] for r in station.store.clips()} == set(_source_files(cam))  # type: ignore[union-attr]
+
+
+def test_gbk_names_are_decoded_and_flagged(station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    video = sorted((cam / "DCIM").rglob("*.*"))[0]
+    raw = "执法记录仪_现场.mp4".encode("gbk")
+    target = os.path.join(os.fsencode(video.parent), raw)
+    with open(target, "wb") as f:
+        f.write(video.read_bytes() + b"distinct")
+    with running_station(config) as station:
+        station.run_once()
+        rows = {r["name"]: r for r in station.store.clips()}  # type: ignore[union-attr]
+    row = rows["执法记录仪_现场.mp4"]
+    assert "name.gbk" in json.loads(row["flags"])
+    assert row["state"] == "sealed"
+    with open(target, "rb") as f:
+        assert row["sha256"] == hashlib.sha256(f.read()).hexdigest()
+
+
+def test_zero_length_file_is_ingested_with_flags(station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    (cam / "DCIM" / "EMPTY.MP4").write_bytes(b"")
+    with running_station(config) as station:
+        station.run_once()
+        row = next(r for r in station.store.clips() if r["name"] == "EMPTY.MP4")  # type: ignore[union-attr]
+    assert row["state"] == "sealed"
+    assert row["sha256"] == EMPTY_SHA
+    flags = json.loads(row["flags"])
+    assert "file.empty" in flags and "media.empty" in flags
+
+
+def _big_file(cam: Path, name: str = "BIG.MP4", size: int = 1024 * 1024) -> Path:
+    path = cam / "DCIM" / name
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def test_file_changing_during_every_copy_is_quarantined_and_kept(
+        station_config: Callable[..., Config], capsys: pytest.CaptureFixture[str]) -> None:
+    config = station_config("[ingest]\nchunk_kib = 64\nchange_retries = 2\n")
+    cam = camera(config, clips=1)
+    big = _big_file(cam)
+
+    def keep_recording(rec: Recording, done: int) -> None:
+        if rec.path.endswith("BIG.MP4") and done == 128 * 1024:
+            with open(big, "ab") as f:
+                f.write(b"more frames")
+
+    with running_station(config) as station:
+        inner = sim_devices(station)[0]
+        report = station.offloader.offload(FaultyDevice(inner, on_read=keep_recording))  # type: ignore[union-attr]
+        row = next(r for r in station.store.clips() if r["name"] == "BIG.MP4")  # type: ignore[union-attr]
+        attempts = row["copy_attempts"]
+    assert row["state"] == "quarantined"
+    assert attempts == 3
+    assert row["reason"].startswith("file changed while being copied")
+    assert report.quarantined == [row["clip_id"]]
+    # The last copy is kept in the vault: it is evidence too.
+    assert row["sha256"] in {p.name for p in _vault_files(config.data_dir)}
+    assert main(["clips", "--config", str(config.source), "--state", "quarantined"]) == 0
+    assert "quarantined (file changed while being copied" in capsys.readouterr().out
+
+
+def test_file_that_settles_is_copied_on_retry(station_config: Callable[..., Config]) -> None:
+    config = station_config("[ingest]\nchunk_kib = 64\n")
+    cam = camera(config, clips=1)
+    big = _big_file(cam)
+    changed = []
+
+    def finish_once(rec: Recording, done: int) -> None:
+        if rec.path.endswith("BIG.MP4") and done == 64 * 1024 and not changed:
+            changed.append(True)
+            with open(big, "ab") as f:
+                f.write(b"final frames")
+
+    with running_station(config) as station:
+        inner = sim_devices(station)[0]
+        station.offloader.offload(FaultyDevice(inner, on_read=finish_once))  # type: ignore[union-attr]
+        row = next(r for r in station.store.clips() if r["name"] == "BIG.MP4")  # type: ignore[union-attr]
+    assert row["state"] == "sealed"
+    assert row["sha256"] == _sha(big)
+    assert row["size"] == big.stat().st_size
+
+
+def test_device_removed_mid_copy_resumes_on_next_dock(station_config: Callable[..., Config]) -> None:
+    config = station_config("[ingest]\nchunk_kib = 64\n")
+    cam = camera(config, clips=2)
+    big = _big_file(cam, "AAA_FIRST.MP4")
+    with running_station(config) as station:
+        inner = sim_devices(station)[0]
+        report = station.offloader.offload(FaultyDevice(inner, on_read=gone_after(200_000)))  # type: ignore[union-attr]
+        assert any(e.startswith("device removed") for e in report.errors)
+        store = station.store
+        assert store is not None
+        row = next(r for r in store.clips() if r["name"] == "AAA_FIRST.MP4")
+        assert row["state"] == "discovered"
+        assert list((config.data_dir / "vault" / "incoming").iterdir()) == []
+        assert not _vault_files(config.data_dir) or row["sha256"] is None
+        summary = station.run_once()
+        assert summary.ok
+        rows = store.clips()
+    assert {r["state"] for r in rows} == {"sealed"}
+    assert len(rows) == 3
+    assert next(r for r in rows if r["name"] == "AAA_FIRST.MP4")["sha256"] == _sha(big)
+    assert len(_vault_files(config.data_dir)) == 3
+
+
+def test_run_once_exit_code_reports_failures(station_config: Callable[..., Config],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = station_config()
+    (config.devices["simulated"].root / "BROKEN").mkdir()
+    (config.devices["simulated"].root / "BROKEN" / "BWC_DEVICE.json").write_text("{not json")
+    assert main(["run", "--once", "--config", str(config.source)]) == 1
+    out = capsys.readouterr().out
+    assert "identify failed" in out and "BWC_DEVICE.json" in out
