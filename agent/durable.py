@@ -56,3 +56,18 @@ def makedirs_durable(path: str | os.PathLike[str], mode: int = 0o750) -> Path:
             os.mkdir(directory, mode)
         fsync_dir(directory.parent)
     return target
+
+
+def remove_stale_temps(directory: str | os.PathLike[str]) -> list[str]:
+    """Delete temp files that write_atomic() left behind when a crash cut it short."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    removed = [p.name for p in folder.iterdir()
+               if p.name.startswith(".") and ".tmp-" in p.name and p.is_file()]
+    for name in removed:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    if removed:
+        fsync_dir(folder)
+    return removed

@@ -52,6 +52,9 @@ class Station:
         self._pool: ThreadPoolExecutor | None = None
         self._active: dict[str, Future[DockReport]] = {}
         self._active_lock = threading.Lock()
+        self._docked: dict[str, Device] = {}  # handle -> device, while docked
+        self._device_locks: dict[str, threading.Lock] = {}  # one owner at a time per device
+        self._jobs: set[Future[Any]] = set()
         self._stopping = threading.Event()
         self._stops: list[Callable[[], None]] = []
         self.reports: list[DockReport] = []
@@ -92,6 +95,9 @@ class Station:
         """Reclaim what a crash left in progress: partial copies are discarded and redone."""
         assert self.store is not None and self.vault is not None
         removed = self.vault.reclaim_incoming()
+        with self.store.transaction() as tx:
+            # Nothing is docked until a detector says so.
+            tx.execute("UPDATE devices SET docked_handle = NULL")
         stuck = self.store.clips(S.COPYING.value)
         with self.store.transaction() as tx:
             for row in stuck:
@@ -125,9 +131,16 @@ class Station:
     def _start_workers(self) -> None:
         assert self.store is not None and self.vault is not None and self.custody is not None
         custody = self.custody
-        before_listing = self.sync.before_listing if self.sync is not None else None
+        sync = self.sync
+        before_listing = sync.before_listing if sync is not None else None
+
+        def after_copy(clip_id: str) -> None:
+            custody.seal(clip_id)
+            if sync is not None:
+                sync.sealed(clip_id)
+
         self.offloader = Offloader(self.config, self.store, self.vault,
-                                   after_copy=custody.seal, before_listing=before_listing)
+                                   after_copy=after_copy, before_listing=before_listing)
         self._pool = ThreadPoolExecutor(max_workers=self.config.station.max_ingest_workers,
                                         thread_name_prefix="dock")
         pool = self._pool
@@ -163,9 +176,17 @@ class Station:
             running = self._active.get(device.handle)
             if running is not None and not running.done():
                 return running
-            future = self._pool.submit(self._session, device)
+            self._docked[device.handle] = device
+            future = self._pool.submit(self._owned, device, self._session)
             self._active[device.handle] = future
             return future
+
+    def _owned(self, device: Device, job: Callable[[Device], Any]) -> Any:
+        """Run ``job`` as the device's only owner (sessions and releases never overlap)."""
+        with self._active_lock:
+            lock = self._device_locks.setdefault(device.handle, threading.Lock())
+        with lock:
+            return job(device)
 
     def _session(self, device: Device) -> DockReport:
         assert self.offloader is not None
@@ -179,8 +200,76 @@ class Station:
                  report.already_ingested, len(report.quarantined), len(report.skipped))
         return report
 
+    def _submit(self, device: Device, job: Callable[[Device], Any]) -> Future[Any] | None:
+        if self._stopping.is_set() or self._pool is None:
+            return None
+        future = self._pool.submit(self._owned, device, job)
+        with self._active_lock:
+            self._jobs.add(future)
+        future.add_done_callback(self._job_done)
+        return future
+
+    def _job_done(self, future: Future[Any]) -> None:
+        with self._active_lock:
+            self._jobs.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("device job failed: %s", future.exception())
+
+    def releasing(self) -> bool:
+        """Whether release jobs are queued or running (``run --once`` waits for them)."""
+        with self._active_lock:
+            return bool(self._jobs)
+
+    def docked_device(self, serial: str) -> Device | None:
+        if self.store is None:
+            return None
+        row = self.store.query_one("SELECT docked_handle FROM devices WHERE serial = ?",
+                                   (serial,))
+        if row is None or row["docked_handle"] is None:
+            return None
+        with self._active_lock:
+            return self._docked.get(row["docked_handle"])
+
+    def request_release(self, serial: str) -> None:
+        """An ack arrived: release the clip from its camera now if the camera is docked."""
+        device = self.docked_device(serial)
+        if device is None or self.sync is None:
+            return
+        sync = self.sync
+
+        def release(dev: Device) -> None:
+            if dev.present():
+                sync.before_listing(dev, dev.identify())
+
+        self._submit(device, release)
+
+    def rescan(self) -> list[str]:
+        """Offload every docked device again (the platform's ``rescan`` command)."""
+        queued = []
+        for detector in self.detectors or self._make_detectors():
+            for device in detector.scan():
+                if self.dock(device) is not None:
+                    queued.append(device.handle)
+        return queued
+
+    def sync_clocks(self) -> dict[str, float | None]:
+        """Set the clocks of docked devices (the platform's ``sync-clock`` command)."""
+        import time
+
+        with self._active_lock:
+            devices = list(self._docked.values())
+        results: dict[str, float | None] = {}
+        for device in devices:
+            if not device.present():
+                continue
+            info = device.identify()
+            results[info.serial] = device.sync_clock(time.time())
+        return results
+
     def undock(self, handle: str) -> None:
         log.info("undocked: %s", handle)
+        with self._active_lock:
+            self._docked.pop(handle, None)
         if self.store is None:
             return
         with self.store.transaction() as tx:

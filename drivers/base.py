@@ -11,7 +11,7 @@ Invariants every driver keeps:
 * ``Recording.path`` is the path relative to the volume root as the device
   gives it (POSIX separators, decoded to Unicode).  The agent never uses it
   as a local file-system path; it is data.  Drivers that *do* open files by
-  it must resolve it with :func:`drivers.paths.resolve_inside` (never leave
+  it must resolve it with :func:`drivers.paths.open_inside` (never leave
   the volume root, never follow a symlink).
 * ``Device.open`` returns a binary stream over the recording's bytes as they
   are now; a device that disappears raises ``DeviceGoneError``.

@@ -24,6 +24,7 @@ from agent.custody.jcs import canonicalize
 from agent.custody.keys import StationKey, check_key_matches_certificate, init_station_keys, \
     load_certificate
 from agent.custody.manifest import build_manifest
+from agent.durable import remove_stale_temps
 from agent.errors import StoreError
 from agent.store import ClipState, Store
 from agent.timeutil import now
@@ -50,7 +51,8 @@ class Custody:
 
     def start(self) -> None:
         key_path, cert_path = key_paths(self.config)
-        if not key_path.exists():
+        remove_stale_temps(key_path.parent)
+        if not key_path.exists() or not cert_path.exists():
             # Like an SSH host key: a new station makes its identity on first start.
             log.warning("no station key yet: creating %s and a development certificate",
                         key_path)

@@ -55,6 +55,11 @@ class _Hooked(io.RawIOBase):
         self.done += len(data)
         return data
 
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
     def close(self) -> None:
         self.inner.close()
         super().close()

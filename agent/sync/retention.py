@@ -1,0 +1,147 @@
+"""Release from the camera and purge from the vault: the only two places that delete evidence.
+
+Both require a valid platform acknowledgement first — the clip's state says
+so (``acknowledged`` is reached only through :mod:`agent.sync.inbound`):
+
+* release (``retention.release = "after-ack"``): the dock worker that owns the
+  camera deletes an acknowledged clip from it, after checking the file there
+  still has the same size, mtime and SHA-256 as what was sealed;
+* purge: the local vault copy of a released (or, with ``release = "never"``,
+  acknowledged) clip is removed after ``retention.keep_days``, or earlier,
+  oldest acknowledgement first, while free space is under
+  ``retention.low_water_mb``.
+
+Each deletion is a state change with its custody log entry and event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from datetime import timedelta
+
+from agent.config import Config
+from agent.errors import AgentError, DeviceError
+from agent.offload import mtime_ms
+from agent.store import ClipState, Store
+from agent.timeutil import now, parse_rfc3339
+from agent.vault import Vault
+from drivers.base import Device, DeviceInfo, Recording
+
+log = logging.getLogger(__name__)
+S = ClipState
+HASH_BLOCK = 4 * 1024 * 1024
+
+
+def release_acknowledged(config: Config, store: Store, device: Device, info: DeviceInfo) -> list[str]:
+    """Delete this camera's acknowledged clips from it; returns the clip ids released."""
+    if config.retention.release != "after-ack":
+        return []
+    rows = store.query("SELECT * FROM clips WHERE device_serial = ? AND state = ? "
+                       "ORDER BY clip_id", (info.serial, S.ACKNOWLEDGED.value))
+    released = []
+    for row in rows:
+        rec = Recording(path=row["path"], size=row["size"], mtime=row["mtime_ms"] / 1000)
+        problem = _same_file(device, rec, row["sha256"])
+        if problem is not None:
+            log.warning("clip %s not released from %s: %s", row["clip_id"], info.serial, problem)
+            with store.transaction() as tx:
+                tx.log("release.skipped", row["clip_id"], {"reason": problem})
+            continue
+        try:
+            device.release(rec)
+        except DeviceError as exc:
+            log.error("clip %s: release from %s failed: %s", row["clip_id"], info.serial, exc)
+            with store.transaction() as tx:
+                tx.log("release.failed", row["clip_id"], {"reason": str(exc)})
+            continue
+        with store.transaction() as tx:
+            tx.transition(row["clip_id"], S.RELEASED, released_at=now(),
+                          log_body={"device_serial": info.serial, "path": row["path"],
+                                    "sha256": row["sha256"]})
+            tx.event("clip.released", {"clip_id": row["clip_id"], "device_serial": info.serial,
+                                       "path": row["path"], "sha256": row["sha256"]})
+        released.append(row["clip_id"])
+    return released
+
+
+def _same_file(device: Device, rec: Recording, sha256: str) -> str | None:
+    """Why the file on the camera is not the acknowledged clip, or None if it is."""
+    try:
+        size, mtime = device.stat(rec)
+    except DeviceError as exc:
+        return f"not on the camera any more ({exc})"
+    if size != rec.size or mtime_ms(mtime) != mtime_ms(rec.mtime):
+        return f"changed on the camera since it was copied (size {rec.size} -> {size})"
+    digest = hashlib.sha256()
+    try:
+        with device.open(rec) as stream:
+            while block := stream.read(HASH_BLOCK):
+                digest.update(block)
+    except (DeviceError, OSError) as exc:
+        return f"could not be re-read for the check: {exc}"
+    if digest.hexdigest() != sha256:
+        return f"bytes on the camera hash to {digest.hexdigest()}, not the acknowledged {sha256}"
+    return None
+
+
+def purge(config: Config, store: Store, vault: Vault, *, at: float | None = None) -> list[str]:
+    """Purge vault copies past retention, then more while under the low-water mark."""
+    current = time.time() if at is None else at
+    purgeable = (S.RELEASED.value,) if config.retention.release == "after-ack" else (
+        S.ACKNOWLEDGED.value, S.RELEASED.value)
+    marks = ",".join("?" for _ in purgeable)
+    rows = store.query(f"SELECT * FROM clips WHERE state IN ({marks}) ORDER BY acknowledged_at",
+                       purgeable)
+    keep = timedelta(days=config.retention.keep_days).total_seconds()
+    low_water = config.retention.low_water_mb * 1024 * 1024
+    purged = []
+    for row in rows:
+        acked = parse_rfc3339(row["acknowledged_at"]).timestamp()
+        if current - acked >= keep:
+            reason = f"retention of {config.retention.keep_days:g} days passed"
+        elif vault.free_bytes() < low_water:
+            reason = f"free space under the low-water mark ({config.retention.low_water_mb} MB)"
+        else:
+            continue
+        _purge_one(store, vault, row["clip_id"], row["sha256"], reason)
+        purged.append(row["clip_id"])
+    return purged
+
+
+LIVE_STATES = ("copied", "sealed", "uploading", "uploaded", "acknowledged", "released",
+               "quarantined")
+
+
+def _shared(store: Store, sha256: str, clip_id: str) -> bool:
+    """Whether another clip still needs the vault object (the same bytes)."""
+    marks = ",".join("?" for _ in LIVE_STATES)
+    row = store.query_one(f"SELECT 1 FROM clips WHERE sha256 = ? AND clip_id != ? AND state IN "
+                          f"({marks})", (sha256, clip_id, *LIVE_STATES))
+    return row is not None
+
+
+def _purge_one(store: Store, vault: Vault, clip_id: str, sha256: str, reason: str) -> None:
+    with store.transaction() as tx:
+        clip = tx.clip(clip_id)
+        if clip["state"] not in (S.ACKNOWLEDGED.value, S.RELEASED.value) or not clip["ack"]:
+            raise AgentError(f"refusing to purge clip {clip_id} in state {clip['state']}")
+        tx.transition(clip_id, S.PURGED, purged_at=now(),
+                      log_body={"sha256": sha256, "reason": reason})
+        tx.event("clip.purged", {"clip_id": clip_id, "sha256": sha256, "reason": reason})
+    # After the commit: a crash in between leaves an orphan object, which
+    # sweep_purged() removes at the next start; never a live clip without bytes.
+    if not _shared(store, sha256, clip_id):
+        vault.remove(sha256)
+    log.info("clip %s purged from the vault: %s", clip_id, reason)
+
+
+def sweep_purged(store: Store, vault: Vault) -> int:
+    """Remove vault objects of purged clips left behind by a crash; returns how many."""
+    removed = 0
+    for row in store.query("SELECT clip_id, sha256 FROM clips WHERE state = 'purged'"):
+        if vault.has(row["sha256"]) and not _shared(store, row["sha256"], row["clip_id"]):
+            vault.remove(row["sha256"])
+            removed += 1
+    return removed

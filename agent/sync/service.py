@@ -1,0 +1,191 @@
+"""The sync service: everything a station does with its platform, started and stopped as one.
+
+Start order: outbox → inbound worker → MQTT link → uploader → housekeeping
+timer; stop is the reverse.  The station keeps ingesting and sealing when the
+platform is unreachable: events wait in the durable outbox, uploads back off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent import __version__
+from agent.config import Config
+from agent.custody.keys import keyid_of, load_certificate, load_public_key
+from agent.custody.sealer import Custody, key_paths
+from agent.errors import AgentError, ConfigError
+from agent.store import ClipState, Store
+from agent.sync.inbound import Inbound, tag_command
+from agent.sync.mqtt import MqttLink
+from agent.sync.retention import purge, release_acknowledged, sweep_purged
+from agent.sync.storeoutbox import StoreOutbox
+from agent.sync.uploader import Uploader
+from agent.timeutil import now
+from agent.vault import Vault
+from drivers.base import Device, DeviceInfo
+
+if TYPE_CHECKING:
+    from agent.station import Station
+
+log = logging.getLogger(__name__)
+S = ClipState
+IN_FLIGHT = ("sealed", "uploading", "uploaded")
+HOUSEKEEPING_S = 60.0
+
+
+def read_secret(path: os.PathLike[str] | str, key_path: str) -> str:
+    """Read a secret file, refusing one that group or others can read."""
+    try:
+        st = os.stat(path)
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise ConfigError(f"{key_path}: {path} is readable by group or others "
+                              f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}")
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key_path}: cannot read {path}: {exc.strerror}") from exc
+
+
+class SyncService:
+    def __init__(self, config: Config, store: Store, vault: Vault, custody: Custody,
+                 station: Station) -> None:
+        assert config.platform is not None
+        self.config = config
+        self.platform = config.platform
+        self.store = store
+        self.vault = vault
+        self.custody = custody
+        self.station = station
+        self.outbox = StoreOutbox(store)
+        public = load_public_key(self.platform.platform_key_file)
+        self.trusted: dict[str, Any] = {keyid_of(public): public}
+        self.inbound = Inbound(config, store, self.trusted, self._respond, {
+            "status": lambda _args: self.status(),
+            "rescan": lambda _args: {"devices": self.station.rescan()},
+            "tag": tag_command(config, store),
+            "sync-clock": lambda _args: {"devices": self.station.sync_clocks()},
+        }, on_acknowledged=self._acknowledged)
+        password = (read_secret(self.platform.password_file, "platform.password_file")
+                    if self.platform.password_file else None)
+        self.link = MqttLink(
+            station_id=config.station.id, url=self.platform.mqtt_url,
+            ca_file=self.platform.ca_file, cert_file=self.platform.cert_file,
+            key_file=self.platform.key_file, username=self.platform.username,
+            password=password, protocol=self.platform.mqtt_protocol,
+            keepalive=self.platform.keepalive_s, outbox=self.outbox,
+            status_provider=self.status, on_message=self.inbound.deliver,
+            insecure=self.platform.insecure)
+        self.uploader = Uploader(config, store, vault)
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self._last_sync: str | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        swept = sweep_purged(self.store, self.vault)
+        if swept:
+            log.warning("removed %d vault objects of purged clips left by a crash", swept)
+        self._publish_identity()
+        self.inbound.start()
+        self.link.start()
+        self.uploader.start()
+        self._timer = threading.Thread(target=self._housekeeping, name="housekeeping",
+                                       daemon=True)
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(timeout=10)
+        self.uploader.stop()
+        self.link.stop()
+        self.inbound.stop()
+
+    def _publish_identity(self) -> None:
+        _key_path, cert_path = key_paths(self.config)
+        cert = load_certificate(cert_path)
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        identity = {"station_id": self.config.station.id, "key_id": self.custody.key_id,
+                    "certificate": cert.public_bytes(Encoding.PEM).decode("ascii"),
+                    "version": __version__, "at": now()}
+        topic = f"bwc/v1/stations/{self.config.station.id}/identity"
+        self.outbox.add(topic, json.dumps(identity).encode(), qos=1, retain=True)
+
+    def _housekeeping(self) -> None:
+        last_status = time.monotonic()
+        while not self._stop.wait(min(HOUSEKEEPING_S, self.platform.status_interval_s)):
+            try:
+                if time.monotonic() - last_status >= self.platform.status_interval_s:
+                    self.link.publish_status()
+                    last_status = time.monotonic()
+                purge(self.config, self.store, self.vault)
+                self.uploader.poke()
+            except AgentError:
+                log.exception("housekeeping failed")
+
+    # --- hooks used by the station --------------------------------------------------------
+
+    def before_listing(self, device: Device, info: DeviceInfo) -> None:
+        """At every dock, first release what the platform has acknowledged."""
+        release_acknowledged(self.config, self.store, device, info)
+
+    def sealed(self, _clip_id: str) -> None:
+        self.uploader.poke()
+
+    def _acknowledged(self, clip_id: str) -> None:
+        self._last_sync = now()
+        row = self.store.clip(clip_id)
+        self.station.request_release(row["device_serial"])
+
+    def _respond(self, topic: str, correlation: bytes | None, payload: bytes) -> None:
+        self.link.respond(topic, correlation, payload)
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        counts = self.store.counts_by_state()
+        stat_fs = os.statvfs(self.config.data_dir)
+        devices = [{"serial": r["serial"], "model": r["model"], "officer_id": r["officer_id"],
+                    "docked": r["docked_handle"] is not None}
+                   for r in self.store.query("SELECT * FROM devices ORDER BY serial")]
+        return {
+            "station_id": self.config.station.id,
+            "devices": devices,
+            "clips": counts,
+            "backlog": {s: counts.get(s, 0) for s in ("discovered", "copied", *IN_FLIGHT)},
+            "disk": {"free_bytes": stat_fs.f_bavail * stat_fs.f_frsize,
+                     "total_bytes": stat_fs.f_blocks * stat_fs.f_frsize},
+            "outbox": self.outbox.backlog(),
+            "last_sync": self._last_sync,
+        }
+
+    # --- batch mode ----------------------------------------------------------------------
+
+    def drain(self, *, timeout_s: float) -> list[str]:
+        """Wait until every sealed clip is acknowledged (or failed) and every event sent."""
+        deadline = time.monotonic() + timeout_s
+        self.uploader.poke()
+        while time.monotonic() < deadline:
+            counts = self.store.counts_by_state()
+            busy = sum(counts.get(s, 0) for s in IN_FLIGHT)
+            if (busy == 0 and self.outbox.backlog() == 0 and self.inbound.idle()
+                    and not self.station.releasing()):
+                return []
+            time.sleep(0.1)
+        counts = self.store.counts_by_state()
+        failures = [f"{counts[s]} clips still {s} after {timeout_s:g} s"
+                    for s in IN_FLIGHT if counts.get(s)]
+        backlog = self.outbox.backlog()
+        if backlog:
+            error = self.link.last_error
+            failures.append(f"{backlog} events not delivered to the platform"
+                            + (f" ({error})" if error else ""))
+        return failures

@@ -1,0 +1,44 @@
+"""The station's durable outbox: the ``outbox`` table of the station database.
+
+Events are inserted by :meth:`agent.store.Tx.event` in the same transaction
+as the state change they announce; the MQTT link drains them from here.
+"""
+
+from __future__ import annotations
+
+from agent.store import Store
+from agent.sync.outbox import OutboxItem
+from agent.timeutil import now
+
+
+class StoreOutbox:
+    """Implements :class:`agent.sync.outbox.Outbox` over the station store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def add(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        with self.store.transaction() as tx:
+            tx.execute("INSERT INTO outbox (topic, payload, qos, retain, created_at) "
+                       "VALUES (?,?,?,?,?)", (topic, payload, qos, int(retain), now()))
+        self.store.outbox_signal.set()
+
+    def pending(self, limit: int) -> list[OutboxItem]:
+        # Cleared before the read: an insert after this point sets it again.
+        self.store.outbox_signal.clear()
+        rows = self.store.query("SELECT id, topic, payload, qos, retain FROM outbox WHERE "
+                                "delivered_at IS NULL ORDER BY id LIMIT ?", (limit,))
+        return [OutboxItem(r["id"], r["topic"], bytes(r["payload"]), r["qos"], bool(r["retain"]))
+                for r in rows]
+
+    def mark_delivered(self, item_id: int) -> None:
+        with self.store.transaction() as tx:
+            tx.execute("UPDATE outbox SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
+                       (now(), item_id))
+
+    def wait_for_new(self, timeout: float) -> None:
+        self.store.outbox_signal.wait(timeout)
+
+    def backlog(self) -> int:
+        row = self.store.query_one("SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL")
+        return int(row["n"]) if row else 0

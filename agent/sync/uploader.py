@@ -1,0 +1,181 @@
+"""Footage uploads: sealed clips go to the platform's tus endpoint, resumably.
+
+A clip moves ``sealed → uploading`` when its upload starts, and
+``uploading → uploaded`` when the server confirmed the last byte.  The upload
+URL and the confirmed offset are stored after every PATCH, so a network
+failure, a server restart or an agent restart resumes from the server's
+offset (asked with HEAD), never from zero.  Transient failures back off
+exponentially with jitter; a 4xx that will never succeed quarantines the clip
+with the reason.  Nothing here ever deletes a clip.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from agent.config import Config
+from agent.errors import AgentError, TransportError
+from agent.store import ClipState, Store
+from agent.sync.tus import RateLimiter, TusClient, UploadGone, backoff_delay
+from agent.timeutil import now
+from agent.vault import Vault
+
+log = logging.getLogger(__name__)
+S = ClipState
+
+
+class Uploader:
+    """A pool of upload workers sharing one bandwidth limiter; important clips first."""
+
+    def __init__(self, config: Config, store: Store, vault: Vault) -> None:
+        assert config.platform is not None
+        self.config = config
+        self.platform = config.platform
+        self.store = store
+        self.vault = vault
+        self._wake = threading.Condition()
+        self._claimed: set[str] = set()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        bandwidth = self.platform.bandwidth_kib_s * 1024
+        self._limiter = RateLimiter(bandwidth) if bandwidth else None
+
+    def start(self) -> None:
+        for i in range(self.platform.upload_concurrency):
+            thread = threading.Thread(target=self._worker, name=f"upload-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.poke()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def poke(self) -> None:
+        """Something may be ready to upload (a seal, a retry time reached)."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def busy(self) -> bool:
+        with self._wake:
+            return bool(self._claimed)
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    def _claim(self) -> str | None:
+        rows = self.store.query(
+            "SELECT clip_id FROM clips WHERE state IN ('sealed', 'uploading') AND "
+            "next_attempt_at <= ? ORDER BY important DESC, clip_id LIMIT 64", (time.time(),))
+        with self._wake:
+            for row in rows:
+                if row["clip_id"] not in self._claimed:
+                    self._claimed.add(row["clip_id"])
+                    return str(row["clip_id"])
+        return None
+
+    def _next_due(self) -> float:
+        row = self.store.query_one("SELECT MIN(next_attempt_at) AS t FROM clips WHERE state IN "
+                                   "('sealed', 'uploading')")
+        if row is None or row["t"] is None:
+            return 30.0
+        return max(0.05, min(30.0, float(row["t"]) - time.time()))
+
+    def _worker(self) -> None:
+        client = self._client()
+        try:
+            while not self._stop.is_set():
+                try:
+                    clip_id = self._claim()
+                except AgentError:
+                    log.exception("upload scheduling failed")
+                    clip_id = None
+                if clip_id is None:
+                    with self._wake:
+                        self._wake.wait(self._next_due())
+                    continue
+                try:
+                    self.upload_one(client, clip_id)
+                except AgentError:
+                    log.exception("upload of %s failed", clip_id)
+                finally:
+                    with self._wake:
+                        self._claimed.discard(clip_id)
+        finally:
+            client.close()
+
+    def _client(self) -> TusClient:
+        p = self.platform
+        cert = (p.cert_file, p.key_file) if p.cert_file and p.key_file else None
+        return TusClient(p.upload_url, ca_file=p.ca_file, cert=cert,
+                         chunk_size=p.upload_chunk_mib * 1024 * 1024, limiter=self._limiter,
+                         allow_http=p.insecure)
+
+    # --- one clip ------------------------------------------------------------------------
+
+    def upload_one(self, client: TusClient, clip_id: str) -> None:
+        clip = self.store.clip(clip_id)
+        if clip["state"] == S.SEALED.value:
+            with self.store.transaction() as tx:
+                tx.transition(clip_id, S.UPLOADING, log_body={"endpoint": self.platform.upload_url})
+            clip = self.store.clip(clip_id)
+        elif clip["state"] != S.UPLOADING.value:
+            return
+        path: Path = self.vault.path_for(clip["sha256"])
+        size = int(clip["size"])
+        try:
+            url = clip["upload_url"]
+            offset = 0
+            if url:
+                try:
+                    offset = client.offset(url)
+                except UploadGone:
+                    log.warning("upload %s of clip %s is gone on the server; starting anew",
+                                url, clip_id)
+                    url = None
+            if not url:
+                url = client.create(size, {
+                    "clip_id": clip_id, "sha256": clip["sha256"],
+                    "station_id": self.config.station.id, "filename": clip["name"]})
+                with self.store.transaction() as tx:
+                    tx.update_clip(clip_id, upload_url=url, upload_offset=0)
+                    tx.log("upload.created", clip_id, {"upload_url": url, "size": size})
+
+            def progress(confirmed: int) -> None:
+                with self.store.transaction() as tx:
+                    tx.update_clip(clip_id, upload_offset=confirmed)
+
+            if offset < size:
+                if offset:
+                    log.info("clip %s: resuming upload at %d of %d", clip_id, offset, size)
+                client.upload(url, path, start=offset, total=size, on_progress=progress)
+        except TransportError as exc:
+            self._failed(clip_id, int(clip["upload_attempts"]) + 1, exc)
+            return
+        with self.store.transaction() as tx:
+            if tx.clip(clip_id)["state"] != S.UPLOADING.value:
+                return  # an ack raced ahead and already moved it on
+            tx.transition(clip_id, S.UPLOADED, uploaded_at=now(), upload_offset=size,
+                          log_body={"upload_url": url, "sha256": clip["sha256"], "size": size})
+            tx.event("clip.uploaded", {"clip_id": clip_id, "sha256": clip["sha256"],
+                                       "size": size, "upload_url": url})
+        log.info("clip %s uploaded (%d bytes)", clip_id, size)
+
+    def _failed(self, clip_id: str, attempts: int, exc: TransportError) -> None:
+        if not exc.retryable:
+            reason = f"upload refused by the platform: {exc}"
+            log.error("clip %s: %s", clip_id, reason)
+            with self.store.transaction() as tx:
+                tx.transition(clip_id, S.QUARANTINED, reason=reason, upload_attempts=attempts,
+                              log_body={"reason": reason})
+                tx.event("alert", {"code": "upload.failed", "clip_id": clip_id,
+                                   "message": reason})
+            return
+        delay = backoff_delay(attempts, base=1.0, cap=float(self.platform.retry_max_s))
+        log.warning("clip %s: upload attempt %d failed (%s); retrying in %.1f s", clip_id,
+                    attempts, exc, delay)
+        with self.store.transaction() as tx:
+            tx.update_clip(clip_id, upload_attempts=attempts, next_attempt_at=time.time() + delay)

@@ -1,0 +1,303 @@
+"""Cameras that show up as USB mass-storage volumes.
+
+A camera is docked when a directory directly below ``mount_root`` is a
+mount point (per ``mounts_file``, normally /proc/self/mounts).  Watchdog
+reports directories appearing and vanishing under ``mount_root``; mounting
+and unmounting change no directory entry there, so the mount table is
+also watched (poll() on /proc/self/mounts wakes on every change, and a
+rescan runs every ``rescan_interval_s`` regardless).
+
+Identification goes from the mount source to the USB device in sysfs:
+``/dev/sdb1`` -> ``<sysfs_root>/class/block/sdb1`` (a symlink into
+``devices/.../usb1/1-1/1-1:1.0/host0/.../block/sdb/sdb1``) -> up the parents
+to the first directory with ``idVendor`` and ``idProduct`` (the USB device)
+-> VID:PID, serial, manufacturer, product.  The VID:PID selects the catalog
+entry (model, name pattern, extensions); the officer comes from the names.
+
+A camera the catalog does not know is still ingested: vendor and model
+from sysfs, no name pattern, the default extensions.  Without a USB serial
+the serial is taken from the file names, else ``volume:<directory name>``
+(the ``volume:`` prefix marks a serial that is not the device's own).
+"""
+
+# option() returns a dataclasses.field; ruff's RUF009 cannot tell it from a call.
+# ruff: noqa: RUF009
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import select
+import stat
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from agent.configschema import option
+from agent.errors import DeviceError
+from drivers import catalog as catalog_mod
+from drivers.base import Detector, Device, DeviceInfo, DriverSpec, Recording
+from drivers.volume import DockWatcher, VolumeDevice
+
+log = logging.getLogger(__name__)
+
+KEY = "mass_storage"
+VOLUME_SERIAL_PREFIX = "volume:"
+_DEFAULT_EXTENSIONS = ["mp4", "mov", "avi", "mkv", "ts", "3gp", "jpg", "wav", "mp3", "amr"]
+_ATTR_MAX = 4096
+
+
+@dataclass(frozen=True)
+class MassStorageConfig:
+    mount_root: Path = option(doc="Directory under which camera volumes are mounted "
+                                  "(e.g. /media/bwc).")
+    sysfs_root: Path = option(Path("/sys"), doc="sysfs, where USB devices are identified.")
+    mounts_file: Path = option(Path("/proc/self/mounts"), doc="The mount table.")
+    catalog: Path | None = option(None, doc="Device catalog (USB ids, name patterns); "
+                                            "default: the catalog shipped with bwc-agent.")
+    require_mount: bool = option(True, doc="Only directories that are mount points are cameras.")
+    extensions: list[str] = option(
+        default_factory=lambda: list(_DEFAULT_EXTENSIONS),
+        doc="Recording extensions of cameras the catalog does not know.")
+    rescan_interval_s: float = option(2.0, min=0.05, max=300,
+                                      doc="Seconds between re-reads of the mount table.")
+
+
+@dataclass(frozen=True)
+class UsbInfo:
+    """A USB device as sysfs describes it."""
+
+    vendor_id: str  # 4 lower-case hex digits
+    product_id: str
+    serial: str
+    manufacturer: str
+    product: str
+    sysfs_path: Path
+
+    @property
+    def usb_id(self) -> str:
+        return f"{self.vendor_id}:{self.product_id}"
+
+
+def _unescape(field: bytes) -> str:
+    # The kernel escapes space, tab, newline and backslash as \ooo.
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def read_mounts(mounts_file: Path) -> dict[str, str]:
+    """Mount point -> source, from a mounts file (the last mount on a point wins)."""
+    try:
+        data = mounts_file.read_bytes()
+    except OSError as exc:
+        raise DeviceError(f"cannot read the mount table {mounts_file}: {exc.strerror}") from exc
+    mounts: dict[str, str] = {}
+    for line in data.splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            mounts[_unescape(fields[1])] = _unescape(fields[0])
+    return mounts
+
+
+def block_name(source: str) -> str | None:
+    """Kernel block device name of a mount source (``/dev/sdb1`` -> ``sdb1``), or None."""
+    if not source.startswith("/dev/"):
+        return None
+    name = os.path.basename(os.path.realpath(source))  # /dev/disk/by-uuid/... are links
+    return name or None
+
+
+def usb_device_dir(sysfs_root: Path, block: str) -> Path | None:
+    """The sysfs directory of the USB device behind block device ``block``, or None."""
+    link = sysfs_root / "class" / "block" / block
+    if "/" in block or block in (".", "..") or not os.path.lexists(link):
+        return None
+    top = Path(os.path.realpath(sysfs_root))
+    current = Path(os.path.realpath(link))
+    while current != top and top in current.parents:
+        if (current / "idVendor").is_file() and (current / "idProduct").is_file():
+            return current
+        current = current.parent
+    return None
+
+
+def _attr(directory: Path, name: str) -> str:
+    try:
+        with open(directory / name, "rb") as f:
+            return f.read(_ATTR_MAX).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def read_usb_info(usb_dir: Path) -> UsbInfo:
+    return UsbInfo(
+        vendor_id=_attr(usb_dir, "idVendor").lower(),
+        product_id=_attr(usb_dir, "idProduct").lower(),
+        serial=_attr(usb_dir, "serial"),
+        manufacturer=_attr(usb_dir, "manufacturer"),
+        product=_attr(usb_dir, "product"),
+        sysfs_path=usb_dir,
+    )
+
+
+def usb_for_source(sysfs_root: Path, source: str) -> UsbInfo | None:
+    """The USB device a mount source lives on, or None (not USB, or not found)."""
+    block = block_name(source)
+    if block is None:
+        return None
+    usb_dir = usb_device_dir(sysfs_root, block)
+    return read_usb_info(usb_dir) if usb_dir is not None else None
+
+
+class MassStorageDevice(VolumeDevice):
+    """A mounted camera volume.
+
+    ``known`` is an identity established otherwise (e.g. by the gat947
+    serial protocol before it switched the camera to mass storage); when
+    given, ``identify()`` returns it unchanged.
+    """
+
+    driver_key = KEY
+
+    def __init__(self, mount_point: Path, *, usb: UsbInfo | None,
+                 entry: catalog_mod.Entry | None, extensions: Iterable[str],
+                 mounts_file: Path | None = None, known: DeviceInfo | None = None) -> None:
+        super().__init__(mount_point, entry.extensions if entry is not None else extensions)
+        self.usb = usb
+        self.entry = entry
+        self.mounts_file = mounts_file
+        self.known = known
+
+    def annotate(self, recording: Recording) -> Recording:
+        if self.entry is None:
+            return recording
+        info = catalog_mod.parse_name(self.entry, recording.name)
+        return replace(recording, recorded_start=info.recorded_start, important=info.important)
+
+    def _from_names(self) -> tuple[str, str]:
+        """Most common (officer, serial) in the recording names; '' where unknown."""
+        if self.entry is None:
+            return "", ""
+        officers: Counter[str] = Counter()
+        serials: Counter[str] = Counter()
+        for rec in self.recordings().recordings:
+            fields = catalog_mod.name_fields(self.entry, rec.name)
+            if "officer" in fields:
+                officers[fields["officer"]] += 1
+            if "serial" in fields:
+                serials[fields["serial"]] += 1
+
+        def top(c: Counter[str]) -> str:
+            # Most common; ties broken by the smaller value, so the result is stable.
+            return min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] if c else ""
+
+        return top(officers), top(serials)
+
+    def identify(self) -> DeviceInfo:
+        if self.known is not None:
+            return self.known
+        officer, name_serial = self._from_names()
+        usb, entry = self.usb, self.entry
+        serial = (usb.serial if usb is not None and usb.serial else "") or name_serial
+        if not serial:
+            serial = VOLUME_SERIAL_PREFIX + self.root.name
+        return DeviceInfo(
+            serial=serial,
+            vendor=entry.vendor if entry else (usb.manufacturer if usb else ""),
+            model=entry.model if entry else (usb.product if usb else ""),
+            officer_id=officer,
+            clock=None,
+            driver=KEY,
+            usb_id=usb.usb_id if usb is not None else "",
+            name_pattern=entry.name_pattern if entry else None,
+        )
+
+    def present(self) -> bool:
+        if not super().present():
+            return False
+        if self.mounts_file is None:
+            return True
+        try:
+            return str(self.root) in read_mounts(self.mounts_file)
+        except DeviceError:
+            return False
+
+
+class MassStorageDetector(DockWatcher):
+    """Watches ``mount_root`` and the mount table for camera volumes."""
+
+    def __init__(self, config: MassStorageConfig) -> None:
+        # Mount tables hold resolved paths; compare like with like.
+        super().__init__(Path(os.path.realpath(config.mount_root)))
+        self.config = config
+        self.catalog = catalog_mod.load(config.catalog)
+        self.rescan_interval_s = config.rescan_interval_s
+        self._mounts_fd: int | None = None
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.config.require_mount:
+            read_mounts(self.config.mounts_file)  # fail at start, naming the file
+            if str(self.config.mounts_file).startswith("/proc/"):
+                with contextlib.suppress(OSError):
+                    self._mounts_fd = os.open(self.config.mounts_file, os.O_RDONLY | os.O_CLOEXEC)
+
+    def wait_for_change(self, timeout: float) -> None:
+        fd = self._mounts_fd
+        if fd is None:
+            super().wait_for_change(timeout)
+            return
+        # The kernel flags POLLPRI|POLLERR on a mounts file when the table changes.
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI | select.POLLERR)
+        poller.poll(int(timeout * 1000))
+
+    def stop(self) -> None:
+        super().stop()
+        if self._mounts_fd is not None:
+            os.close(self._mounts_fd)
+            self._mounts_fd = None
+
+    def probe(self, name: str) -> Device | None:
+        mount_point = self.root / name
+        try:
+            if not stat.S_ISDIR(os.stat(mount_point, follow_symlinks=False).st_mode):
+                return None
+        except OSError:
+            return None
+        if self.config.require_mount:
+            source = read_mounts(self.config.mounts_file).get(str(mount_point))
+            if source is None:
+                return None
+        else:
+            try:  # not required, but identifies the device when it is there
+                source = read_mounts(self.config.mounts_file).get(str(mount_point))
+            except DeviceError:
+                source = None
+        return self.device_at(mount_point, source)
+
+    def device_at(self, mount_point: Path, source: str | None,
+                  known: DeviceInfo | None = None) -> MassStorageDevice:
+        """A device for a volume mounted at ``mount_point`` from ``source`` (e.g. /dev/sdb1)."""
+        usb = usb_for_source(self.config.sysfs_root, source) if source else None
+        entry = self.catalog.match_usb(usb.usb_id) if usb is not None else None
+        if usb is not None and entry is None:
+            log.warning("camera %s (USB %s, %s %s) is not in the device catalog",
+                        mount_point, usb.usb_id, usb.manufacturer, usb.product)
+        return MassStorageDevice(
+            mount_point, usb=usb, entry=entry, extensions=self.config.extensions,
+            mounts_file=self.config.mounts_file if self.config.require_mount else None,
+            known=known,
+        )
+
+
+def make_detector(config: object) -> Detector:
+    if not isinstance(config, MassStorageConfig):
+        raise TypeError(f"mass_storage driver: expected MassStorageConfig, "
+                        f"got {type(config).__name__}")
+    return MassStorageDetector(config)
+
+
+SPEC = DriverSpec(KEY, MassStorageConfig, make_detector)

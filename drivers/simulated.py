@@ -1,0 +1,181 @@
+"""Simulated cameras: a directory per camera under a watched root.
+
+A camera is a directory directly below ``[devices.simulated].root`` that
+holds ``BWC_DEVICE.json`` (its identity) and recordings anywhere below it
+(usually ``DCIM/<date>/``).  Creating the directory docks the camera,
+removing it undocks it; ``scripts/simcam`` builds one elsewhere and renames
+it into place so the detector never sees half a camera.  If the directory
+appears before its identity file, the camera docks when the file appears.
+
+Identity file (JSON object, all strings unless noted)::
+
+    serial, vendor, model, firmware, officer_id, officer_name, unit_code,
+    unit_name, clock_offset_s (optional number: the camera clock minus the
+    true time, to simulate a wrong clock)
+
+Recording names follow the catalog entry ``catalog_key`` (GA/T 947 style),
+which gives each recording its start time and important flag.
+"""
+
+# option() returns a dataclasses.field; ruff's RUF009 cannot tell it from a call.
+# ruff: noqa: RUF009
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from agent.configschema import option
+from agent.durable import makedirs_durable, write_atomic
+from agent.errors import DeviceError
+from agent.timeutil import rfc3339
+from drivers import catalog as catalog_mod
+from drivers.base import Detector, Device, DeviceInfo, DriverSpec, Recording
+from drivers.paths import open_inside
+from drivers.volume import DockWatcher, VolumeDevice
+
+log = logging.getLogger(__name__)
+
+KEY = "simulated"
+IDENTITY_FILE = "BWC_DEVICE.json"
+IDENTITY_FIELDS = ("serial", "vendor", "model", "firmware", "officer_id", "officer_name",
+                   "unit_code", "unit_name")
+_MAX_IDENTITY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class SimulatedConfig:
+    root: Path = option(doc="Directory whose subdirectories are simulated cameras "
+                            "(created if missing).")
+    catalog: Path | None = option(None, doc="Device catalog (name patterns); default: the "
+                                            "catalog shipped with bwc-agent.")
+    catalog_key: str = option("simulated", doc="Catalog entry of the simulated cameras.")
+
+
+def read_identity(camera_dir: Path) -> dict[str, Any]:
+    """Parse and check the identity file; DeviceError names the file and every bad field."""
+    where = camera_dir / IDENTITY_FILE
+    try:
+        with open_inside(camera_dir, IDENTITY_FILE) as stream:
+            data = stream.read(_MAX_IDENTITY_BYTES + 1)
+    except DeviceError as exc:  # keeps DeviceGoneError a DeviceGoneError
+        raise type(exc)(f"{where}: cannot read the camera identity: {exc}") from exc
+    if len(data) > _MAX_IDENTITY_BYTES:
+        raise DeviceError(f"{where}: larger than {_MAX_IDENTITY_BYTES} bytes, not an identity")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DeviceError(f"{where}: not valid UTF-8 JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise DeviceError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+    problems = []
+    for name in IDENTITY_FIELDS:
+        if name not in doc:
+            problems.append(f"field {name!r} is missing")
+        elif not isinstance(doc[name], str):
+            problems.append(f"field {name!r} must be a string, got {doc[name]!r}")
+    if not problems and not doc["serial"].strip():
+        problems.append("field 'serial' is empty")
+    offset = doc.get("clock_offset_s", 0.0)
+    if isinstance(offset, bool) or not isinstance(offset, int | float):
+        problems.append(f"field 'clock_offset_s' must be a number, got {offset!r}")
+    if problems:
+        raise DeviceError(f"{where}: " + "; ".join(problems))
+    return doc
+
+
+class SimulatedDevice(VolumeDevice):
+    """One simulated camera directory, behaving like a mass-storage camera with a clock."""
+
+    driver_key = KEY
+
+    def __init__(self, camera_dir: Path, entry: catalog_mod.Entry) -> None:
+        super().__init__(camera_dir, entry.extensions, ignore=(IDENTITY_FILE,))
+        self.entry = entry
+
+    def identify(self) -> DeviceInfo:
+        doc = read_identity(self.root)
+        offset = float(doc.get("clock_offset_s", 0.0))
+        return DeviceInfo(
+            serial=doc["serial"], vendor=doc["vendor"], model=doc["model"],
+            firmware=doc["firmware"], officer_id=doc["officer_id"],
+            officer_name=doc["officer_name"], unit_code=doc["unit_code"],
+            unit_name=doc["unit_name"], clock=rfc3339(time.time() + offset),
+            driver=KEY, usb_id="", name_pattern=self.entry.name_pattern,
+        )
+
+    def annotate(self, recording: Recording) -> Recording:
+        info = catalog_mod.parse_name(self.entry, recording.name)
+        return replace(recording, recorded_start=info.recorded_start, important=info.important)
+
+    def sync_clock(self, now: float) -> float | None:
+        """Measure the camera clock against ``now`` and set it right (rewrites the identity)."""
+        doc = read_identity(self.root)
+        device_clock = time.time() + float(doc.get("clock_offset_s", 0.0))
+        measured = round(device_clock - now, 3)
+        doc["clock_offset_s"] = round(now - time.time(), 3)
+        text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+        try:
+            write_atomic(self.root / IDENTITY_FILE, text.encode("utf-8"))
+        except OSError as exc:
+            raise DeviceError(f"{self.root / IDENTITY_FILE}: cannot set the clock: "
+                              f"{exc.strerror}") from exc
+        log.info("clock of %s was off by %.3f s; set", self.root, measured)
+        return measured
+
+    def present(self) -> bool:
+        try:
+            st = os.stat(self.root / IDENTITY_FILE, follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode)
+
+
+class SimulatedDetector(DockWatcher):
+    """Watches ``root``: a subdirectory holding BWC_DEVICE.json is a docked camera."""
+
+    def __init__(self, config: SimulatedConfig) -> None:
+        super().__init__(config.root)
+        self.entry = catalog_mod.load(config.catalog).get(config.catalog_key)
+
+    def prepare(self) -> None:
+        try:
+            makedirs_durable(self.root)
+        except OSError as exc:
+            raise DeviceError(f"{self.root}: cannot create the simulated camera root: "
+                              f"{exc.strerror}") from exc
+        super().prepare()
+
+    def watch_inside(self, name: str) -> bool:
+        """Camera directories: their identity file may appear after them, or vanish."""
+        try:
+            return stat.S_ISDIR(os.stat(self.root / name, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
+    def probe(self, name: str) -> Device | None:
+        camera_dir = self.root / name
+        try:
+            if not stat.S_ISDIR(os.stat(camera_dir, follow_symlinks=False).st_mode):
+                return None
+            st = os.stat(camera_dir / IDENTITY_FILE, follow_symlinks=False)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return SimulatedDevice(camera_dir, self.entry)
+
+
+def make_detector(config: object) -> Detector:
+    if not isinstance(config, SimulatedConfig):
+        raise TypeError(f"simulated driver: expected SimulatedConfig, got {type(config).__name__}")
+    return SimulatedDetector(config)
+
+
+SPEC = DriverSpec(KEY, SimulatedConfig, make_detector)

@@ -1,0 +1,477 @@
+"""A camera volume as a directory tree: listing it, a Device over it, watching for docks.
+
+:func:`walk` lists a volume without trusting it: directories are opened by
+file descriptor with O_NOFOLLOW, so a symlink swapped in during the walk
+cannot redirect it; symlinks and special files are reported, never
+followed or opened; other file systems mounted inside are not entered.
+Everything that is not ingested is reported in ``Listing.skipped`` with a
+reason (except the identity files a driver names in ``ignore``).
+
+:class:`VolumeDevice` implements the Device protocol for such a tree.
+It remembers the raw on-disk bytes of each path from its last listing,
+because ``Recording.path`` is decoded text (maybe from GBK) and cannot be
+encoded back reliably.
+
+:class:`DockWatcher` is the detector skeleton both directory drivers share:
+a docked device is an entry directly below a watched root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+
+from agent.errors import DeviceError
+from drivers.base import Device, DeviceInfo, Listing, Recording, Skipped
+from drivers.paths import decode_name, open_inside, open_root, os_error, parent_dir, unsafe_reason
+
+log = logging.getLogger(__name__)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclasses.dataclass
+class _Walk:
+    root: Path
+    root_dev: int
+    extensions: frozenset[str]
+    ignore: frozenset[bytes]
+    listing: Listing
+    raw: dict[str, bytes]
+
+
+def _extension(name: str) -> str:
+    _, dot, ext = name.rpartition(".")
+    return ext.lower() if dot else ""
+
+
+def walk(
+    root: Path,
+    extensions: Iterable[str],
+    ignore: Iterable[str] = (),
+    raw_paths: dict[str, bytes] | None = None,
+) -> Listing:
+    """List the recordings below ``root`` whose extension (case-insensitive) is in ``extensions``.
+
+    ``ignore`` names root-level files left out silently (a driver's identity
+    file).  ``raw_paths``, if given, is filled with decoded path -> raw
+    on-disk relative path.  Order is deterministic: depth first, entries
+    sorted by their raw names.
+    """
+    state = _Walk(
+        root=root,
+        root_dev=0,
+        extensions=frozenset(e.lower().lstrip(".") for e in extensions),
+        ignore=frozenset(os.fsencode(n) for n in ignore),
+        listing=Listing(),
+        raw=raw_paths if raw_paths is not None else {},
+    )
+    fd = open_root(root)
+    try:
+        state.root_dev = os.fstat(fd).st_dev
+        _walk_dir(state, fd, b"", "", ())
+    finally:
+        os.close(fd)
+    return state.listing
+
+
+def _walk_dir(state: _Walk, fd: int, raw_prefix: bytes, prefix: str,
+              flags: tuple[str, ...]) -> None:
+    try:
+        with os.scandir(fd) as it:
+            entries = sorted(it, key=lambda e: os.fsencode(e.name))
+    except OSError as exc:
+        if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE):
+            raise os_error(exc, f"listing {state.root}") from exc
+        state.listing.skipped.append(
+            Skipped(prefix.rstrip("/") or ".", f"unreadable directory: {exc.strerror}"))
+        return
+    for entry in entries:
+        raw_name = os.fsencode(entry.name)
+        if not raw_prefix and raw_name in state.ignore:
+            continue
+        text, name_flags = decode_name(raw_name)
+        path = prefix + text
+        raw_path = raw_prefix + raw_name
+        all_flags = tuple(dict.fromkeys(flags + name_flags))
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE):
+                raise os_error(exc, f"listing {state.root}") from exc
+            state.listing.skipped.append(Skipped(path, f"cannot stat: {exc.strerror}"))
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            state.listing.skipped.append(Skipped(path, "symlink, not followed"))
+            continue
+        reason = unsafe_reason(path)
+        if reason is not None:
+            state.listing.skipped.append(Skipped(path, f"unsafe name: {reason}"))
+            continue
+        if path in state.raw:
+            # Two raw names decoded to the same text (e.g. both undecodable):
+            # keep both, the later one under a name that shows its bytes.
+            path = f"{path} [{raw_name.hex()}]"
+            all_flags = (*all_flags, "name.collision")
+        if stat.S_ISDIR(st.st_mode):
+            if st.st_dev != state.root_dev:
+                state.listing.skipped.append(
+                    Skipped(path, "another file system mounted here, not entered"))
+                continue
+            _enter(state, fd, entry.name, (raw_path, path), all_flags)
+        elif stat.S_ISREG(st.st_mode):
+            if _extension(text) not in state.extensions:
+                state.listing.skipped.append(Skipped(path, "not a recording type"))
+                continue
+            state.raw[path] = raw_path
+            state.listing.recordings.append(
+                Recording(path=path, size=st.st_size, mtime=st.st_mtime, name_flags=all_flags))
+        else:
+            state.listing.skipped.append(Skipped(path, "special file"))
+
+
+def _enter(state: _Walk, parent_fd: int, name: str, where: tuple[bytes, str],
+           flags: tuple[str, ...]) -> None:
+    raw_path, path = where
+    try:
+        sub = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE):
+            raise os_error(exc, f"listing {state.root}") from exc
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped since it was listed
+            reason = "changed while listed (no longer a directory), not entered"
+        else:
+            reason = f"unreadable directory: {exc.strerror}"
+        state.listing.skipped.append(Skipped(path, reason))
+        return
+    try:
+        if os.fstat(sub).st_dev != state.root_dev:  # swapped for a mount since the scan
+            state.listing.skipped.append(
+                Skipped(path, "another file system mounted here, not entered"))
+            return
+        _walk_dir(state, sub, raw_path + b"/", path + "/", flags)
+    finally:
+        os.close(sub)
+
+
+def _fsync_quietly(dir_fd: int) -> None:
+    # Some device file systems refuse fsync on a directory (EINVAL); the
+    # unlink itself has happened, and a resurrected clip is only re-seen.
+    try:
+        os.fsync(dir_fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+
+
+class VolumeDevice:
+    """The Device protocol over a directory tree (a mounted volume or a simulated camera).
+
+    Subclasses provide ``identify()`` and may refine ``present()``,
+    ``sync_clock()`` and ``annotate()`` (recorded start / important flag).
+    """
+
+    driver_key = "volume"
+
+    def __init__(self, root: Path, extensions: Iterable[str], ignore: Iterable[str] = ()) -> None:
+        self.root = root
+        self.extensions = frozenset(extensions)
+        self._ignore = tuple(ignore)
+        self._raw: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def handle(self) -> str:
+        return str(self.root)
+
+    def identify(self) -> DeviceInfo:
+        raise NotImplementedError
+
+    def annotate(self, recording: Recording) -> Recording:
+        """Add what the name or metadata says (recorded start, important); default: nothing."""
+        return recording
+
+    def recordings(self) -> Listing:
+        raw: dict[str, bytes] = {}
+        listing = walk(self.root, self.extensions, self._ignore, raw)
+        listing.recordings = [self.annotate(r) for r in listing.recordings]
+        with self._lock:
+            self._raw = raw
+        log.debug("listed %s: %d recordings, %d skipped", self.root,
+                  len(listing.recordings), len(listing.skipped))
+        return listing
+
+    def _raw_path(self, recording: Recording) -> bytes:
+        with self._lock:
+            raw = self._raw.get(recording.path)
+        if raw is None:
+            # Not in the last listing (e.g. a recording from a previous dock):
+            # list again rather than guess how the name was encoded.
+            self.recordings()
+            with self._lock:
+                raw = self._raw.get(recording.path)
+        if raw is None:
+            raise DeviceError(f"{recording.path!r} is not on {self.root} (not in its listing)")
+        return raw
+
+    def open(self, recording: Recording) -> BinaryIO:
+        return open_inside(self.root, self._raw_path(recording))
+
+    def stat(self, recording: Recording) -> tuple[int, float]:
+        raw = self._raw_path(recording)
+        with parent_dir(self.root, raw) as (dir_fd, name, _dev):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise DeviceError(f"{recording.path!r} no longer exists on {self.root}"
+                                      ) from exc
+                raise os_error(exc, f"stat {recording.path!r} on {self.root}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise DeviceError(f"{recording.path!r} on {self.root} is no longer a regular file")
+        return st.st_size, st.st_mtime
+
+    def sync_clock(self, now: float) -> float | None:
+        return None
+
+    def release(self, recording: Recording) -> None:
+        """Unlink the recording (never a symlink target, never a non-regular file)."""
+        raw = self._raw_path(recording)
+        with parent_dir(self.root, raw) as (dir_fd, name, _dev):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise DeviceError(f"refusing to delete {recording.path!r} on {self.root}: "
+                                      "not a regular file")
+                os.unlink(name, dir_fd=dir_fd)
+                _fsync_quietly(dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise DeviceError(f"cannot delete {recording.path!r} on {self.root}: "
+                                      "it no longer exists") from exc
+                raise os_error(exc, f"deleting {recording.path!r} on {self.root}") from exc
+        with self._lock:
+            self._raw.pop(recording.path, None)
+        log.info("released %s from %s", recording.path, self.root)
+
+    def present(self) -> bool:
+        try:
+            return stat.S_ISDIR(os.stat(self.root).st_mode)
+        except OSError:
+            return False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+
+
+class DockWatcher:
+    """A Detector skeleton: docked devices are entries directly below ``root``.
+
+    Subclasses implement :meth:`probe` (is the entry ``name`` a docked device
+    right now?).  File-system events (watchdog) and an optional periodic
+    rescan only say *where* to look; the decision always comes from
+    :meth:`probe`, so out-of-order or coalesced events cannot produce a
+    wrong dock state.  Each handle is reported docked once until it is
+    reported undocked; devices returned by :meth:`scan` count as reported,
+    so calling ``scan()`` then ``start()`` (or only ``start()``, which
+    reports what is already there) never reports a device twice.
+
+    Only ``root`` is watched, not the trees below it (a camera holds
+    thousands of files, and the ingest reading them must not flood the
+    watcher).  An entry for which :meth:`watch_inside` is true (a camera
+    directory, whose identity file may appear or vanish) gets a watch of its
+    own, not recursive, while it exists.  Those watches are added and
+    removed on the watchdog dispatch thread only (or before it starts), so
+    the observer's lock and ours are never taken in opposite orders.
+
+    Callbacks run on the watcher's threads, one at a time, in order; they
+    must hand work off quickly (e.g. to a queue).
+    """
+
+    rescan_interval_s: float | None = None  # also re-check every so often (mount tables)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.RLock()
+        self._known: dict[str, str] = {}  # entry name -> device handle
+        self._on_dock: Callable[[Device], None] | None = None
+        self._on_undock: Callable[[str], None] | None = None
+        self._observer: BaseObserver | None = None
+        self._handler = _Handler(self._event)
+        self._subwatches: dict[str, ObservedWatch] = {}  # dispatch thread only
+        self._stopping = threading.Event()
+        self._rescanner: threading.Thread | None = None
+
+    def probe(self, name: str) -> Device | None:
+        """The device docked as entry ``name`` of ``root`` now, or None."""
+        raise NotImplementedError
+
+    def watch_inside(self, name: str) -> bool:
+        """Whether changes directly inside entry ``name`` can dock or undock it."""
+        return False
+
+    def prepare(self) -> None:
+        """Check or create ``root`` before watching; raise DeviceError if unusable."""
+        if not self.root.is_dir():
+            raise DeviceError(f"{self.root}: not a directory (cannot watch it for devices)")
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until something may have changed, or ``timeout`` seconds; default: sleep."""
+        self._stopping.wait(timeout)
+
+    def _names(self) -> list[str]:
+        try:
+            names = set(os.listdir(self.root))
+        except OSError as exc:
+            log.warning("cannot list %s: %s", self.root, exc.strerror)
+            names = set()
+        with self._lock:
+            names.update(self._known)
+        return sorted(names)
+
+    def scan(self) -> list[Device]:
+        devices: list[Device] = []
+        with self._lock:
+            for name in self._names():
+                device = self._safe_probe(name)
+                if device is not None:
+                    self._known[name] = device.handle
+                    devices.append(device)
+        return devices
+
+    def _safe_probe(self, name: str) -> Device | None:
+        try:
+            return self.probe(name)
+        except Exception:  # one odd entry must not stop the detector thread
+            log.exception("probing %s/%s failed", self.root, name)
+            return None
+
+    def reconcile(self, name: str) -> None:
+        """Compare entry ``name`` with what was reported, and report the difference."""
+        with self._lock:
+            if self._on_dock is None or self._on_undock is None:
+                return
+            device = self._safe_probe(name)
+            if device is not None and name not in self._known:
+                self._known[name] = device.handle
+                log.info("docked: %s", device.handle)
+                self._on_dock(device)
+            elif device is None and name in self._known:
+                handle = self._known.pop(name)
+                log.info("undocked: %s", handle)
+                self._on_undock(handle)
+
+    def reconcile_all(self) -> None:
+        for name in self._names():
+            self.reconcile(name)
+
+    def _event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in ("created", "deleted", "moved"):
+            return
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if not raw:
+                continue
+            path = os.fsdecode(raw)
+            rel = os.path.relpath(path, self.root)
+            if rel in (".", "..") or rel.startswith("../"):
+                continue
+            name = rel.split(os.sep, 1)[0]
+            self.reconcile(name)
+            self._update_subwatch(name)
+
+    def _update_subwatch(self, name: str) -> None:
+        """Watch inside entry ``name`` while it needs it; call on the dispatch thread only."""
+        observer = self._observer
+        if observer is None:
+            return
+        want = self._safe_watch_inside(name)
+        have = self._subwatches.get(name)
+        if want and have is None:
+            try:
+                self._subwatches[name] = observer.schedule(
+                    self._handler, str(self.root / name), recursive=False)
+            except OSError:  # vanished meanwhile; its deletion event follows
+                return
+            # It may have completed before the watch was in place.
+            self.reconcile(name)
+        elif not want and have is not None:
+            del self._subwatches[name]
+            with contextlib.suppress(Exception):  # already gone with its directory
+                observer.unschedule(have)
+
+    def _safe_watch_inside(self, name: str) -> bool:
+        try:
+            return self.watch_inside(name)
+        except Exception:
+            log.exception("checking %s/%s failed", self.root, name)
+            return False
+
+    def start(self, on_dock: Callable[[Device], None], on_undock: Callable[[str], None]) -> None:
+        self.prepare()
+        with self._lock:
+            self._on_dock, self._on_undock = on_dock, on_undock
+        observer = Observer()
+        self._observer = observer
+        try:
+            observer.schedule(self._handler, str(self.root), recursive=False)
+            # Before the dispatch thread runs, this thread may add the watches.
+            for name in self._names():
+                self._update_subwatch(name)
+            observer.start()
+        except OSError as exc:
+            self._observer = None
+            raise DeviceError(f"cannot watch {self.root} for devices: {exc.strerror or exc}"
+                              ) from exc
+        if self.rescan_interval_s is not None:
+            self._stopping.clear()
+            self._rescanner = threading.Thread(target=self._rescan_loop, daemon=True,
+                                               name=f"rescan:{self.root}")
+            self._rescanner.start()
+        # After the watch is in place, so nothing docked in between is missed.
+        self.reconcile_all()
+
+    def _rescan_loop(self) -> None:
+        interval = self.rescan_interval_s or 1.0
+        while not self._stopping.is_set():
+            self.wait_for_change(interval)
+            if self._stopping.is_set():
+                return
+            try:
+                self.reconcile_all()
+            except Exception:  # keep watching whatever one pass met
+                log.exception("rescan of %s failed", self.root)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            self._on_dock = self._on_undock = None
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=10)
+            self._observer = None
+            self._subwatches.clear()
+        if self._rescanner is not None:
+            self._rescanner.join(timeout=10)
+            self._rescanner = None
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, callback: Callable[[FileSystemEvent], None]) -> None:
+        super().__init__()
+        self._callback = callback
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self._callback(event)

@@ -1,0 +1,250 @@
+"""Names from devices and the file-system walls around a volume (drivers.paths, drivers.volume)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.errors import DeviceError, DeviceGoneError
+from drivers.base import Recording
+from drivers.paths import decode_name, guarded_stream, open_inside, os_error, unsafe_reason
+from drivers.volume import VolumeDevice, walk
+
+GBK_NAME = "执法记录_0001.MP4"
+GBK_BYTES = GBK_NAME.encode("gbk")
+
+
+class Plain(VolumeDevice):
+    """A VolumeDevice with no identity of its own, to test the shared behaviour."""
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    root = tmp_path / "vol"
+    (root / "DCIM" / "100MEDIA").mkdir(parents=True)
+    (root / "DCIM" / "100MEDIA" / "A_0001.MP4").write_bytes(b"clip-one")
+    (root / "DCIM" / "100MEDIA" / "B_0002.avi").write_bytes(b"clip-two-bytes")
+    (root / "DCIM" / "EMPTY.MP4").write_bytes(b"")
+    (root / "notes.txt").write_text("not a clip")
+    return root
+
+
+# -- decode_name / unsafe_reason ------------------------------------------------------------
+
+def test_decode_utf8_gbk_and_undecodable() -> None:
+    assert decode_name("录像.mp4".encode()) == ("录像.mp4", ())
+    assert decode_name(GBK_BYTES) == (GBK_NAME, ("name.gbk",))
+    text, flags = decode_name(b"\xff\xfe\xff.mp4")
+    assert flags == ("name.undecodable",)
+    assert text.endswith(".mp4") and "\ufffd" in text
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    ("", "empty path"),
+    ("/etc/passwd", "absolute path"),
+    ("../outside.mp4", "'..' path component"),
+    ("DCIM/../../x.mp4", "'..' path component"),
+    ("DCIM/./x.mp4", "'.' path component"),
+    ("DCIM//x.mp4", "empty path component"),
+    ("a\x00b.mp4", "NUL character in name"),
+    ("a\\..\\b.mp4", "backslash in name"),
+    ("a\nb.mp4", "control character in name"),
+])
+def test_unsafe_paths_are_named(path: str, reason: str) -> None:
+    assert unsafe_reason(path) == reason
+
+
+def test_safe_paths_pass() -> None:
+    assert unsafe_reason("DCIM/100MEDIA/A_0001.MP4") is None
+    assert unsafe_reason("录像/..hidden.mp4") is None  # '..' inside a name is fine
+
+
+# -- open_inside ------------------------------------------------------------------------------
+
+def test_open_inside_reads_the_file(volume: Path) -> None:
+    with open_inside(volume, "DCIM/100MEDIA/B_0002.avi") as f:
+        assert f.read() == b"clip-two-bytes"
+
+
+@pytest.mark.parametrize("bad", ["../vol/notes.txt", "/etc/passwd", "DCIM/../notes.txt", ""])
+def test_open_inside_refuses_escapes(volume: Path, bad: str) -> None:
+    with pytest.raises(DeviceError, match="refusing path"):
+        open_inside(volume, bad)
+
+
+def test_open_inside_refuses_raw_escapes(volume: Path) -> None:
+    with pytest.raises(DeviceError, match=r"'..' component"):
+        open_inside(volume, b"DCIM/../notes.txt")
+
+
+def test_open_inside_refuses_symlinks_anywhere(volume: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.MP4"
+    secret.write_bytes(b"outside the volume")
+    (volume / "link.MP4").symlink_to(secret)
+    outside_dir = tmp_path / "outside"
+    outside_dir.mkdir()
+    (outside_dir / "x.MP4").write_bytes(b"outside too")
+    (volume / "DCIM" / "linkdir").symlink_to(outside_dir)
+    with pytest.raises(DeviceError, match=r"link.MP4.*it is a symlink"):
+        open_inside(volume, "link.MP4")
+    with pytest.raises(DeviceError, match="a directory on the path is a symlink"):
+        open_inside(volume, "DCIM/linkdir/x.MP4")
+
+
+def test_open_inside_refuses_fifo_without_blocking(volume: Path) -> None:
+    os.mkfifo(volume / "pipe.MP4")
+    with pytest.raises(DeviceError, match=r"pipe.MP4.*not a regular file"):
+        open_inside(volume, "pipe.MP4")
+
+
+def test_open_inside_refuses_directories(volume: Path) -> None:
+    with pytest.raises(DeviceError, match="not a regular file"):
+        open_inside(volume, "DCIM")
+
+
+def test_missing_file_is_device_error_missing_root_is_gone(volume: Path, tmp_path: Path) -> None:
+    with pytest.raises(DeviceError, match="not found") as exc_info:
+        open_inside(volume, "DCIM/NOPE.MP4")
+    assert not isinstance(exc_info.value, DeviceGoneError)
+    with pytest.raises(DeviceGoneError, match="is gone"):
+        open_inside(tmp_path / "unplugged", "DCIM/A.MP4")
+
+
+def test_read_errors_are_converted(tmp_path: Path) -> None:
+    # /proc/self/mem at offset 0 (unmapped) fails with EIO, as a pulled USB stick does.
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    with guarded_stream(fd, "mem") as stream, pytest.raises(DeviceGoneError, match="mem"):
+        stream.read(16)
+    # A failure that is not a vanished medium stays a plain DeviceError.
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    stream = open_inside(tmp_path, "f")
+    os.close(stream.fileno())
+    with pytest.raises(DeviceError) as exc_info:
+        stream.read()
+    assert not isinstance(exc_info.value, DeviceGoneError)
+    assert isinstance(os_error(OSError(errno.ENODEV, "gone"), "x"), DeviceGoneError)
+
+
+# -- walk ---------------------------------------------------------------------------------------
+
+def test_walk_lists_recordings_sorted_and_reports_the_rest(volume: Path) -> None:
+    listing = walk(volume, {"mp4", "AVI"})
+    assert [(r.path, r.size) for r in listing.recordings] == [
+        ("DCIM/100MEDIA/A_0001.MP4", 8),
+        ("DCIM/100MEDIA/B_0002.avi", 14),
+        ("DCIM/EMPTY.MP4", 0),  # zero-length files are listed (and later flagged), not dropped
+    ]
+    assert [(s.path, s.reason) for s in listing.skipped] == [("notes.txt", "not a recording type")]
+    assert listing.recordings[0].mtime == os.stat(volume / "DCIM/100MEDIA/A_0001.MP4").st_mtime
+
+
+def test_walk_skips_symlinks_and_special_files(volume: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "SECRET.MP4").write_bytes(b"must never be read")
+    (volume / "DCIM" / "escape").symlink_to(outside)
+    (volume / "DCIM" / "ESCAPE.MP4").symlink_to(outside / "SECRET.MP4")
+    os.mkfifo(volume / "DCIM" / "FIFO.MP4")
+    listing = walk(volume, {"mp4"})
+    skipped = {s.path: s.reason for s in listing.skipped}
+    assert skipped["DCIM/escape"] == "symlink, not followed"
+    assert skipped["DCIM/ESCAPE.MP4"] == "symlink, not followed"
+    assert skipped["DCIM/FIFO.MP4"] == "special file"
+    assert all("SECRET" not in r.path and "escape" not in r.path.lower()
+               for r in listing.recordings)
+
+
+def test_walk_decodes_gbk_names_and_device_opens_them(volume: Path) -> None:
+    raw_dir = os.fsencode(volume / "DCIM") + b"/" + "证据".encode("gbk")
+    os.mkdir(raw_dir)
+    with open(raw_dir + b"/" + GBK_BYTES, "wb") as f:
+        f.write(b"gbk-named clip")
+    device = Plain(volume, {"mp4"})
+    listing = device.recordings()
+    rec = next(r for r in listing.recordings if r.name == GBK_NAME)
+    assert rec.path == f"DCIM/证据/{GBK_NAME}"
+    assert rec.name_flags == ("name.gbk",)
+    with device.open(rec) as stream:
+        assert stream.read() == b"gbk-named clip"
+    assert device.stat(rec) == (14, os.stat(raw_dir + b"/" + GBK_BYTES).st_mtime)
+
+
+def test_walk_keeps_names_that_decode_alike_apart(tmp_path: Path) -> None:
+    for raw in (b"\xff\xfex.mp4", b"\xfe\xffx.mp4"):
+        with open(os.fsencode(tmp_path) + b"/" + raw, "wb") as f:
+            f.write(raw)
+    device = Plain(tmp_path, {"mp4"})
+    recs = device.recordings().recordings
+    assert len(recs) == 2 and len({r.path for r in recs}) == 2
+    assert "name.collision" in recs[1].name_flags
+    contents = set()
+    for rec in recs:
+        with device.open(rec) as stream:
+            contents.add(stream.read())
+    assert contents == {b"\xff\xfex.mp4", b"\xfe\xffx.mp4"}
+
+
+def test_walk_reports_unsafe_names(tmp_path: Path) -> None:
+    (tmp_path / "bad\\name.mp4").write_bytes(b"x")
+    (tmp_path / "tab\tname.mp4").write_bytes(b"x")
+    listing = walk(tmp_path, {"mp4"})
+    assert listing.recordings == []
+    assert {s.reason for s in listing.skipped} == {"unsafe name: backslash in name",
+                                                   "unsafe name: control character in name"}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
+def test_walk_reports_unreadable_directories(volume: Path) -> None:
+    locked = volume / "DCIM" / "LOCKED"
+    locked.mkdir()
+    (locked / "X.MP4").write_bytes(b"x")
+    locked.chmod(0)
+    try:
+        listing = walk(volume, {"mp4"})
+    finally:
+        locked.chmod(0o700)
+    assert any(s.path == "DCIM/LOCKED" and s.reason.startswith("unreadable directory")
+               for s in listing.skipped)
+
+
+def test_walk_ignores_named_identity_files_at_the_root_only(tmp_path: Path) -> None:
+    (tmp_path / "ID.json").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "ID.json").write_text("{}")
+    listing = walk(tmp_path, {"mp4"}, ignore=("ID.json",))
+    assert [s.path for s in listing.skipped] == ["sub/ID.json"]
+
+
+# -- VolumeDevice ----------------------------------------------------------------------------
+
+def test_release_unlinks_the_file_only(volume: Path, tmp_path: Path) -> None:
+    device = Plain(volume, {"mp4"})
+    rec = device.recordings().recordings[0]
+    device.release(rec)
+    assert not (volume / rec.path).exists()
+    with pytest.raises(DeviceError, match="not in its listing"):
+        device.release(rec)
+    # A path that is a symlink on the device is never a recording, so never deleted.
+    target = tmp_path / "keep.MP4"
+    target.write_bytes(b"keep me")
+    (volume / "LINK.MP4").symlink_to(target)
+    with pytest.raises(DeviceError, match="not in its listing"):
+        device.release(Recording(path="LINK.MP4", size=7, mtime=0.0))
+    assert target.read_bytes() == b"keep me"
+
+
+def test_stat_sees_changes_and_open_after_unplug_is_gone(volume: Path, tmp_path: Path) -> None:
+    device = Plain(volume, {"mp4"})
+    rec = device.recordings().recordings[0]
+    (volume / rec.path).write_bytes(b"grown: more bytes")
+    assert device.stat(rec)[0] == 17
+    assert device.present()
+    volume.rename(tmp_path / "unplugged")
+    assert not device.present()
+    with pytest.raises(DeviceGoneError):
+        device.open(rec)
+    with pytest.raises(DeviceGoneError):
+        device.recordings()
