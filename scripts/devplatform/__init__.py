@@ -1,0 +1,1 @@
+"""A development stand-in for the central platform: a tus upload server and its helpers."""
