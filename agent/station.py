@@ -77,6 +77,13 @@ class Station:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.store is not None:
+            try:
+                with self.store.transaction() as tx:
+                    # Nobody watches the docks once the agent stops.
+                    tx.execute("UPDATE devices SET docked_handle = NULL")
+            except Exception:
+                log.exception("could not clear docked devices")
         while self._stops:
             stop = self._stops.pop()
             try:
@@ -305,6 +312,10 @@ class Station:
         self.custody.checkpoint()
         if self.sync is not None:
             summary.failures.extend(self.sync.drain(timeout_s=platform_timeout_s))
+            # Releases and acks since the first checkpoint: sign them too, and send it.
+            if self.custody.checkpoint() is not None and not summary.failures:
+                summary.failures.extend(self.sync.drain(timeout_s=min(30.0,
+                                                                      platform_timeout_s)))
         return summary
 
     def wait(self) -> None:

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print_json({"clips": records})
         return 0
     rows = [
-        [r["clip_id"][:13], r["name"], human_size(r["size"]),
+        [r["clip_id"], r["name"], human_size(r["size"]),
          r["sha256"] or "-", media_summary(r["media"]),
          r["state"] + (f" ({r['reason']})" if r["reason"] else ""),
          ",".join(r["flags"]) or "-"]

@@ -103,7 +103,13 @@ def encode_metadata(metadata: dict[str, str]) -> str:
 
 
 class TusServer:
-    """A tus server on ``https://host:port/files/`` storing uploads in ``store_dir``."""
+    """A tus server on ``https://host:port/files/`` storing uploads in ``store_dir``.
+
+    ``on_complete`` runs in the request's thread after the data is synced and
+    before the final 204 is sent; the platform hands the upload to its own
+    queue there (verify sha256, acknowledge).  A failing hook is logged, and
+    the upload stays stored.
+    """
 
     def __init__(
         self,
@@ -269,6 +275,9 @@ class _HTTPServer(ThreadingHTTPServer):
             with self._conns_lock:
                 self._conns.discard(conn)
             conn.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("tus server: error serving %s", client_address[0])
 
     def close_connections(self) -> None:
         with self._conns_lock:

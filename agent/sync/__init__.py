@@ -1,0 +1,1 @@
+"""Synchronisation with the platform: MQTT events and commands, tus uploads over HTTPS."""

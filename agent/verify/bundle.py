@@ -1,0 +1,425 @@
+"""Verify an export bundle (bwc.bundle/v1, docs/FORMATS.md) offline, reporting every failure.
+
+What is checked, in order (each step runs whatever the earlier ones found):
+
+1. BagIt: bagit.txt, every manifest line's file exists and has its digest,
+   no payload file is unlisted, Payload-Oxum, the tag manifest;
+2. the station certificate (validity when the checkpoint was signed, chain
+   to ``--trust`` if given);
+3. the checkpoint's signature and fields;
+4. each log entry: its leaf recomputed from the entry, its proof index equal
+   to seq - 1, its inclusion proof walked to the checkpoint root, file order
+   by seq; every proof has its entry;
+5. each earlier checkpoint: signature and consistency with the newest;
+6. each clip: manifest signature (keyid of the certificate), fields, digest
+   and size of the bytes, the ``clip.sealed`` entry naming this manifest,
+   and a state history without gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from agent.custody import dsse, merkle
+from agent.custody.jcs import canonicalize
+from agent.verify import layout
+from agent.verify.bagit import bagit_txt_problems, parse_bag_info, parse_manifest, payload_oxum
+from agent.verify.checks import (
+    Digest,
+    Identity,
+    check_certificate,
+    checkpoint_fields,
+    hash_paths,
+    history_problems,
+    load_identity,
+    load_json_file,
+    manifest_digest,
+    manifest_problems,
+    open_envelope,
+    parse_canonical,
+    seal_link_problems,
+    sha256_hex,
+    signed_time,
+)
+from agent.verify.report import Report
+
+
+def verify_bundle(root: Path, report: Report,
+                  trust: Sequence[x509.Certificate] | None = None) -> None:
+    _BundleCheck(root, report, trust).run()
+
+
+class _BundleCheck:
+    def __init__(self, root: Path, report: Report,
+                 trust: Sequence[x509.Certificate] | None) -> None:
+        self.root = root
+        self.report = report
+        self.trust = trust
+        self.source = str(root)
+        self.files: dict[str, int] = {}  # relative path -> size, regular files only
+        self.digests: dict[str, Digest | str] = {}
+        self.identity: Identity | None = None
+        self.checkpoint: dict[str, Any] | None = None
+        self.checkpoint_ok = False
+        self.entries: list[dict[str, Any]] = []
+
+    # --- findings ------------------------------------------------------------------------
+
+    def clip_of(self, relpath: str) -> str | None:
+        parts = relpath.split("/")
+        if relpath.startswith(layout.CLIPS_DIR + "/") and len(parts) >= 3:
+            return parts[2] if layout.is_clip_id(parts[2]) else None
+        if relpath.startswith(layout.MANIFESTS_DIR + "/") and len(parts) == 3:
+            stem = parts[2].removesuffix(layout.MANIFEST_SUFFIX)
+            return stem if layout.is_clip_id(stem) else None
+        return None
+
+    def problem(self, text: str, clip_id: str | None = None) -> None:
+        if clip_id is None:
+            self.report.problem(text)
+        else:
+            self.report.clip(clip_id, self.source).add(text)
+
+    def file_problem(self, relpath: str, text: str) -> None:
+        self.problem(text, self.clip_of(relpath))
+
+    # --- steps ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.report.targets.append({"path": self.source, "kind": "bundle"})
+        self.scan()
+        self.check_bag()
+        self.identity = load_identity(self.root / layout.STATION_CERT, self.report, self.source)
+        self.check_checkpoint()
+        if self.identity is not None:
+            check_certificate(self.identity, self.report, self.source, self.trust,
+                              signed_time(self.checkpoint))
+        self.check_entries()
+        self.check_earlier_checkpoints()
+        self.check_clips()
+
+    def scan(self) -> None:
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            base = Path(dirpath)
+            for name in sorted(dirnames + filenames):
+                path = base / name
+                rel = path.relative_to(self.root).as_posix()
+                mode = path.lstat().st_mode
+                if stat.S_ISLNK(mode):
+                    self.file_problem(rel, f"bag-format: {rel} is a symbolic link; a bundle "
+                                           "holds regular files only (not followed)")
+                elif stat.S_ISREG(mode):
+                    self.files[rel] = path.lstat().st_size
+                elif not stat.S_ISDIR(mode):
+                    self.file_problem(rel, f"bag-format: {rel} is not a regular file")
+            dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+
+    def read_text(self, rel: str) -> str | None:
+        if rel not in self.files:
+            return None
+        try:
+            return (self.root / rel).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problem(f"bag-format: cannot read {rel} as UTF-8 text: {exc}")
+            return None
+
+    def check_bag(self) -> None:
+        for finding in bagit_txt_problems(self.read_text(layout.BAGIT_TXT)):
+            self.problem(finding)
+        manifests: dict[str, dict[str, str]] = {}
+        for name in (layout.PAYLOAD_MANIFEST, layout.TAG_MANIFEST):
+            text = self.read_text(name)
+            if text is None:
+                self.problem(f"bag-missing: {name} is missing")
+                manifests[name] = {}
+                continue
+            manifests[name], problems = parse_manifest(text, name)
+            for p in problems:
+                self.problem(p)
+        payload, tags = manifests[layout.PAYLOAD_MANIFEST], manifests[layout.TAG_MANIFEST]
+        data_files = [rel for rel in self.files if rel.startswith("data/")]
+        to_hash = set(data_files) | {rel for rel in tags if rel in self.files}
+        hashed = hash_paths([self.root / rel for rel in sorted(to_hash)], self.report)
+        self.digests = {p.relative_to(self.root).as_posix(): d for p, d in hashed.items()}
+
+        for name, listing in ((layout.PAYLOAD_MANIFEST, payload), (layout.TAG_MANIFEST, tags)):
+            for rel, expected in sorted(listing.items()):
+                if name == layout.PAYLOAD_MANIFEST and not rel.startswith("data/"):
+                    self.problem(f"bag-format: {name} lists {rel}, which is not under data/")
+                    continue
+                got = self.digests.get(rel)
+                if rel not in self.files or got is None:
+                    self.file_problem(rel, f"bag-missing: {rel} is listed in {name} but "
+                                           "missing from the bundle")
+                elif isinstance(got, str):
+                    self.file_problem(rel, f"bag-digest: {rel}: {got}")
+                elif got[0] != expected:
+                    self.file_problem(rel, f"bag-digest: {rel} has SHA-256 {got[0]}, {name} "
+                                           f"says {expected}")
+        for rel in sorted(set(data_files) - set(payload)):
+            self.file_problem(rel, f"bag-unlisted: {rel} is in the payload but not in "
+                                   f"{layout.PAYLOAD_MANIFEST}")
+        unlisted_tags = sorted(rel for rel in self.files if not rel.startswith("data/")
+                               and rel not in tags and rel != layout.TAG_MANIFEST)
+        if unlisted_tags:
+            self.report.warning(f"{self.source}: tag files not covered by "
+                                f"{layout.TAG_MANIFEST}: {', '.join(unlisted_tags)}")
+        self.check_bag_info(data_files)
+
+    def check_bag_info(self, data_files: list[str]) -> None:
+        text = self.read_text(layout.BAG_INFO)
+        if text is None:
+            self.problem(f"bag-missing: {layout.BAG_INFO} is missing")
+            return
+        info = parse_bag_info(text)
+        actual = payload_oxum(sum(self.files[rel] for rel in data_files), len(data_files))
+        declared = info.get("Payload-Oxum", [])
+        if declared != [actual]:
+            self.problem(f"bag-oxum: bag-info.txt declares Payload-Oxum {declared}, the "
+                         f"payload is {actual} (octets.files): files were added, removed "
+                         "or resized")
+        fmt = info.get("Bwc-Bundle-Format", [])
+        if fmt != [layout.BUNDLE_FORMAT]:
+            self.report.warning(f"{self.source}: bag-info.txt Bwc-Bundle-Format is {fmt}, "
+                                f"this verifier reads {layout.BUNDLE_FORMAT}")
+
+    def check_checkpoint(self) -> None:
+        envelope, error = load_json_file(self.root / layout.CHECKPOINT)
+        if error is not None:
+            self.problem(f"checkpoint-missing: {layout.CHECKPOINT}: {error}")
+            return
+        payload, problems = open_envelope(envelope, self.identity, dsse.CHECKPOINT,
+                                          layout.CHECKPOINT)
+        if payload is not None:
+            self.checkpoint, more = checkpoint_fields(payload, layout.CHECKPOINT)
+            problems += more
+        if self.checkpoint is not None and self.identity is not None \
+                and self.identity.station_id is not None \
+                and self.checkpoint.get("station_id") != self.identity.station_id:
+            problems.append(f"checkpoint-field: checkpoint names station "
+                            f"{self.checkpoint.get('station_id')!r}, the certificate is for "
+                            f"{self.identity.station_id!r}")
+        for p in problems:
+            self.problem(p)
+        self.checkpoint_ok = self.checkpoint is not None and not problems
+
+    def check_entries(self) -> None:
+        entries, proofs = self.load_entries(), self.load_proofs()
+        size = self.checkpoint["size"] if self.checkpoint else None
+        root = bytes.fromhex(self.checkpoint["root"]) if self.checkpoint else None
+        last_seq = 0
+        last_of_clip: dict[str | None, int] = {}
+        for line, entry in entries:
+            seq, clip_id = entry["seq"], entry["clip_id"]
+            # Out of order in the file: a general finding; and for the clip whose own
+            # entries are out of order (other clips' entries between them are innocent).
+            if seq <= last_seq:
+                self.problem(f"log-order: {layout.ENTRIES} line {line} has seq {seq} after "
+                             f"seq {last_seq} (entries duplicated or out of order)")
+            if seq <= last_of_clip.get(clip_id, 0):
+                self.problem(f"log-order: seq {seq} comes after this clip's seq "
+                             f"{last_of_clip[clip_id]} in {layout.ENTRIES} (entries duplicated "
+                             "or out of order)", clip_id)
+            last_seq = max(last_seq, seq)
+            last_of_clip[clip_id] = max(last_of_clip.get(clip_id, 0), seq)
+            proof = proofs.pop(seq, None)
+            if proof is None:
+                self.problem(f"log-inclusion: seq {seq} has no inclusion proof in "
+                             f"{layout.PROOFS}", clip_id)
+                continue
+            leaf = merkle.leaf_hash(canonicalize({k: entry[k] for k in _ENTRY_KEYS}))
+            index = proof.get("leaf_index")
+            if index != seq - 1:
+                self.problem(f"log-order: the proof for seq {seq} is for leaf index {index}, "
+                             f"not {seq - 1} (entries renumbered or moved)", clip_id)
+            if proof.get("leaf_hash") not in (None, leaf.hex()):
+                self.problem(f"log-leaf: seq {seq} hashes to {leaf.hex()}, the proof was made "
+                             f"for leaf {proof.get('leaf_hash')} (the entry was edited)",
+                             clip_id)
+            if size is None or root is None:
+                self.problem(f"log-inclusion: seq {seq}: no usable signed checkpoint to prove "
+                             "it against", clip_id)
+                continue
+            path = _hex_list(proof.get("inclusion_proof"))
+            if path is None or not isinstance(index, int) or not merkle.verify_inclusion(
+                    leaf, index, size, path, root):
+                self.problem(f"log-inclusion: seq {seq} (leaf index {index}) is not included "
+                             f"under the checkpoint root (size {size}): the entry or its "
+                             "proof was altered", clip_id)
+            elif not self.checkpoint_ok:
+                self.problem(f"log-inclusion: seq {seq} leads to a checkpoint that does not "
+                             "verify, so its inclusion is not established", clip_id)
+        for seq, proof in sorted(proofs.items()):
+            clip_id = proof.get("clip_id") if isinstance(proof.get("clip_id"), str) else None
+            self.problem(f"log-missing: {layout.PROOFS} has a proof for seq {seq} but "
+                         f"{layout.ENTRIES} has no such entry (an entry was removed)",
+                         clip_id if clip_id and layout.is_clip_id(clip_id) else None)
+        self.entries = [entry for _, entry in entries]
+
+    def load_entries(self) -> list[tuple[int, dict[str, Any]]]:
+        try:
+            raw = (self.root / layout.ENTRIES).read_bytes()
+        except OSError:
+            self.problem(f"log-missing: {layout.ENTRIES} is missing or unreadable")
+            return []
+        out = []
+        for number, line in enumerate(raw.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            value, problems = parse_canonical(line, "log-format", f"{layout.ENTRIES} line "
+                                                                   f"{number}")
+            entry = _entry(value)
+            if entry is None:
+                self.problem(f"log-format: {layout.ENTRIES} line {number} is not a log entry "
+                             "{seq, at, kind, clip_id, body}")
+                continue
+            if problems:
+                self.report.warning(f"{self.source}: {problems[0].removeprefix('log-format: ')}"
+                                    " (the leaf is computed from its canonical form)")
+            out.append((number, entry))
+        return out
+
+    def load_proofs(self) -> dict[int, dict[str, Any]]:
+        doc, error = load_json_file(self.root / layout.PROOFS)
+        if error is not None or not isinstance(doc, dict):
+            self.problem(f"log-missing: {layout.PROOFS}: {error or 'not a JSON object'}")
+            return {}
+        head = doc.get("checkpoint")
+        if self.checkpoint is not None and (
+                not isinstance(head, dict) or head.get("size") != self.checkpoint["size"]
+                or head.get("root") != self.checkpoint["root"]):
+            self.problem(f"log-inclusion: {layout.PROOFS} was made for checkpoint {head}, not "
+                         f"the signed one (size {self.checkpoint['size']})")
+        proofs: dict[int, dict[str, Any]] = {}
+        items = doc.get("entries")
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("seq"), int):
+                proofs[item["seq"]] = item
+        return proofs
+
+    def check_earlier_checkpoints(self) -> None:
+        path = self.root / layout.CHECKPOINTS
+        if not path.exists():
+            self.problem(f"checkpoint-missing: {layout.CHECKPOINTS} is missing")
+            return
+        if self.checkpoint is None:
+            return
+        new_size, new_root = self.checkpoint["size"], bytes.fromhex(self.checkpoint["root"])
+        for number, line in enumerate(path.read_bytes().split(b"\n"), 1):
+            if not line.strip():
+                continue
+            where = f"{layout.CHECKPOINTS} line {number}"
+            try:
+                item = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                self.problem(f"checkpoint-field: {where} is not JSON: {exc}")
+                continue
+            if not isinstance(item, dict):
+                self.problem(f"checkpoint-field: {where} is not a JSON object")
+                continue
+            payload, problems = open_envelope(item.get("envelope"), self.identity,
+                                              dsse.CHECKPOINT, where)
+            old = None
+            if payload is not None:
+                old, more = checkpoint_fields(payload, where)
+                problems += more
+            for p in problems:
+                self.problem(p)
+            if old is None:
+                continue
+            proof = _hex_list(item.get("consistency_proof"))
+            if old["size"] > new_size or proof is None or not merkle.verify_consistency(
+                    old["size"], new_size, bytes.fromhex(old["root"]), new_root, proof):
+                self.problem(f"checkpoint-consistency: the checkpoint of size {old['size']} "
+                             f"signed at {old.get('at')} is not a prefix of the newest "
+                             f"(size {new_size}): the log was rewritten between them, or the "
+                             "proof was altered")
+
+    def check_clips(self) -> None:
+        ids = {rel.split("/")[2] for rel in self.files if rel.startswith(layout.CLIPS_DIR + "/")}
+        ids |= {rel.split("/")[2].removesuffix(layout.MANIFEST_SUFFIX) for rel in self.files
+                if rel.startswith(layout.MANIFESTS_DIR + "/")}
+        ids |= {e["clip_id"] for e in self.entries if e["clip_id"] is not None}
+        for clip_id in sorted(ids):
+            if not layout.is_clip_id(clip_id):
+                self.problem(f"bag-format: unexpected name {clip_id!r} under data/ (not a "
+                             "clip id)")
+                continue
+            self.check_clip(clip_id)
+
+    def check_clip(self, clip_id: str) -> None:
+        result = self.report.clip(clip_id, self.source)
+        prefix = f"{layout.CLIPS_DIR}/{clip_id}/"
+        files = sorted(rel for rel in self.files if rel.startswith(prefix))
+        digest: Digest | None = None
+        if not files:
+            result.add(f"file-missing: no clip file under {prefix}")
+        elif len(files) > 1:
+            result.add(f"bag-format: {prefix} holds {len(files)} files, expected one")
+        else:
+            got = self.digests.get(files[0])
+            digest = got if isinstance(got, tuple) else None
+            result.name = result.name or files[0].rsplit("/", 1)[1]
+        entries = [e for e in self.entries if e["clip_id"] == clip_id]
+        history, state = history_problems(entries)
+        result.state = state
+        for p in history:
+            result.add(p)
+        if not entries:
+            result.add(f"log-link: {layout.ENTRIES} has no entries for this clip")
+        envelope, error = load_json_file(self.root / layout.manifest_path(clip_id))
+        if error is not None:
+            result.add(f"manifest-missing: {layout.manifest_path(clip_id)}: {error}")
+            return
+        payload, problems = open_envelope(envelope, self.identity, dsse.MANIFEST, "manifest")
+        for p in problems:
+            result.add(p)
+        if payload is None:
+            return
+        manifest, problems = parse_canonical(payload, "manifest-canonical", "manifest")
+        more, warnings = manifest_problems(manifest, clip_id=clip_id, identity=self.identity,
+                                           digest=digest)
+        for p in problems + more:
+            result.add(p)
+        for w in warnings:
+            self.report.warning(f"{clip_id}: {w}")
+        name = manifest.get("file", {}).get("name") if isinstance(manifest, dict) else None
+        if isinstance(name, str):
+            result.name = name
+            if files and files[0] != layout.clip_file_path(clip_id, name):
+                self.report.warning(f"{clip_id}: clip file is {files[0]}, the exporter names "
+                                    f"it {layout.clip_file_path(clip_id, name)}")
+        for p in seal_link_problems(entries, sha256_hex(payload), manifest_digest(manifest)[0]):
+            result.add(p)
+
+
+_ENTRY_KEYS = ("seq", "at", "kind", "clip_id", "body")
+
+
+def _entry(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict) or set(value) != set(_ENTRY_KEYS):
+        return None
+    seq, clip_id = value["seq"], value["clip_id"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return None
+    if not isinstance(value["at"], str) or not isinstance(value["kind"], str):
+        return None
+    if not (clip_id is None or isinstance(clip_id, str)) or not isinstance(value["body"], dict):
+        return None
+    return value
+
+
+def _hex_list(value: Any) -> list[bytes] | None:
+    if not isinstance(value, list):
+        return None
+    try:
+        return [bytes.fromhex(item) for item in value]
+    except (TypeError, ValueError):
+        return None

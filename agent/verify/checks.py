@@ -1,0 +1,377 @@
+"""Checks shared by every kind of verification target: hashes, certificate, signatures, fields.
+
+Every function here returns its findings (``"<code>: <details>"`` strings)
+instead of raising, so that a verifier can go on and report everything.
+Inputs are untrusted: malformed JSON, wrong types and bad encodings become
+findings, never exceptions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from agent.custody import dsse
+from agent.custody.jcs import canonicalize
+from agent.custody.keys import certificate_problems, certificate_station_id, keyid_of
+from agent.custody.manifest import SCHEMA as MANIFEST_SCHEMA
+from agent.errors import AgentError
+from agent.timeutil import parse_rfc3339
+from agent.vault import hash_file
+from agent.verify.report import Report
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+# Hash files in parallel: hashlib and file reads release the GIL, and a bundle
+# or a vault is many files.  More threads than this only thrash the disk.
+_HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+# --- hashing -----------------------------------------------------------------------------
+
+Digest = tuple[str, int]
+
+
+def hash_paths(paths: Iterable[Path], report: Report) -> dict[Path, Digest | str]:
+    """SHA-256 and size of each file, or the reason it could not be read."""
+    unique = list(dict.fromkeys(paths))
+    started = time.monotonic()
+
+    def one(path: Path) -> Digest | str:
+        try:
+            return hash_file(path)
+        except AgentError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=_HASH_THREADS, thread_name_prefix="verify-hash") as pool:
+        results = dict(zip(unique, pool.map(one, unique), strict=True))
+    report.count("bytes_hashed", sum(r[1] for r in results.values() if isinstance(r, tuple)))
+    report.count("hash_seconds", time.monotonic() - started)
+    return results
+
+
+# --- the station identity ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Identity:
+    """The station certificate a target's signatures are checked against."""
+
+    cert: x509.Certificate
+    keyid: str
+    public_key: dsse.PublicKey
+    station_id: str | None
+
+    @property
+    def trusted(self) -> dict[str, dsse.PublicKey]:
+        return {self.keyid: self.public_key}
+
+
+def load_identity(path: Path, report: Report, where: str) -> Identity | None:
+    """The first certificate in ``path``; a finding (and None) if it is missing or unusable."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        report.problem(f"cert-missing: {where}: no station certificate at {path}")
+        return None
+    except OSError as exc:
+        report.problem(f"cert-missing: {where}: cannot read {path}: {exc.strerror}")
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        report.problem(f"cert-invalid: {where}: {path} is not a PEM certificate: {exc}")
+        return None
+    key = cert.public_key()
+    if not isinstance(key, dsse.PublicKey):
+        report.problem(f"cert-invalid: {where}: {path} carries a {type(key).__name__} key; "
+                       "station signatures are Ed25519")
+        return None
+    return Identity(cert=cert, keyid=keyid_of(key), public_key=key,
+                    station_id=certificate_station_id(cert))
+
+
+def check_certificate(identity: Identity, report: Report, where: str,
+                      trust: Sequence[x509.Certificate] | None,
+                      signed_at: dt.datetime | None) -> None:
+    """Validity when the signatures were made (and now), CN, key type, chain to ``trust``.
+
+    Without ``trust`` the certificate cannot be anchored: that is a warning,
+    since a self-signed development station is legitimate, but the auditor
+    must then obtain the certificate (or its fingerprint) from elsewhere.
+    """
+    now = dt.datetime.now(dt.UTC)
+    when = signed_at or now
+    cert = identity.cert
+    anchors = list(trust) if trust is not None else [cert]
+    for text in certificate_problems(cert, when, anchors):
+        report.problem(f"cert-invalid: {where}: {text}")
+    if signed_at is not None and now > cert.not_valid_after_utc >= signed_at:
+        report.warning(f"{where}: the station certificate expired at "
+                       f"{cert.not_valid_after_utc.isoformat()}, after the signatures were made")
+    if trust is None:
+        fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+        kind = ("self-signed" if cert.issuer == cert.subject
+                else f"issued by {cert.issuer.rfc4514_string()}")
+        report.warning(f"{where}: station certificate {cert.subject.rfc4514_string()} is {kind} "
+                       f"/ not anchored (no --trust given); its SHA-256 fingerprint is "
+                       f"{fingerprint}: compare it with the platform's record of the station")
+
+
+# --- signatures --------------------------------------------------------------------------
+
+def open_envelope(envelope: Any, identity: Identity | None, expected_type: str,
+                  what: str) -> tuple[bytes | None, list[str]]:
+    """The payload of a DSSE envelope, and every signature problem (``signature: ...``).
+
+    The payload is returned even when the signature fails, so that its
+    fields can still be checked and reported.
+    """
+    problems: list[str] = []
+    if identity is None:
+        problems.append(f"signature: {what}: not checked, no usable station certificate")
+    else:
+        problems.extend(f"signature: {what}: {p}"
+                        for p in dsse.envelope_problems(envelope, identity.trusted,
+                                                        expected_type))
+    payload = None
+    if isinstance(envelope, Mapping) and isinstance(envelope.get("payload"), str):
+        try:
+            payload = dsse.b64decode(envelope["payload"])
+        except ValueError:
+            payload = None
+    if payload is None and identity is None:
+        problems.append(f"signature: {what}: envelope has no readable payload")
+    return payload, problems
+
+
+def load_json_file(path: Path) -> tuple[Any, str | None]:
+    """Parsed JSON of a file, or the reason it cannot be read."""
+    try:
+        return json.loads(path.read_bytes()), None
+    except FileNotFoundError:
+        return None, f"{path.name} is missing"
+    except OSError as exc:
+        return None, f"cannot read {path.name}: {exc.strerror}"
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{path.name} is not valid JSON: {exc}"
+
+
+def parse_canonical(payload: bytes, code: str, what: str) -> tuple[Any, list[str]]:
+    """JSON from signed bytes, with a finding unless the bytes are its RFC 8785 form."""
+    try:
+        value = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, [f"{code}: {what} payload is not JSON: {exc}"]
+    try:
+        canonical = canonicalize(value) == payload
+    except (ValueError, TypeError) as exc:
+        return value, [f"{code}: {what} payload cannot be canonicalized: {exc}"]
+    if not canonical:
+        return value, [f"{code}: {what} payload is not in canonical (RFC 8785) form"]
+    return value, []
+
+
+# --- manifest fields ---------------------------------------------------------------------
+
+_STR, _OPT_STR = ("string", (str,), False), ("string", (str,), True)
+_INT, _BOOL = ("integer", (int,), False), ("boolean", (bool,), False)
+_OPT_NUM, _OPT_OBJ = ("number", (int, float), True), ("object", (dict,), True)
+_LIST = ("array", (list,), False)
+_TIMES = {"file.mtime", "recorded.start", "recorded.end", "ingest.docked_at", "ingest.copied_at"}
+
+SCHEMA_FIELDS: dict[str, Any] = {
+    "schema": _STR,
+    "clip_id": _STR,
+    "file": {"name": _STR, "path": _STR, "size": _INT, "mtime": _STR,
+             "digests": {"sha256": _STR}},
+    "media": _OPT_OBJ,
+    "device": {"serial": _STR, "vendor": _STR, "model": _STR, "firmware": _STR,
+               "clock_offset_s": _OPT_NUM},
+    "officer": {"id": _OPT_STR, "name": _OPT_STR, "unit_code": _OPT_STR, "unit_name": _OPT_STR,
+                "credential_id": _OPT_STR, "verified": _BOOL},
+    "recorded": {"start": _OPT_STR, "end": _OPT_STR, "important": _BOOL},
+    "case_id": _OPT_STR,
+    "station": {"id": _STR, "key_id": _STR},
+    "ingest": {"docked_at": _OPT_STR, "copied_at": _OPT_STR, "verified": _BOOL},
+    "flags": _LIST,
+}
+
+
+def _field_problems(value: Any, spec: Any, path: str, out: list[str], unknown: list[str]) -> None:
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            out.append(f"manifest-field: {path or 'manifest'} is not an object")
+            return
+        for name, sub in spec.items():
+            where = f"{path}.{name}" if path else name
+            if name not in value:
+                out.append(f"manifest-field: {where} is missing")
+            else:
+                _field_problems(value[name], sub, where, out, unknown)
+        unknown.extend(f"{path}.{k}" if path else k for k in value if k not in spec)
+        return
+    label, types, optional = spec
+    if value is None and optional:
+        return
+    # bool is an int in Python, not in JSON: true is never a size.
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        out.append(f"manifest-field: {path} is {json.dumps(value)[:40]}, expected "
+                   f"{label}{' or null' if optional else ''}")
+    elif path in _TIMES:
+        try:
+            parse_rfc3339(value)
+        except ValueError:
+            out.append(f"manifest-field: {path} is {value!r}, not an RFC 3339 time")
+
+
+def manifest_problems(manifest: Any, *, clip_id: str | None, identity: Identity | None,
+                      digest: Digest | None) -> tuple[list[str], list[str]]:
+    """Problems and warnings of a parsed manifest against the clip, certificate and bytes."""
+    problems: list[str] = []
+    unknown: list[str] = []
+    _field_problems(manifest, SCHEMA_FIELDS, "", problems, unknown)
+    warnings = [f"manifest has fields this verifier does not know: {', '.join(unknown)}"] \
+        if unknown else []
+    if not isinstance(manifest, dict):
+        return problems, warnings
+    if manifest.get("schema") != MANIFEST_SCHEMA:
+        problems.append(f"manifest-field: schema is {manifest.get('schema')!r}, "
+                        f"expected {MANIFEST_SCHEMA!r}")
+    if clip_id is not None and manifest.get("clip_id") != clip_id:
+        problems.append(f"manifest-clip: manifest names clip {manifest.get('clip_id')!r}, "
+                        f"but it is filed as {clip_id}")
+    station = manifest["station"] if isinstance(manifest.get("station"), dict) else {}
+    if identity is not None:
+        if identity.station_id is not None and station.get("id") != identity.station_id:
+            problems.append(f"manifest-station: manifest names station {station.get('id')!r}, "
+                            f"the certificate is for {identity.station_id!r}")
+        if station.get("key_id") != identity.keyid:
+            problems.append(f"manifest-station: manifest names key {station.get('key_id')!r}, "
+                            f"the certificate's keyid is {identity.keyid}")
+    claimed_sha, claimed_size = manifest_digest(manifest)
+    if claimed_sha is not None and not HEX64.fullmatch(claimed_sha):
+        problems.append(f"manifest-field: file.digests.sha256 {claimed_sha!r} is not 64 "
+                        "lowercase hex digits")
+    if digest is not None:
+        sha, size = digest
+        if claimed_size is not None and size != claimed_size:
+            problems.append(f"file-size: file is {size} bytes, the manifest says {claimed_size}")
+        if claimed_sha is not None and sha != claimed_sha:
+            problems.append(f"file-digest: file SHA-256 is {sha}, the manifest says "
+                            f"{claimed_sha}")
+    return problems, warnings
+
+
+def manifest_digest(manifest: Any) -> tuple[str | None, int | None]:
+    """The signed SHA-256 and size of the clip's bytes, where the manifest has them."""
+    file = manifest.get("file") if isinstance(manifest, dict) else None
+    if not isinstance(file, dict):
+        return None, None
+    digests = file.get("digests")
+    sha = digests.get("sha256") if isinstance(digests, dict) else None
+    size = file.get("size")
+    return (sha if isinstance(sha, str) else None,
+            size if isinstance(size, int) and not isinstance(size, bool) else None)
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+def checkpoint_fields(payload: bytes, what: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """A checkpoint payload {station_id, size, root, at}, checked; None if unusable."""
+    value, problems = parse_canonical(payload, "checkpoint-field", what)
+    if not isinstance(value, dict):
+        return None, problems or [f"checkpoint-field: {what} payload is not a JSON object"]
+    size, root, at = value.get("size"), value.get("root"), value.get("at")
+    if not isinstance(value.get("station_id"), str):
+        problems.append(f"checkpoint-field: {what} has no station_id string")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        problems.append(f"checkpoint-field: {what} size {size!r} is not a count")
+        return None, problems
+    if not isinstance(root, str) or not HEX64.fullmatch(root):
+        problems.append(f"checkpoint-field: {what} root {root!r} is not 64 lowercase hex digits")
+        return None, problems
+    try:
+        parse_rfc3339(at) if isinstance(at, str) else None
+    except ValueError:
+        at = None
+    if not isinstance(at, str):
+        problems.append(f"checkpoint-field: {what} has no RFC 3339 'at' time")
+    return value, problems
+
+
+def signed_time(checkpoint: Mapping[str, Any] | None) -> dt.datetime | None:
+    if checkpoint is None or not isinstance(checkpoint.get("at"), str):
+        return None
+    try:
+        return parse_rfc3339(checkpoint["at"])
+    except ValueError:
+        return None
+
+
+# --- clip history in the log -------------------------------------------------------------
+
+def history_problems(entries: Sequence[Mapping[str, Any]]) -> tuple[list[str], str | None]:
+    """Check that a clip's state changes chain up, from ``clip.discovered`` on.
+
+    Each ``clip.<state>`` transition records ``from`` and ``to``; the ``from``
+    of one must be the ``to`` of the one before.  A missing (or moved) entry
+    breaks the chain.  Returns the problems and the state the log ends in.
+    """
+    problems: list[str] = []
+    state: str | None = None
+    for entry in entries:
+        kind, body, seq = entry.get("kind"), entry.get("body"), entry.get("seq")
+        if kind == "clip.discovered":
+            if state is not None:
+                problems.append(f"log-history: seq {seq} discovers the clip again "
+                                f"(it was already {state})")
+            state = "discovered"
+            continue
+        if not (isinstance(body, dict) and isinstance(kind, str)
+                and kind == f"clip.{body.get('to')}" and "from" in body):
+            continue
+        if state is None:
+            problems.append(f"log-history: seq {seq} moves the clip from {body['from']!r} "
+                            "but no clip.discovered entry comes before it")
+        elif body["from"] != state:
+            problems.append(f"log-history: seq {seq} moves the clip from {body['from']!r}, "
+                            f"but the entries before it leave it {state!r} (an entry is "
+                            "missing or out of order)")
+        state = str(body["to"])
+    return problems, state
+
+
+def seal_link_problems(entries: Sequence[Mapping[str, Any]], manifest_sha256: str,
+                       claimed_sha: str | None) -> list[str]:
+    """The log's ``clip.sealed`` entry must name this manifest and these bytes."""
+    sealed = [e for e in entries if e.get("kind") == "clip.sealed"
+              and isinstance(e.get("body"), dict) and "manifest_sha256" in e["body"]]
+    if not sealed:
+        return ["log-link: no clip.sealed entry with a manifest_sha256 for this clip"]
+    problems = []
+    for entry in sealed:
+        body = entry["body"]
+        if body["manifest_sha256"] != manifest_sha256:
+            problems.append(f"log-link: clip.sealed (seq {entry.get('seq')}) records manifest "
+                            f"SHA-256 {body['manifest_sha256']}, this manifest's is "
+                            f"{manifest_sha256}")
+        if claimed_sha is not None and body.get("sha256") not in (None, claimed_sha):
+            problems.append(f"log-link: clip.sealed (seq {entry.get('seq')}) records clip "
+                            f"SHA-256 {body.get('sha256')}, the manifest says {claimed_sha}")
+    return problems
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

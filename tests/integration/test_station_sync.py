@@ -1,0 +1,264 @@
+"""A real station against the development platform: mosquitto (TLS), HTTPS tus, signed acks.
+
+Every fault of the sync issue is a test here: wrong acks, forged and replayed
+commands, a broker that goes away mid-run, an upload server answering 500s,
+and the agent killed mid-upload.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import config as config_mod
+from agent.config import Config
+from agent.custody.keys import StationKey
+from agent.station import Station
+from drivers.simcam import make_camera
+from scripts.devplatform.stand import DevStand
+from tests.support.stations import running_station
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def stand(tmp_path: Path) -> Iterator[DevStand]:
+    with DevStand(tmp_path / "stand") as instance:
+        yield instance
+
+
+def _station(stand: DevStand, tmp_path: Path, station_id: str = "ST-0001", *, extra: str = "",
+             platform_extra: str = "retry_max_s = 1\n") -> Config:
+    path = stand.station(tmp_path / station_id, station_id, extra=extra,
+                         platform_extra=platform_extra)
+    return config_mod.load(path)
+
+
+def _camera(config: Config, clips: int = 3, **kwargs: Any) -> Path:
+    return make_camera(config.devices["simulated"].root, clips=clips, seconds=0.5, width=160,
+                       height=120, fps=10.0, **kwargs)
+
+
+def _recordings(cam: Path) -> list[Path]:
+    return sorted(p for p in (cam / "DCIM").rglob("*") if p.is_file())
+
+
+def _states(config: Config) -> dict[str, str]:
+    db = sqlite3.connect(config.data_dir / "state.db")
+    return {r[0]: r[1] for r in db.execute("SELECT clip_id, state FROM clips")}
+
+
+def _log_kinds(config: Config, kind: str) -> list[dict[str, Any]]:
+    db = sqlite3.connect(config.data_dir / "state.db")
+    return [json.loads(r[0]) for r in db.execute(
+        "SELECT body FROM custody_log WHERE kind = ? ORDER BY seq", (kind,))]
+
+
+def test_offload_upload_ack_release(stand: DevStand, tmp_path: Path) -> None:
+    config = _station(stand, tmp_path)
+    cam = _camera(config, clips=3)
+    sources = {p.name: p.read_bytes() for p in _recordings(cam)}
+    with running_station(config) as station:
+        summary = station.run_once(platform_timeout_s=30)
+        assert summary.ok, summary.failures
+    assert set(_states(config).values()) == {"released"}
+    assert _recordings(cam) == [], "acknowledged clips are deleted from the camera"
+    verdicts = stand.platform.verdicts()
+    assert [v["verdict"] for v in verdicts] == ["accepted"] * 3
+    # The platform holds the same bytes the camera had.
+    stored = {json.loads(json.dumps(v))["sha256"] for v in verdicts}
+    import hashlib
+    assert stored == {hashlib.sha256(b).hexdigest() for b in sources.values()}
+    types = [e["type"] for e in stand.platform.events("ST-0001")]
+    for kind in ("device.docked", "clip.sealed", "clip.uploaded", "clip.acknowledged",
+                 "clip.released", "log.checkpoint"):
+        assert kind in types, f"{kind} missing from {types}"
+    assert types.count("clip.released") == 3
+    identity = stand.platform.stations()["ST-0001"]
+    assert identity
+
+
+def test_wrong_acks_are_refused_and_nothing_is_released(stand: DevStand, tmp_path: Path) -> None:
+    config = _station(stand, tmp_path)
+    cam = _camera(config, clips=2)
+    stand.platform.sign_acks_with = StationKey.generate()  # a key the station does not trust
+    with running_station(config) as station:
+        summary = station.run_once(platform_timeout_s=3)
+        assert not summary.ok
+        stand.platform.sign_acks_with = None
+        stand.platform.ack_sha_override = "0" * 64
+        # The platform re-checks and re-acks on a new upload event; replay its acks by hand.
+        for verdict in stand.platform.verdicts():
+            stand.platform._send_ack(verdict["clip_id"])
+        stand.platform.flush()
+        deadline = time.monotonic() + 10
+        while len(_log_kinds(config, "ack.refused")) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    refusals = [r["reason"] for r in _log_kinds(config, "ack.refused")]
+    assert len(refusals) == 4, refusals
+    assert sum("signature" in r or "keyid" in r for r in refusals) == 2, refusals
+    assert sum("does not match the sealed digest" in r for r in refusals) == 2, refusals
+    assert set(_states(config).values()) == {"uploaded"}
+    assert len(_recordings(cam)) == 2, "no clip may leave the camera without a valid ack"
+    alerts = [e for e in stand.platform.events("ST-0001") if e["type"] == "alert"]
+    assert sum(a["data"]["code"] == "ack.refused" for a in alerts) == 4
+
+
+def test_commands_tag_and_refusals(stand: DevStand, tmp_path: Path) -> None:
+    config = _station(stand, tmp_path)
+    _camera(config, clips=1)
+    station = Station(config)
+    station.start(watch=True)
+    try:
+        assert station.sync is not None and station.sync.link.wait_connected(10)
+        stand.platform.wait_for(lambda: all(s == "released" for s in _states(config).values())
+                                and _states(config), timeout=30, what="clip released")
+        clip_id = next(iter(_states(config)))
+        response = stand.platform.send_command("ST-0001", "tag",
+                                               {"case_id": "CASE-2026-0042", "clips": [clip_id]})
+        assert response["ok"] is True and response["result"]["tagged"] == [clip_id]
+        tags = _log_kinds(config, "clip.tagged")
+        assert tags[-1]["case_id"] == "CASE-2026-0042" and tags[-1]["source"] == "platform-command"
+        status = stand.platform.send_command("ST-0001", "status", {})
+        assert status["ok"] and status["result"]["station_id"] == "ST-0001"
+
+        # Replayed: the very same signed envelope again.
+        envelope = stand.platform.command_envelope("ST-0001", "tag", {"case_id": "X-1",
+                                                                      "clips": [clip_id]})
+        first = stand.platform.send_envelope("ST-0001", "tag", envelope)
+        replay = stand.platform.send_envelope("ST-0001", "tag", envelope)
+        assert first["ok"] is True
+        assert replay["ok"] is False and "replay" in replay["error"]
+        # Forged: signed by a key the station does not trust.
+        forged = stand.platform.command_envelope("ST-0001", "tag", {"case_id": "X-2",
+                                                                    "clips": [clip_id]},
+                                                 signer=StationKey.generate())
+        refused = stand.platform.send_envelope("ST-0001", "tag", forged)
+        assert refused["ok"] is False
+        # Expired.
+        expired = stand.platform.command_envelope("ST-0001", "status", {}, expires_in=-5)
+        late = stand.platform.send_envelope("ST-0001", "status", expired)
+        assert late["ok"] is False and "expired" in late["error"]
+    finally:
+        station.stop()
+    refused_log = [r["reason"] for r in _log_kinds(config, "command.refused")]
+    assert len(refused_log) == 3, refused_log
+    assert [t["case_id"] for t in _log_kinds(config, "clip.tagged")] == ["CASE-2026-0042", "X-1"]
+
+
+def test_broker_down_then_up_loses_no_event(stand: DevStand, tmp_path: Path) -> None:
+    config = _station(stand, tmp_path)
+    _camera(config, clips=3)
+    stand.stop_broker()
+    station = Station(config)
+    station.start(watch=True)
+    try:
+        # Offload and seal with no broker: events wait in the outbox.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = _states(config)
+            if len(states) == 3 and all(s != "discovered" and s != "copied" for s in states.values()):
+                break
+            time.sleep(0.05)
+        db = sqlite3.connect(config.data_dir / "state.db")
+        waiting = db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0]
+        assert waiting > 0
+        stand.start_broker()
+        stand.platform.wait_for(lambda: set(_states(config).values()) == {"released"},
+                                timeout=60, what="all clips released after the broker came back")
+        assert station.sync is not None
+        deadline = time.monotonic() + 10
+        while station.sync.outbox.backlog() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        station.stop()
+    db = sqlite3.connect(config.data_dir / "state.db")
+    sent = {json.loads(r[0])["id"] for r in db.execute(
+        "SELECT payload FROM outbox WHERE topic LIKE '%/events'")}
+    stand.platform.flush()
+    received = {e["id"] for e in stand.platform.events("ST-0001")}
+    assert sent - received == set(), "every event reaches the platform"
+
+
+def test_upload_server_errors_back_off_then_succeed(stand: DevStand, tmp_path: Path) -> None:
+    config = _station(stand, tmp_path)
+    _camera(config, clips=2)
+    stand.platform.tus.fail_next = 4
+    with running_station(config) as station:
+        summary = station.run_once(platform_timeout_s=30)
+        assert summary.ok, summary.failures
+    assert set(_states(config).values()) == {"released"}
+    assert stand.platform.tus.fail_next == 0
+    db = sqlite3.connect(config.data_dir / "state.db")
+    attempts = sum(r[0] for r in db.execute("SELECT upload_attempts FROM clips"))
+    assert attempts >= 2, "the failures were retried"
+
+
+def test_connection_cut_mid_patch_resumes_from_server_offset(stand: DevStand,
+                                                              tmp_path: Path) -> None:
+    config = _station(stand, tmp_path, platform_extra="retry_max_s = 1\nupload_chunk_mib = 1\n")
+    cam = _camera(config, clips=1)
+    big = cam / "DCIM" / "BIG.MP4"
+    big.write_bytes(bytes(range(256)) * 12288)  # 3 MiB
+    stand.platform.tus.cut_after = 1024 * 1024 + 300 * 1024
+    with running_station(config) as station:
+        summary = station.run_once(platform_timeout_s=30)
+        assert summary.ok, summary.failures
+    size = 3 * 1024 * 1024
+    received = stand.platform.tus.bytes_received
+    small = sum(v["size"] for v in stand.platform.verdicts()) - size
+    # Only the chunk that was cut is sent again.
+    assert received - small - size <= 1024 * 1024, received
+
+
+def test_agent_killed_mid_upload_resumes(stand: DevStand, tmp_path: Path) -> None:
+    config_path = stand.station(tmp_path / "ST-0001", "ST-0001", platform_extra=(
+        "retry_max_s = 1\nupload_chunk_mib = 1\nbandwidth_kib_s = 2048\n"))
+    config = config_mod.load(config_path)
+    cam = _camera(config, clips=1)
+    (cam / "DCIM" / "BIG.MP4").write_bytes(bytes(range(256)) * 4096 * 8)  # 8 MiB
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli.main", "run", "--once",
+                             "--config", str(config_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        offset = 0
+        while time.monotonic() < deadline:
+            try:
+                db = sqlite3.connect(config.data_dir / "state.db", timeout=5)
+                row = db.execute("SELECT MAX(upload_offset) FROM clips WHERE state = 'uploading'"
+                                 ).fetchone()
+                db.close()
+            except sqlite3.OperationalError:
+                row = None
+            offset = row[0] if row and row[0] else 0
+            if offset >= 2 * 1024 * 1024:
+                break
+            time.sleep(0.02)
+        assert offset >= 2 * 1024 * 1024, "the upload started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    before = stand.platform.tus.bytes_received
+    done = subprocess.run([sys.executable, "-m", "agent.cli.main", "run", "--once",
+                           "--config", str(config_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert set(_states(config).values()) == {"released"}
+    resent = stand.platform.tus.bytes_received - before
+    # The restart sent the rest from the server's offset, plus at most the cut chunk.
+    assert resent <= 8 * 1024 * 1024 - offset + 1024 * 1024, (resent, offset)
+    assert [v["verdict"] for v in stand.platform.verdicts()] == ["accepted", "accepted"]
