@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from agent.config import Config
-from agent.errors import AgentError, TransportError
+from agent.errors import AgentError, IntegrityError, StoreError, TransportError
 from agent.store import ClipState, Store
 from agent.sync.tus import RateLimiter, TusClient, UploadGone, backoff_delay
 from agent.timeutil import now
@@ -155,6 +155,10 @@ class Uploader:
         except TransportError as exc:
             self._failed(clip_id, int(clip["upload_attempts"]) + 1, exc)
             return
+        except (IntegrityError, StoreError) as exc:
+            # The vault copy itself is wrong or unreadable: never send it; an operator looks.
+            self._quarantine(clip_id, f"vault copy cannot be uploaded: {exc}")
+            return
         with self.store.transaction() as tx:
             if tx.clip(clip_id)["state"] != S.UPLOADING.value:
                 return  # an ack raced ahead and already moved it on
@@ -164,15 +168,17 @@ class Uploader:
                                        "size": size, "upload_url": url})
         log.info("clip %s uploaded (%d bytes)", clip_id, size)
 
+    def _quarantine(self, clip_id: str, reason: str) -> None:
+        log.error("clip %s: %s", clip_id, reason)
+        with self.store.transaction() as tx:
+            tx.transition(clip_id, S.QUARANTINED, reason=reason, log_body={"reason": reason})
+            tx.event("alert", {"code": "upload.failed", "clip_id": clip_id, "message": reason})
+
     def _failed(self, clip_id: str, attempts: int, exc: TransportError) -> None:
         if not exc.retryable:
-            reason = f"upload refused by the platform: {exc}"
-            log.error("clip %s: %s", clip_id, reason)
             with self.store.transaction() as tx:
-                tx.transition(clip_id, S.QUARANTINED, reason=reason, upload_attempts=attempts,
-                              log_body={"reason": reason})
-                tx.event("alert", {"code": "upload.failed", "clip_id": clip_id,
-                                   "message": reason})
+                tx.update_clip(clip_id, upload_attempts=attempts)
+            self._quarantine(clip_id, f"upload refused by the platform: {exc}")
             return
         delay = backoff_delay(attempts, base=1.0, cap=float(self.platform.retry_max_s))
         log.warning("clip %s: upload attempt %d failed (%s); retrying in %.1f s", clip_id,

@@ -180,11 +180,14 @@ def test_broker_down_then_up_loses_no_event(stand: DevStand, tmp_path: Path) -> 
         deadline = time.monotonic() + 10
         while station.sync.outbox.backlog() and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert station.sync.outbox.backlog() == 0
+        db = sqlite3.connect(config.data_dir / "state.db")
+        sent = {json.loads(r[0])["id"] for r in db.execute(
+            "SELECT payload FROM outbox WHERE topic LIKE '%/events'")}
     finally:
         station.stop()
-    db = sqlite3.connect(config.data_dir / "state.db")
-    sent = {json.loads(r[0])["id"] for r in db.execute(
-        "SELECT payload FROM outbox WHERE topic LIKE '%/events'")}
+    # One device.docked, then sealed, uploaded, acknowledged, released per clip.
+    assert len(sent) >= 1 + 3 * 4
     stand.platform.flush()
     received = {e["id"] for e in stand.platform.events("ST-0001")}
     assert sent - received == set(), "every event reaches the platform"
