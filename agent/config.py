@@ -145,7 +145,8 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
     problems: list[str] = []
     for key in raw:
         if key not in _SECTIONS and key != "devices":
-            problems.append(f"{key}: unknown section (allowed: {', '.join([*_SECTIONS, 'devices'])})")
+            allowed = ", ".join([*_SECTIONS, "devices"])
+            problems.append(f"{key}: unknown section (allowed: {allowed})")
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         table = raw.get(name)

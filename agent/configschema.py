@@ -26,8 +26,8 @@ def option(
     default: Any = _MISSING,
     *,
     doc: str = "",
-    min: float | None = None,  # noqa: A002 - reads naturally at the call sites
-    max: float | None = None,  # noqa: A002
+    min: float | None = None,
+    max: float | None = None,
     choices: Sequence[str] | None = None,
     pattern: str | None = None,
     default_factory: Any = _MISSING,

@@ -15,6 +15,7 @@ place is the vault's job.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -91,7 +92,8 @@ class _Writer(_Stage):
         os.fsync(self.fd)
 
 
-def copy_to_vault(source: BinaryIO, temp: Path, *, chunk_size: int, queue_chunks: int) -> CopyResult:
+def copy_to_vault(source: BinaryIO, temp: Path, *, chunk_size: int,
+                  queue_chunks: int) -> CopyResult:
     """Copy ``source`` to ``temp`` (created new, fsynced), hashing in the same pass.
 
     Raises DeviceGoneError / DeviceError for the device side, StoreError for the
@@ -132,10 +134,8 @@ def copy_to_vault(source: BinaryIO, temp: Path, *, chunk_size: int, queue_chunks
         os.close(fd)
     failure = read_error or writer.error or hasher.error
     if failure is not None:
-        try:
+        with contextlib.suppress(OSError):
             temp.unlink()
-        except OSError:
-            pass
         if isinstance(failure, AgentError):
             raise failure
         if failure is writer.error and isinstance(failure, OSError):

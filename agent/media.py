@@ -187,7 +187,7 @@ def _failing(issues: list[str]) -> bool:
 def _cv2() -> Any:
     """Import OpenCV on first use; the rest of the agent does not need it."""
     try:
-        import cv2  # noqa: PLC0415 - lazy: heavy import, only the probe needs it
+        import cv2
     except ImportError as exc:
         raise ConfigError(f"OpenCV is not installed (pip install opencv-python-headless): "
                           f"{exc}") from exc

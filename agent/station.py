@@ -167,13 +167,16 @@ class Station:
     def _start_detectors(self) -> None:
         self.detectors = self._make_detectors()
         for detector in self.detectors:
-            detector.start(self.dock, self.undock)
+            detector.start(self._on_dock, self.undock)
             self._stops.append(detector.stop)
         for detector in self.detectors:
             for device in detector.scan():
                 self.dock(device)
 
     # --- docking -------------------------------------------------------------------------
+
+    def _on_dock(self, device: Device) -> None:
+        self.dock(device)
 
     def dock(self, device: Device) -> Future[DockReport] | None:
         """Queue a dock session for ``device`` unless one is already running for it."""

@@ -116,7 +116,8 @@ class Vault:
         return stat.f_bavail * stat.f_frsize
 
 
-def hash_file(path: Path, *, drop_cache: bool = False, block: int = VERIFY_BLOCK) -> tuple[str, int]:
+def hash_file(path: Path, *, drop_cache: bool = False,
+              block: int = VERIFY_BLOCK) -> tuple[str, int]:
     """SHA-256 and size of a file, read in bounded blocks (optionally bypassing the cache)."""
     h = hashlib.sha256()
     size = 0

@@ -17,7 +17,6 @@ key (``device[2](zfy-a).usb_ids[0]: ...``).
 """
 
 # option() returns a dataclasses.field; ruff's RUF009 cannot tell it from a call.
-# ruff: noqa: RUF009
 
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ the serial is taken from the file names, else ``volume:<directory name>``
 """
 
 # option() returns a dataclasses.field; ruff's RUF009 cannot tell it from a call.
-# ruff: noqa: RUF009
 
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ which gives each recording its start time and important flag.
 """
 
 # option() returns a dataclasses.field; ruff's RUF009 cannot tell it from a call.
-# ruff: noqa: RUF009
 
 from __future__ import annotations
 

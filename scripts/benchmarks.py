@@ -69,7 +69,8 @@ import json, os, resource, sys, time
 from pathlib import Path
 from agent.ingest import copy_to_vault
 from agent.vault import Vault
-src, vault_dir, chunk_kib, depth = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+src, vault_dir = sys.argv[1], Path(sys.argv[2])
+chunk_kib, depth = int(sys.argv[3]), int(sys.argv[4])
 vault = Vault(vault_dir)
 temp = vault.temp_path("bench")
 t0 = time.perf_counter()
@@ -96,7 +97,7 @@ def bench_ingest(sizes_gib: list[float], workdir: Path, chunk_kib: int, depth: i
         dst = workdir / "dst.bin"
         vault_dir = workdir / "vault"
 
-        def clean() -> None:
+        def clean(dst: Path = dst, vault_dir: Path = vault_dir) -> None:
             dst.unlink(missing_ok=True)
             shutil.rmtree(vault_dir, ignore_errors=True)
 

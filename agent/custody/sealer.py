@@ -21,8 +21,12 @@ from typing import Any
 from agent.config import Config
 from agent.custody import dsse, merkle
 from agent.custody.jcs import canonicalize
-from agent.custody.keys import StationKey, check_key_matches_certificate, init_station_keys, \
-    load_certificate
+from agent.custody.keys import (
+    StationKey,
+    check_key_matches_certificate,
+    init_station_keys,
+    load_certificate,
+)
 from agent.custody.manifest import build_manifest
 from agent.durable import remove_stale_temps
 from agent.errors import StoreError

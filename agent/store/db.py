@@ -84,7 +84,8 @@ class Tx:
             return None
         row = self.one("SELECT value FROM meta WHERE key = 'event_seq'")
         seq = int(row["value"]) + 1 if row else 1
-        self.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('event_seq', ?)", (str(seq),))
+        self.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('event_seq', ?)",
+                     (str(seq),))
         event_id = str(uuid.uuid4())
         envelope = {"id": event_id, "type": type_, "station_id": self.store.station_id,
                     "seq": seq, "at": time_now(), "data": data}

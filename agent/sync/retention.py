@@ -34,7 +34,8 @@ S = ClipState
 HASH_BLOCK = 4 * 1024 * 1024
 
 
-def release_acknowledged(config: Config, store: Store, device: Device, info: DeviceInfo) -> list[str]:
+def release_acknowledged(config: Config, store: Store, device: Device,
+                         info: DeviceInfo) -> list[str]:
     """Delete this camera's acknowledged clips from it; returns the clip ids released."""
     if config.retention.release != "after-ack":
         return []

@@ -92,7 +92,7 @@ class DevStand:
 
     def station(self, base: str | os.PathLike[str], station_id: str = "ST-0001",
                 extra: str = "", platform_extra: str = "") -> Path:
-        """Write a station directory (config, enrolled keys, TLS client cert); returns the config."""
+        """Write a station directory (config, enrolled keys, TLS cert); returns its config."""
         base_dir = Path(base)
         (base_dir / "sim").mkdir(parents=True, exist_ok=True)
         data_dir = base_dir / "data"

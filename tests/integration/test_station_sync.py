@@ -167,7 +167,7 @@ def test_broker_down_then_up_loses_no_event(stand: DevStand, tmp_path: Path) -> 
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             states = _states(config)
-            if len(states) == 3 and all(s != "discovered" and s != "copied" for s in states.values()):
+            if len(states) == 3 and all(s not in {"discovered", "copied"} for s in states.values()):
                 break
             time.sleep(0.05)
         db = sqlite3.connect(config.data_dir / "state.db")

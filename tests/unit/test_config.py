@@ -95,7 +95,7 @@ def test_platform_refuses_clear_text_without_insecure(tmp_path: Path) -> None:
 def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[station\nid=1\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="bad.toml: TOML syntax error"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: TOML syntax error"):
         config_mod.load(path)
 
 

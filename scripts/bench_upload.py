@@ -1,0 +1,130 @@
+"""Benchmarks of the network and verify paths (see scripts/benchmarks.py for the runner)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+GIB = 1024 ** 3
+
+AGENT_UPLOAD = r"""
+import json, resource, sys, time
+from pathlib import Path
+from agent.sync.tus import TusClient
+endpoint, ca, src = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+size = src.stat().st_size
+with TusClient(endpoint, ca_file=ca, chunk_size=8 * 1024 * 1024) as client:
+    url = client.create(size, {"filename": src.name})
+    t0 = time.perf_counter()
+    client.upload(url, src, start=0, total=size)
+    elapsed = time.perf_counter() - t0
+print(json.dumps({"seconds": elapsed,
+                  "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+AGENT_HASH = r"""
+import json, resource, sys, time
+from pathlib import Path
+from agent.vault import hash_file
+t0 = time.perf_counter()
+digest, size = hash_file(Path(sys.argv[1]))
+print(json.dumps({"seconds": time.perf_counter() - t0, "sha256": digest,
+                  "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _source(workdir: Path, size: int) -> Path:
+    from scripts.benchmarks import make_source
+
+    src = workdir / f"src-{size}.bin"
+    make_source(src, size)
+    return src
+
+
+def _curl_upload(endpoint: str, ca: Path, src: Path) -> float:
+    size = src.stat().st_size
+    created = subprocess.run(
+        ["curl", "-sS", "-i", "--cacert", str(ca), "-X", "POST", "-H", "Tus-Resumable: 1.0.0",
+         "-H", f"Upload-Length: {size}", endpoint], check=True, capture_output=True, text=True)
+    location = next(line.split(":", 1)[1].strip() for line in created.stdout.splitlines()
+                    if line.lower().startswith("location:"))
+    url = location if location.startswith("https://") else endpoint.rstrip("/") + "/" + \
+        location.rsplit("/", 1)[-1]
+    t0 = time.perf_counter()
+    subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "--cacert", str(ca), "-X", "PATCH",
+         "-H", "Tus-Resumable: 1.0.0", "-H", "Upload-Offset: 0",
+         "-H", "Content-Type: application/offset+octet-stream", "-T", str(src), url],
+        check=True)
+    return time.perf_counter() - t0
+
+
+def bench_upload(size_gib: float, workdir: Path) -> dict[str, Any]:
+    """The agent's tus client vs curl (one PATCH), same bytes, same HTTPS server."""
+    from agent.devpki import DevCA
+    from scripts.devplatform.tusserver import TusServer
+
+    size = int(size_gib * GIB)
+    src = _source(workdir, size)
+    ca = DevCA(workdir / "pki")
+    server_cert = ca.issue("127.0.0.1", "server", server=True, client=False)
+    results: dict[str, Any] = {"size_gib": size_gib, "runs": {}}
+    for label, algorithms in (("with_checksum", ("sha256",)), ("no_checksum", ())):
+        store = workdir / f"store-{label}"
+        server = TusServer(store, certfile=server_cert.cert_path, keyfile=server_cert.key_path,
+                           checksum_algorithms=algorithms).start()
+        try:
+            curl_s, agent_s, rss = [], [], []
+            for _ in range(3):
+                curl_s.append(_curl_upload(server.url, ca.cert_path, src))
+                proc = subprocess.run([sys.executable, "-c", AGENT_UPLOAD, server.url,
+                                       str(ca.cert_path), str(src)], check=True,
+                                      capture_output=True, text=True, cwd=ROOT)
+                run = json.loads(proc.stdout)
+                agent_s.append(run["seconds"])
+                rss.append(run["peak_rss_kib"])
+                for f in store.glob("*"):
+                    if f.is_file():
+                        f.unlink()
+        finally:
+            server.stop()
+        curl_med, agent_med = statistics.median(curl_s), statistics.median(agent_s)
+        entry = {
+            "curl_s": round(curl_med, 3), "agent_s": round(agent_med, 3),
+            "curl_mib_s": round(size / curl_med / 2**20, 1),
+            "agent_mib_s": round(size / agent_med / 2**20, 1),
+            "agent_vs_curl": round(curl_med / agent_med, 3),
+            "agent_peak_rss_mib": round(max(rss) / 1024, 1),
+        }
+        results["runs"][label] = entry
+        print(json.dumps({label: entry}), flush=True)
+    return results
+
+
+def bench_verify(size_gib: float, workdir: Path) -> dict[str, Any]:
+    """The verifier's hashing vs ``openssl dgst -sha256`` on the same file, cache warm."""
+    size = int(size_gib * GIB)
+    src = _source(workdir, size)
+    subprocess.run(["cat", str(src)], check=True, stdout=subprocess.DEVNULL)  # warm the cache
+    ossl, agent = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run(["openssl", "dgst", "-sha256", str(src)], check=True,
+                       stdout=subprocess.DEVNULL)
+        ossl.append(time.perf_counter() - t0)
+        proc = subprocess.run([sys.executable, "-c", AGENT_HASH, str(src)], check=True,
+                              capture_output=True, text=True, cwd=ROOT)
+        agent.append(json.loads(proc.stdout)["seconds"])
+    result = {"size_gib": size_gib, "openssl_s": round(statistics.median(ossl), 3),
+              "agent_s": round(statistics.median(agent), 3)}
+    result["agent_vs_openssl"] = round(result["openssl_s"] / result["agent_s"], 3)
+    print(json.dumps(result), flush=True)
+    os.sync()
+    return result
