@@ -73,12 +73,14 @@ class Offloader:
 
     def __init__(self, config: Config, store: Store, vault: Vault,
                  after_copy: Callable[[str], None] | None = None,
-                 before_listing: Callable[[Device, DeviceInfo], None] | None = None) -> None:
+                 before_listing: Callable[[Device, DeviceInfo], None] | None = None,
+                 make_room: Callable[[], object] | None = None) -> None:
         self.config = config
         self.store = store
         self.vault = vault
         self.after_copy = after_copy
         self.before_listing = before_listing
+        self.make_room = make_room
 
     # --- the session ---------------------------------------------------------------------
 
@@ -163,6 +165,8 @@ class Offloader:
             if clip_id is not None:
                 todo.append((clip_id, rec))
         for clip_id, rec in todo:
+            if not self._room_for(rec, info, report):
+                return
             self._copy_with_retries(device, info, clip_id, rec, report)
 
     def _register(self, info: DeviceInfo, rec: Recording, dock_id: int,
@@ -195,6 +199,27 @@ class Offloader:
                 "mtime": rfc3339(rec.mtime), "important": rec.important, "flags": flags})
         report.new += 1
         return clip_id
+
+    def _room_for(self, rec: Recording, info: DeviceInfo, report: DockReport) -> bool:
+        """Whether the vault has room for ``rec`` above the reserve; purges first if it can.
+
+        When the disk is full of clips the platform has not acknowledged, ingest
+        stops: the recordings stay on the camera (nothing is lost) and an alert says so.
+        """
+        reserve = self.config.ingest.min_free_mb * 1024 * 1024
+        if self.vault.free_bytes() - rec.size >= reserve:
+            return True
+        if self.make_room is not None:
+            self.make_room()
+            if self.vault.free_bytes() - rec.size >= reserve:
+                return True
+        message = (f"disk full: {self.vault.free_bytes() // 2**20} MB free in the vault, "
+                   f"{rec.size // 2**20} MB needed above the reserve of "
+                   f"{self.config.ingest.min_free_mb} MB (ingest.min_free_mb); ingest stopped, "
+                   f"the recordings stay on {info.serial}")
+        report.errors.append(message)
+        self._alert(info.serial, "disk.full", message)
+        return False
 
     # --- one clip ------------------------------------------------------------------------
 

@@ -146,8 +146,9 @@ class Station:
             if sync is not None:
                 sync.sealed(clip_id)
 
-        self.offloader = Offloader(self.config, self.store, self.vault,
-                                   after_copy=after_copy, before_listing=before_listing)
+        make_room = sync.make_room if sync is not None else None
+        self.offloader = Offloader(self.config, self.store, self.vault, after_copy=after_copy,
+                                   before_listing=before_listing, make_room=make_room)
         self._pool = ThreadPoolExecutor(max_workers=self.config.station.max_ingest_workers,
                                         thread_name_prefix="dock")
         pool = self._pool

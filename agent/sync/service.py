@@ -137,6 +137,10 @@ class SyncService:
         """At every dock, first release what the platform has acknowledged."""
         release_acknowledged(self.config, self.store, device, info)
 
+    def make_room(self) -> list[str]:
+        """Purge acknowledged clips past retention or under the low-water mark."""
+        return purge(self.config, self.store, self.vault)
+
     def sealed(self, _clip_id: str) -> None:
         self.uploader.poke()
 

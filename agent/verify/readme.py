@@ -132,9 +132,46 @@ sys.exit(0 if ok else 1)
 EOF
 => entry {entry_seq} is in the signed log
 Repeat with any other line.  Each entry's leaf_index must be its seq - 1.
-The consistency proofs in custody/checkpoints.jsonl (earlier checkpoints
-are prefixes of this one) follow RFC 9162 section 2.1.4.2; `bwc-agent
-verify` checks them, and docs/FORMATS.md gives the algorithm.
+
+7. Earlier checkpoints are prefixes of this one (the log was only appended)
+--------------------------------------------------------------------------
+Each line of custody/checkpoints.jsonl is an earlier signed checkpoint with a
+consistency proof (RFC 9162 section 2.1.4.2).  Check their signatures as in
+step 5 (the "envelope" member), then:
+$ python3 - <<'EOF'
+import base64, hashlib, json, sys
+node = lambda left, right: hashlib.sha256(b"\\x01" + left + right).digest()
+payload = lambda env: json.loads(base64.b64decode(env["payload"]))
+head = payload(json.load(open("custody/checkpoint.dsse.json")))
+n, second, ok = head["size"], bytes.fromhex(head["root"]), True
+for line in open("custody/checkpoints.jsonl"):
+    item = json.loads(line)
+    old = payload(item["envelope"])
+    m, first = old["size"], bytes.fromhex(old["root"])
+    proof = [bytes.fromhex(h) for h in item["consistency_proof"]]
+    if m & (m - 1) == 0:
+        proof = [first] + proof
+    fn, sn, good = m - 1, n - 1, 0 < m < n and len(proof) > 0
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = proof[0] if proof else b""
+    for c in proof[1:]:
+        if sn == 0:
+            good = False
+            break
+        if fn & 1 or fn == sn:
+            fr, sr = node(c, fr), node(c, sr)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    good = good and sn == 0 and fr == first and sr == second
+    ok = ok and good
+    print("checkpoint of size", m, "signed", old["at"], "is a prefix of size", n, ":", good)
+sys.exit(0 if ok else 1)
+EOF
+=> one line per earlier checkpoint, each ending in ": True"
 """  # noqa: E501 (commands are kept whole, to be pasted)
 
 

@@ -1,6 +1,6 @@
 """Run ``bwc-agent`` and SIGKILL it at the Nth durable-write step (a test launcher).
 
-Usage: python -m tests.reliability.crashpoint N -- bwc-agent-args...
+Usage: python -m tests.reliability.crashpoint N [--scope seal] -- bwc-agent-args...
 
 Counted steps are the calls that make state durable or visible: os.write,
 os.fsync, os.replace, os.rename, os.unlink, os.chmod and every store
@@ -8,6 +8,8 @@ transaction (counted before it begins and just before it commits).  At the
 Nth step the process kills itself with SIGKILL — no cleanup handler, no
 atexit, exactly like a power cut from the process's point of view.
 N = 0 counts without killing and prints the total on stderr at exit.
+``--scope seal`` counts only the steps taken inside sealing and checkpointing
+(``Custody.seal`` / ``Custody.checkpoint``), to cut power in the middle of a seal.
 The product code is not modified: the launcher wraps the functions.
 """
 
@@ -24,10 +26,14 @@ from typing import Any
 _lock = threading.Lock()
 _count = 0
 _limit = 0
+_scoped = False
+_inside = threading.local()
 
 
 def _step() -> None:
     global _count
+    if _scoped and not getattr(_inside, "depth", 0):
+        return
     with _lock:
         _count += 1
         if _limit and _count >= _limit:
@@ -42,6 +48,19 @@ def _wrap(module: Any, name: str) -> None:
         return original(*args, **kwargs)
 
     setattr(module, name, wrapper)
+
+
+def _scope(cls: Any, name: str) -> None:
+    original: Callable[..., Any] = getattr(cls, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _inside.depth = getattr(_inside, "depth", 0) + 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _inside.depth -= 1
+
+    setattr(cls, name, wrapper)
 
 
 def main() -> int:
@@ -62,6 +81,13 @@ def main() -> int:
             _step()
 
     db.Store.transaction = transaction  # type: ignore[method-assign]
+    global _scoped
+    if "--scope" in sys.argv[:sys.argv.index("--")]:
+        _scoped = True
+        from agent.custody import sealer
+
+        for name in ("seal", "checkpoint"):
+            _scope(sealer.Custody, name)
     from agent.cli.main import main as agent_main
 
     code = agent_main(args)

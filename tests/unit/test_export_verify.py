@@ -372,6 +372,7 @@ def test_readme_commands_work_by_hand(bundle: Path) -> None:
     assert out.count(": OK\n") >= len(payload_lines) + 9
     assert "clip matches its signed manifest" in out
     assert "is in the signed log" in out
+    assert out.count("is a prefix of size") == out.count(": True") == 2
     # The README states the key id and leaf hash it expects; the commands print them.
     readme = (bundle / "README.txt").read_text()
     for expected in (line[3:] for line in readme.splitlines() if line.endswith("  -")):
@@ -385,11 +386,26 @@ def test_readme_commands_work_by_hand(bundle: Path) -> None:
     doc["file"]["size"] += 1
     envelope["payload"] = base64.b64encode(canonicalize(doc)).decode()
     manifest.write_text(json.dumps(envelope))
-    failed = subprocess.run(["bash", "-c", script.replace(
-        "sha256sum -c manifest-sha256.txt\n", "")], check=False, cwd=bundle, capture_output=True,
-        text=True, timeout=60)
+    no_bagit = script.replace("sha256sum -c manifest-sha256.txt\n", "")
+    failed = subprocess.run(["bash", "-c", no_bagit], check=False, cwd=bundle,
+                            capture_output=True, text=True, timeout=60)
     assert failed.returncode != 0
     assert "Signature Verification Failure" in failed.stdout + failed.stderr
+
+
+def test_readme_consistency_check_catches_a_forked_checkpoint(
+        sealed_station: SealedStation, bundle: Path) -> None:
+    script = _readme_script(bundle)
+    step7 = script[script.index("python3 - <<'EOF'\nimport base64, hashlib, json, sys\nnode"):]
+    clean = subprocess.run(["bash", "-c", step7], check=False, cwd=bundle,
+                           capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout.count(": True") == 2
+    fork_earlier_checkpoint(bundle, sealed_station)
+    forked = subprocess.run(["bash", "-c", step7], check=False, cwd=bundle,
+                            capture_output=True, text=True, timeout=60)
+    assert forked.returncode == 1
+    assert forked.stdout.count(": False") == 1 and forked.stdout.count(": True") == 1
 
 
 def test_every_tampering_is_detected_in_one_run(sealed_station: SealedStation, bundle: Path,

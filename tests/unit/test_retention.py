@@ -1,0 +1,210 @@
+"""Deleting evidence: only after a valid platform ack — every path that deletes is walked here.
+
+There are exactly two ways bytes of a clip are deleted: release from the
+camera (``Device.release``) and purge from the vault (``Vault.remove``).  A
+static scan pins down every call site; the dynamic tests put a clip in every
+state and show that neither path deletes anything without a valid ack.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.config import Config
+from agent.custody import dsse
+from agent.custody.jcs import canonicalize
+from agent.custody.keys import StationKey, keyid_of
+from agent.errors import AgentError
+from agent.store import STATES, Store
+from agent.sync.inbound import Inbound
+from agent.sync.retention import purge, release_acknowledged
+from agent.vault import Vault
+from tests.support.stations import camera, running_station, sim_devices
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _calls(name: str) -> set[str]:
+    """Every ``<something>.<name>(arg)`` call in agent/ and drivers/: 'file:function'.
+
+    One positional argument: ``Device.release(recording)`` and ``Vault.remove(sha256)``
+    (OpenCV's argument-less ``release()`` of a capture handle is not a deletion).
+    """
+    found = set()
+    for path in sorted([*ROOT.glob("agent/**/*.py"), *ROOT.glob("drivers/**/*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(func):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == name and len(node.args) == 1):
+                    found.add(f"{path.relative_to(ROOT).as_posix()}:{func.name}")
+    return found
+
+
+def test_the_only_deleting_call_sites_are_the_guarded_ones() -> None:
+    assert _calls("release") == {
+        "agent/sync/retention.py:release_acknowledged",  # after ack, re-hashed on the camera
+    }
+    assert _calls("remove") == {
+        "agent/sync/retention.py:_purge_one",      # released/acknowledged with an ack only
+        "agent/sync/retention.py:sweep_purged",    # objects of already purged clips
+        "agent/offload.py:_store_copy",            # a copy that failed verification, never
+                                                   # an object that existed before
+    }
+
+
+@pytest.fixture
+def sealed(station_config: Callable[..., Config]) -> tuple[Config, Path]:
+    config = station_config("[retention]\nkeep_days = 0\nlow_water_mb = 100000000\n")
+    cam = camera(config, clips=2)
+    with running_station(config) as station:
+        assert station.run_once().ok
+    return config, cam
+
+
+def _files(cam: Path) -> list[Path]:
+    return sorted(p for p in (cam / "DCIM").rglob("*") if p.is_file())
+
+
+def _vault(config: Config) -> list[Path]:
+    return sorted(p for p in (config.data_dir / "vault" / "sha256").rglob("*") if p.is_file())
+
+
+def _force_state(config: Config, state: str, ack: str | None = None) -> None:
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET state = ?, ack = ?, acknowledged_at = "
+               "'2020-01-01T00:00:00.000Z'", (state, ack))
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("state", [s for s in STATES if s not in ("acknowledged", "released",
+                                                                   "purged")])
+def test_no_state_before_acknowledged_deletes_anything(sealed: tuple[Config, Path],
+                                                       state: str) -> None:
+    config, cam = sealed
+    _force_state(config, state)
+    camera_files, vault_files = _files(cam), _vault(config)
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    vault = Vault(config.data_dir / "vault")
+    with running_station(config) as station:
+        device = sim_devices(station)[0]
+        assert release_acknowledged(config, store, device, device.identify()) == []
+    assert purge(config, store, vault) == []
+    assert _files(cam) == camera_files
+    assert _vault(config) == vault_files
+
+
+def test_acknowledged_without_an_ack_record_is_never_purged(sealed: tuple[Config, Path]) -> None:
+    config, _cam = sealed
+    _force_state(config, "released", ack=None)
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    vault_files = _vault(config)
+    with pytest.raises(AgentError, match="refusing to purge"):
+        purge(config, store, Vault(config.data_dir / "vault"))
+    assert _vault(config) == vault_files
+
+
+def _ack(key: StationKey, clip_id: str, sha256: str, station: str = "ST-0001") -> bytes:
+    payload = {"clip_id": clip_id, "sha256": sha256, "station_id": station,
+               "stored_at": "2026-11-28T00:00:00.000Z", "location": "s3://evidence/x"}
+    return json.dumps(dsse.sign_envelope(dsse.ACK, canonicalize(payload), [key])).encode()
+
+
+def test_only_a_valid_ack_leads_to_release_and_purge(sealed: tuple[Config, Path]) -> None:
+    config, cam = sealed
+    platform_key, stranger = StationKey.generate(), StationKey.generate()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET state = 'uploaded'")
+    db.commit()
+    released: list[str] = []
+    inbound = Inbound(config, store, {keyid_of(platform_key.public_key): platform_key.public_key},
+                      respond=lambda *a: None, commands={}, on_acknowledged=released.append)
+    rows = store.clips()
+    first, second = rows[0], rows[1]
+    # Refused: wrong key, wrong digest, wrong station, unknown clip, not JSON.
+    assert inbound.handle_ack(_ack(stranger, first["clip_id"], first["sha256"])) is None
+    assert inbound.handle_ack(_ack(platform_key, first["clip_id"], "0" * 64)) is None
+    assert inbound.handle_ack(_ack(platform_key, first["clip_id"], first["sha256"],
+                                   station="ST-9999")) is None
+    assert inbound.handle_ack(_ack(platform_key, "no-such-clip", first["sha256"])) is None
+    assert inbound.handle_ack(b"not json") is None
+    reasons = [json.loads(r["body"])["reason"] for r in store.query(
+        "SELECT body FROM custody_log WHERE kind = 'ack.refused' ORDER BY seq")]
+    assert len(reasons) == 5
+    assert "unknown keyid" in reasons[0] or "signature" in reasons[0]
+    assert "does not match the sealed digest" in reasons[1]
+    assert "ST-9999" in reasons[2]
+    assert "unknown clip" in reasons[3]
+    assert "not JSON" in reasons[4]
+    assert released == [] and {r["state"] for r in store.clips()} == {"uploaded"}
+    # Accepted: the first clip only.
+    assert inbound.handle_ack(_ack(platform_key, first["clip_id"], first["sha256"])) == \
+        first["clip_id"]
+    assert released == [first["clip_id"]]
+    assert inbound.handle_ack(_ack(platform_key, first["clip_id"], first["sha256"])) is None
+    with running_station(config) as station:
+        device = sim_devices(station)[0]
+        assert release_acknowledged(config, store, device, device.identify()) == \
+            [first["clip_id"]]
+    names = [p.name for p in _files(cam)]
+    assert first["name"] not in names and second["name"] in names
+    vault = Vault(config.data_dir / "vault")
+    assert purge(config, store, vault) == [first["clip_id"]]
+    assert not vault.has(first["sha256"]) and vault.has(second["sha256"])
+    assert store.clip(first["clip_id"])["state"] == "purged"
+    assert store.clip(second["clip_id"])["state"] == "uploaded"
+
+
+def test_release_refuses_a_camera_file_that_changed(sealed: tuple[Config, Path]) -> None:
+    config, cam = sealed
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    row = store.clips()[0]
+    _force_state(config, "acknowledged", ack="{}")
+    target = next(p for p in _files(cam) if p.name == row["name"])
+    stat = target.stat()
+    data = bytearray(target.read_bytes())
+    data[10] ^= 0xFF  # same size, same mtime, different bytes
+    target.write_bytes(bytes(data))
+    import os
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with running_station(config) as station:
+        device = sim_devices(station)[0]
+        released = release_acknowledged(config, store, device, device.identify())
+    assert row["clip_id"] not in released
+    assert target.exists()
+    skipped = [json.loads(r["body"])["reason"] for r in store.query(
+        "SELECT body FROM custody_log WHERE kind = 'release.skipped' AND clip_id = ?",
+        (row["clip_id"],))]
+    assert skipped and "not the acknowledged" in skipped[0]
+    assert hashlib.sha256(bytes(data)).hexdigest() in skipped[0]
+
+
+def test_disk_full_stops_ingest_keeps_recordings_and_alerts(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config("[ingest]\nmin_free_mb = 1000000000\n")
+    cam = camera(config, clips=2)
+    before = _files(cam)
+    with running_station(config) as station:
+        summary = station.run_once()
+        report = summary.reports[0]
+        store = station.store
+        assert store is not None
+        assert not summary.ok
+        assert report.errors and report.errors[0].startswith("disk full:")
+        assert "ingest.min_free_mb" in report.errors[0]
+        assert {r["state"] for r in store.clips()} == {"discovered"}
+        alert = store.query_one("SELECT body FROM custody_log WHERE kind = 'alert'")
+        assert alert is not None and json.loads(alert["body"])["code"] == "disk.full"
+    assert _files(cam) == before
+    assert _vault(config) == []
