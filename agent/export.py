@@ -144,9 +144,12 @@ def export_bundle(config: Config, store: Store, vault: Vault, clips: Sequence[sq
     cert = x509.load_pem_x509_certificate(cert_pem)
     clip_ids = [r["clip_id"] for r in clips]
     entries = _entries(store, clip_ids)
-    needed = max((e.seq for e in entries), default=0)
-    if needed == 0:
-        raise StoreError("the selected clips have no custody log entries")
+    logged = {e.clip_id for e in entries}
+    unlogged = [c for c in clip_ids if c not in logged]
+    if unlogged:
+        raise IntegrityError(f"clip(s) {', '.join(unlogged)} have no custody log entries; run "
+                             "`bwc-agent verify` on the data directory")
+    needed = max(e.seq for e in entries)
     head = _covering_checkpoint(config, store, vault, needed)
     size = int(head["size"])
     leaves = store.leaf_hashes(size)

@@ -116,19 +116,21 @@ class Custody:
     def checkpoint(self) -> dict[str, Any] | None:
         """Sign the current log root, if the log grew since the last checkpoint."""
         assert self.key is not None
-        with self._seal_lock:
-            size = self.store.log_size()
-            last = self.store.query_one("SELECT MAX(size) AS n FROM checkpoints")
+        with self._seal_lock, self.store.transaction() as tx:
+            # Read and write in one transaction: another process (an export) may sign too.
+            row = tx.one("SELECT COALESCE(MAX(seq), 0) AS n FROM custody_log")
+            size = int(row["n"]) if row else 0
+            last = tx.one("SELECT MAX(size) AS n FROM checkpoints")
             if size == 0 or (last is not None and last["n"] is not None and last["n"] >= size):
                 return None
-            leaves = self.store.leaf_hashes(size)
+            leaves = [bytes(r["leaf"]) for r in tx.execute(
+                "SELECT leaf FROM custody_log WHERE seq <= ? ORDER BY seq", (size,))]
             body = {"station_id": self.config.station.id, "size": size,
                     "root": merkle.root(leaves).hex(), "at": now()}
             envelope = dsse.sign_envelope(dsse.CHECKPOINT, canonicalize(body), [self.key])
-            with self.store.transaction() as tx:
-                tx.execute("INSERT INTO checkpoints (size, root, at, envelope) VALUES (?,?,?,?)",
-                           (size, body["root"], body["at"], json.dumps(envelope)))
-                tx.event("log.checkpoint", {"checkpoint": envelope, **body})
+            tx.execute("INSERT INTO checkpoints (size, root, at, envelope) VALUES (?,?,?,?)",
+                       (size, body["root"], body["at"], json.dumps(envelope)))
+            tx.event("log.checkpoint", {"checkpoint": envelope, **body})
         return envelope
 
     def _run_timer(self) -> None:

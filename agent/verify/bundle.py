@@ -106,7 +106,10 @@ class _BundleCheck:
         self.check_clips()
 
     def scan(self) -> None:
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        def unreadable(exc: OSError) -> None:
+            self.problem(f"bag-format: cannot list {exc.filename}: {exc.strerror}")
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable):
             base = Path(dirpath)
             for name in sorted(dirnames + filenames):
                 path = base / name
@@ -312,7 +315,12 @@ class _BundleCheck:
         if self.checkpoint is None:
             return
         new_size, new_root = self.checkpoint["size"], bytes.fromhex(self.checkpoint["root"])
-        for number, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            self.problem(f"checkpoint-missing: cannot read {layout.CHECKPOINTS}: {exc.strerror}")
+            return
+        for number, line in enumerate(raw.split(b"\n"), 1):
             if not line.strip():
                 continue
             where = f"{layout.CHECKPOINTS} line {number}"

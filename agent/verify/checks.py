@@ -333,7 +333,9 @@ def history_problems(entries: Sequence[Mapping[str, Any]]) -> tuple[list[str], s
     state: str | None = None
     for entry in entries:
         kind, body, seq = entry.get("kind"), entry.get("body"), entry.get("seq")
-        if kind == "clip.discovered":
+        # A first discovery has no "from"; a copy interrupted (device removed, restart)
+        # moves the clip back to discovered and records where it came from.
+        if kind == "clip.discovered" and not (isinstance(body, dict) and "from" in body):
             if state is not None:
                 problems.append(f"log-history: seq {seq} discovers the clip again "
                                 f"(it was already {state})")

@@ -100,7 +100,7 @@ def sealed_station(tmp_path_factory: pytest.TempPathFactory) -> SealedStation:
     assert main(["export", "--config", str(config_path), "--all", "--out", str(bundle)]) == 0
 
     # A second camera holding a copy of one clip: ingested as a duplicate, never sealed.
-    clip_file = next(p for p in camera.rglob("*") if p.suffix in (".MP4", ".AVI"))
+    clip_file = sorted(p for p in camera.rglob("*") if p.suffix in (".MP4", ".AVI"))[0]
     twin = base / "staging" / "SIM0002"
     (twin / "DCIM").mkdir(parents=True)
     identity = json.loads((camera / "BWC_DEVICE.json").read_text(encoding="utf-8"))
@@ -359,12 +359,18 @@ def test_bundle_layout_and_proofs(sealed_station: SealedStation, bundle: Path) -
     store.close()
 
 
+def _bash(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run README commands; their ``mktemp -d`` lands in the test's directory."""
+    env = {**os.environ, "TMPDIR": str(cwd.parent)}
+    return subprocess.run(["bash", "-c", script], check=False, cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_readme_commands_work_by_hand(bundle: Path) -> None:
     script = _readme_script(bundle)
     assert "sha256sum -c manifest-sha256.txt" in script
     assert "openssl pkeyutl -verify -pubin" in script and "-rawin" in script
-    result = subprocess.run(["bash", "-c", script], check=False, cwd=bundle, capture_output=True,
-                            text=True, timeout=60)
+    result = _bash(script, bundle)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.count("Signature Verified Successfully") == 2
@@ -387,8 +393,7 @@ def test_readme_commands_work_by_hand(bundle: Path) -> None:
     envelope["payload"] = base64.b64encode(canonicalize(doc)).decode()
     manifest.write_text(json.dumps(envelope))
     no_bagit = script.replace("sha256sum -c manifest-sha256.txt\n", "")
-    failed = subprocess.run(["bash", "-c", no_bagit], check=False, cwd=bundle,
-                            capture_output=True, text=True, timeout=60)
+    failed = _bash(no_bagit, bundle)
     assert failed.returncode != 0
     assert "Signature Verification Failure" in failed.stdout + failed.stderr
 
@@ -397,13 +402,11 @@ def test_readme_consistency_check_catches_a_forked_checkpoint(
         sealed_station: SealedStation, bundle: Path) -> None:
     script = _readme_script(bundle)
     step7 = script[script.index("python3 - <<'EOF'\nimport base64, hashlib, json, sys\nnode"):]
-    clean = subprocess.run(["bash", "-c", step7], check=False, cwd=bundle,
-                           capture_output=True, text=True, timeout=60)
+    clean = _bash(step7, bundle)
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.count(": True") == 2
     fork_earlier_checkpoint(bundle, sealed_station)
-    forked = subprocess.run(["bash", "-c", step7], check=False, cwd=bundle,
-                            capture_output=True, text=True, timeout=60)
+    forked = _bash(step7, bundle)
     assert forked.returncode == 1
     assert forked.stdout.count(": False") == 1 and forked.stdout.count(": True") == 1
 
@@ -504,7 +507,9 @@ def test_data_dir_verifies_and_detects_a_corrupted_vault_object(
     data = tmp_path / "data"
     shutil.copytree(sealed_station.data_dir, data)
     store = Store(data / "state.db", station_id="ST-0001", readonly=True)
-    row = store.clip(sealed_station.clip_ids[2])
+    # Not the clip whose bytes the duplicate shares: that object would fail both.
+    twin_sha = store.clip(sealed_station.duplicate_id)["sha256"]
+    row = next(r for r in map(store.clip, sealed_station.clip_ids) if r["sha256"] != twin_sha)
     store.close()
     obj = Vault(data / "vault").path_for(row["sha256"])
     obj.chmod(0o644)
