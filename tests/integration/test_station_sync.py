@@ -265,3 +265,51 @@ def test_agent_killed_mid_upload_resumes(stand: DevStand, tmp_path: Path) -> Non
     # The restart sent the rest from the server's offset, plus at most the cut chunk.
     assert resent <= 8 * 1024 * 1024 - offset + 1024 * 1024, (resent, offset)
     assert [v["verdict"] for v in stand.platform.verdicts()] == ["accepted", "accepted"]
+
+
+def test_upload_refused_for_good_quarantines_and_keeps_the_clip(stand: DevStand,
+                                                                tmp_path: Path) -> None:
+    config = _station(stand, tmp_path)
+    cam = _camera(config, clips=1)
+    stand.platform.tus.max_size = 100  # every clip is "too large": HTTP 413, never retryable
+    with running_station(config) as station:
+        summary = station.run_once(platform_timeout_s=10)
+        store = station.store
+        assert store is not None
+        row = store.clips()[0]
+    assert summary.ok is False or row["state"] == "quarantined"
+    assert row["state"] == "quarantined"
+    assert row["reason"].startswith("upload refused by the platform")
+    assert "413" in row["reason"]
+    vault = config.data_dir / "vault" / "sha256" / row["sha256"][:2] / row["sha256"][2:4]
+    assert (vault / row["sha256"]).exists(), "a refused upload never deletes the clip"
+    assert len(_recordings(cam)) == 1
+    alerts = [e["data"] for e in stand.platform.events("ST-0001") if e["type"] == "alert"]
+    assert any(a["code"] == "upload.failed" and a["clip_id"] == row["clip_id"] for a in alerts)
+
+
+def test_rescan_and_sync_clock_commands(stand: DevStand, tmp_path: Path) -> None:
+    config = _station(stand, tmp_path, extra="[retention]\nrelease = \"never\"\n")
+    _camera(config, clips=1, clock_offset_s=-3600.0)
+    station = Station(config)
+    station.start(watch=True)
+    try:
+        stand.platform.wait_for(lambda: set(_states(config).values()) == {"acknowledged"},
+                                timeout=30, what="clip acknowledged")
+        # The dock session set the clock already; put it off again, then ask for a sync.
+        ident = next(config.devices["simulated"].root.iterdir()) / "BWC_DEVICE.json"
+        doc = json.loads(ident.read_text(encoding="utf-8"))
+        doc["clock_offset_s"] = 120.0
+        ident.write_text(json.dumps(doc), encoding="utf-8")
+        response = stand.platform.send_command("ST-0001", "sync-clock", {})
+        assert response["ok"] is True
+        (offset,) = response["result"]["devices"].values()
+        assert 119.0 < offset < 121.0
+        assert abs(json.loads(ident.read_text(encoding="utf-8"))["clock_offset_s"]) < 1.0
+        rescan = stand.platform.send_command("ST-0001", "rescan", {})
+        assert rescan["ok"] is True and len(rescan["result"]["devices"]) == 1
+    finally:
+        station.stop()
+    flags = json.loads(sqlite3.connect(config.data_dir / "state.db").execute(
+        "SELECT flags FROM clips").fetchone()[0])
+    assert "clock.skew" in flags, "an hour off is flagged on the clip"

@@ -208,3 +208,70 @@ def test_disk_full_stops_ingest_keeps_recordings_and_alerts(
         assert alert is not None and json.loads(alert["body"])["code"] == "disk.full"
     assert _files(cam) == before
     assert _vault(config) == []
+
+
+def _acknowledge_all(config: Config) -> None:
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET state = 'acknowledged', ack = '{\"signed\": true}', "
+               "acknowledged_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+    db.commit()
+    db.close()
+
+
+def test_release_never_keeps_the_camera_and_purges_acknowledged(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config("[retention]\nrelease = \"never\"\nkeep_days = 0\n")
+    cam = camera(config, clips=2)
+    with running_station(config) as station:
+        assert station.run_once().ok
+        device = sim_devices(station)[0]
+        _acknowledge_all(config)
+        store = station.store
+        assert store is not None
+        assert release_acknowledged(config, store, device, device.identify()) == []
+        purged = purge(config, store, Vault(config.data_dir / "vault"))
+        assert len(purged) == 2
+        reasons = {json.loads(r["body"])["reason"] for r in store.query(
+            "SELECT body FROM custody_log WHERE kind = 'clip.purged'")}
+    assert reasons == {"retention of 0 days passed"}
+    assert len(_files(cam)) == 2, "release = never leaves the camera untouched"
+    assert _vault(config) == []
+
+
+def test_low_water_purges_oldest_acknowledged_before_retention(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config("[retention]\nrelease = \"never\"\nkeep_days = 365\n"
+                            "low_water_mb = 100000000\n")
+    camera(config, clips=2)
+    with running_station(config) as station:
+        assert station.run_once().ok
+        store = station.store
+        assert store is not None
+        vault = Vault(config.data_dir / "vault")
+        assert purge(config, store, vault) == [], "nothing acknowledged: nothing purged"
+        _acknowledge_all(config)
+        assert len(purge(config, store, vault)) == 2
+        reasons = {json.loads(r["body"])["reason"] for r in store.query(
+            "SELECT body FROM custody_log WHERE kind = 'clip.purged'")}
+    assert reasons == {"free space under the low-water mark (100000000 MB)"}
+
+
+def test_agent_refuses_a_key_readable_by_others(station_config: Callable[..., Config],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from agent.cli.main import main
+
+    config = station_config()
+    assert main(["keys", "init", "--config", str(config.source)]) == 0
+    key = config.data_dir / "keys" / "station.key"
+    os.chmod(key, 0o644)
+    capsys.readouterr()
+    assert main(["run", "--once", "--config", str(config.source)]) == 2
+    err = capsys.readouterr().err
+    assert str(key) in err and "chmod 600" in err
+    os.chmod(key, 0o600)
+    other = StationKey.generate()
+    other.save(key)  # a key that does not match the certificate
+    assert main(["run", "--once", "--config", str(config.source)]) == 2
+    assert "does not match" in capsys.readouterr().err
