@@ -40,6 +40,7 @@ import os
 import select
 import stat
 import struct
+import termios
 import threading
 import time
 import weakref
@@ -321,6 +322,9 @@ def read_password(path: Path | None) -> Password:
 # --- the client: one port, one owner thread ---------------------------------------------------
 
 _GONE_ERRNOS = frozenset({errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.EIO})
+# What pyserial lets through from a vanished port: its own errors, OSError, and termios.error
+# (tcflush on a hung-up tty), which is not an OSError.
+_PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 _SETTLE_S = 0.02  # let the tail of a garbled answer arrive before it is flushed
 
 
@@ -466,7 +470,7 @@ class Gat947Client:
             # steal half of the answers.
             ser = serial.Serial(self.port, self.baudrate, timeout=self.timeout_s,
                                 write_timeout=self.timeout_s, exclusive=True)
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             raise self._port_error(exc, "opening the port") from exc
         with self._fd_lock:
             self._serial = ser
@@ -480,20 +484,24 @@ class Gat947Client:
             if ser is not None:
                 try:
                     ser.close()
-                except (serial.SerialException, OSError) as exc:
+                except _PORT_ERRORS as exc:
                     log.debug("closing %s: %s", self.port, exc)
 
     def _port_error(self, exc: Exception, doing: str) -> DeviceError:
         code = getattr(exc, "errno", None)
+        if code is None and exc.args and isinstance(exc.args[0], int):
+            code = exc.args[0]  # termios.error carries (errno, text)
         with self._fd_lock:
             hung_up = self._serial is not None and self._hung_up_locked()
+        text = (f"[Errno {code}] {exc.args[1]}" if isinstance(exc, termios.error)
+                and len(exc.args) > 1 else str(exc))
         if code in _GONE_ERRNOS or hung_up or not os.path.exists(self.port):
-            self._gone = f"{doing}: {exc}"
+            self._gone = f"{doing}: {text}"
             self._close_port()
-            return DeviceGoneError(f"camera {self.port} is gone ({doing}: {exc})")
+            return DeviceGoneError(f"camera {self.port} is gone ({doing}: {text})")
         if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
             return DeviceError(f"camera {self.port} is busy: another program has the port open")
-        return DeviceError(f"camera {self.port}: {doing} failed: {exc}")
+        return DeviceError(f"camera {self.port}: {doing} failed: {text}")
 
     def _login(self) -> None:
         status, _ = self._exchange(Command.INIT_DEVICE, self._password.reveal())
@@ -560,7 +568,7 @@ class Gat947Client:
                 problem = f"corrupt response ({exc})"
             except _NoAnswer:
                 problem = f"no answer within {self.timeout_s:g} s"
-            except (serial.SerialException, OSError) as exc:
+            except _PORT_ERRORS as exc:
                 raise self._port_error(exc, name) from exc
             else:
                 if frame.status != Status.BUSY or attempt == attempts:

@@ -45,6 +45,8 @@ _RENEW_BEFORE = dt.timedelta(days=1)
 # The station policy of PROTOCOL.md section 3 (tests/support/mosquitto.py and
 # config/mosquitto.conf carry the same): %u is the certificate CN.
 BROKER_ACL = """\
+# Stations (%u = certificate CN = station ID): write their own status, identity,
+# events and command replies; read their own commands and acknowledgements.
 pattern write bwc/v1/stations/%u/status
 pattern write bwc/v1/stations/%u/identity
 pattern write bwc/v1/stations/%u/events
@@ -52,6 +54,7 @@ pattern write bwc/v1/stations/%u/reply/#
 pattern read bwc/v1/stations/%u/cmd/+
 pattern read bwc/v1/stations/%u/ack
 
+# The platform (certificate CN "platform"): everything below bwc/v1/.
 user platform
 topic readwrite bwc/v1/#
 """

@@ -34,23 +34,11 @@ from paho.mqtt.properties import Properties
 
 from agent.devpki import DevCA, cert_pem, key_pem
 from agent.durable import write_atomic
+from scripts.devplatform.pki import BROKER_ACL
 
-# The station policy of config/mosquitto.conf (keep both in step).  %u is the
-# user name, i.e. the CN of the client certificate (use_identity_as_username).
-STATION_ACL = """\
-# Stations (%u = certificate CN = station ID): write their own status, identity,
-# events and command replies; read their own commands and acknowledgements.
-pattern write bwc/v1/stations/%u/status
-pattern write bwc/v1/stations/%u/identity
-pattern write bwc/v1/stations/%u/events
-pattern write bwc/v1/stations/%u/reply/#
-pattern read bwc/v1/stations/%u/cmd/+
-pattern read bwc/v1/stations/%u/ack
-
-# The platform (certificate CN "platform"): everything below bwc/v1/.
-user platform
-topic readwrite bwc/v1/#
-"""
+# The station policy of config/mosquitto.conf and PROTOCOL.md section 1: one copy,
+# shared with the development platform's broker.
+STATION_ACL = BROKER_ACL
 
 
 def mosquitto_executable() -> str:
