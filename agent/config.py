@@ -177,6 +177,14 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
     if not devices and "devices" in raw:
         problems.append("devices: no driver configured")
 
+    roots: list[tuple[str, Path]] = [
+        (f"devices.{key}.mount_root", cfg.mount_root) for key, cfg in devices.items()
+        if isinstance(getattr(cfg, "mount_root", None), Path)]
+    for i, (key_a, root_a) in enumerate(roots):
+        for key_b, root_b in roots[i + 1:]:
+            if (base_dir / root_a).resolve() == (base_dir / root_b).resolve():
+                problems.append(f"{key_b}: {root_b} is also {key_a}; a camera volume would be "
+                                "docked twice (once without its serial identity)")
     platform = sections["platform"]
     if platform is not None and not problems:
         problems.extend(_check_platform(platform))

@@ -7,10 +7,11 @@ with its name, rather than silently vanishing.
 
 from __future__ import annotations
 
-from drivers import mass_storage, simulated
+from drivers import gat947, mass_storage, simulated
 from drivers.base import DriverSpec
 
 REGISTRY: dict[str, DriverSpec] = {
     simulated.SPEC.key: simulated.SPEC,
     mass_storage.SPEC.key: mass_storage.SPEC,
+    gat947.SPEC.key: gat947.SPEC,
 }

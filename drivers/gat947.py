@@ -630,12 +630,14 @@ class Gat947Device:
         """InitDevice, GetIDCode, GetZFYInfo and GetDevTime, as one DeviceInfo."""
         try:
             info = self._ask_identity()
-        except DeviceGoneError:
+        except DeviceError as exc:
             with self._lock:
                 storage, known = self._storage, self._info
             if storage is not None and known is not None and storage.present():
-                # The serial interface left with the switch to mass storage (as on most
-                # cameras): the identity stands, the clock cannot be read now.
+                # The serial interface left (or went quiet) with the switch to mass storage,
+                # as on most cameras: the identity stands, the clock cannot be read now.
+                log.info("camera %s in mass-storage mode: identity from before the switch "
+                         "(%s)", self.port, exc)
                 return replace(known, clock=None)
             raise
         with self._lock:

@@ -118,3 +118,16 @@ def test_config_check_command_lists_all_problems(tmp_path: Path, capsys: pytest.
     assert "station.max_ingest_workers: 99 is above the maximum 16" in out
     assert "station.colour: unknown key" in out
     assert "(2 problems)" in out
+
+
+def test_mount_roots_of_two_drivers_must_differ(tmp_path: Path) -> None:
+    path = write_station_config(tmp_path, f"""
+        [devices.mass_storage]
+        mount_root = "{tmp_path / 'media'}"
+        [devices.gat947]
+        mount_root = "{tmp_path / 'media'}"
+        """)
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(path)
+    assert any(p.startswith("devices.gat947.mount_root: ") and "docked twice" in p
+               for p in info.value.problems)

@@ -53,6 +53,7 @@ def _calls(name: str) -> set[str]:
 def test_the_only_deleting_call_sites_are_the_guarded_ones() -> None:
     assert _calls("release") == {
         "agent/sync/retention.py:release_acknowledged",  # after ack, re-hashed on the camera
+        "drivers/gat947.py:release",  # passes Device.release on to the camera's volume
     }
     assert _calls("remove") == {
         "agent/sync/retention.py:_purge_one",      # released/acknowledged with an ack only
