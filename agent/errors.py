@@ -52,3 +52,7 @@ class TransportError(AgentError):
 
 class StoreError(AgentError):
     """The local state database or vault failed or is inconsistent."""
+
+
+class Cancelled(AgentError):
+    """Work stopped because the agent is shutting down; it resumes at the next start."""

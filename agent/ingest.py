@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.errors import AgentError, DeviceError, DeviceGoneError, StoreError
+from agent.errors import AgentError, Cancelled, DeviceError, DeviceGoneError, StoreError
 
 _DONE = b""
 WRITEBACK_WINDOW = 32 * 1024 * 1024
@@ -107,8 +107,8 @@ class _Writer(_Stage):
         os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def copy_to_vault(source: BinaryIO, temp: Path, *, chunk_size: int,
-                  queue_chunks: int) -> CopyResult:
+def copy_to_vault(source: BinaryIO, temp: Path, *, chunk_size: int, queue_chunks: int,
+                  cancel: threading.Event | None = None) -> CopyResult:
     """Copy ``source`` to ``temp`` (created new, fsynced), hashing in the same pass.
 
     Raises DeviceGoneError / DeviceError for the device side, StoreError for the
@@ -128,6 +128,8 @@ def copy_to_vault(source: BinaryIO, temp: Path, *, chunk_size: int,
     total = 0
     try:
         while writer.error is None and hasher.error is None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("copy cancelled: the agent is stopping")
             try:
                 chunk = source.read(chunk_size)
             except AgentError:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,14 @@ from typing import Any
 
 from agent import media
 from agent.config import Config
-from agent.errors import AgentError, DeviceError, DeviceGoneError, IntegrityError, StoreError
+from agent.errors import (
+    AgentError,
+    Cancelled,
+    DeviceError,
+    DeviceGoneError,
+    IntegrityError,
+    StoreError,
+)
 from agent.ingest import copy_to_vault
 from agent.store import ClipState, Store
 from agent.timeutil import now, parse_rfc3339, rfc3339, uuid7
@@ -74,13 +82,15 @@ class Offloader:
     def __init__(self, config: Config, store: Store, vault: Vault,
                  after_copy: Callable[[str], None] | None = None,
                  before_listing: Callable[[Device, DeviceInfo], None] | None = None,
-                 make_room: Callable[[], object] | None = None) -> None:
+                 make_room: Callable[[], object] | None = None,
+                 stopping: threading.Event | None = None) -> None:
         self.config = config
         self.store = store
         self.vault = vault
         self.after_copy = after_copy
         self.before_listing = before_listing
         self.make_room = make_room
+        self.stopping = stopping or threading.Event()
 
     # --- the session ---------------------------------------------------------------------
 
@@ -102,6 +112,8 @@ class Offloader:
         except DeviceGoneError as exc:
             report.errors.append(f"device removed: {exc}")
             log.warning("%s removed during offload: %s", info.serial, exc)
+        except Cancelled as exc:
+            report.errors.append(str(exc))
         except DeviceError as exc:
             report.errors.append(str(exc))
             self._alert(info.serial, "device.error", str(exc))
@@ -164,20 +176,40 @@ class Offloader:
             clip_id = self._register(info, rec, dock_id, report)
             if clip_id is not None:
                 todo.append((clip_id, rec))
-        for clip_id, rec in todo:
+        for index, (clip_id, rec) in enumerate(todo):
+            if self.stopping.is_set():
+                report.errors.append(f"agent stopping: {len(todo) - index} recordings left "
+                                     "for the next dock")
+                return
             if not self._room_for(rec, info, report):
                 return
-            self._copy_with_retries(device, info, clip_id, rec, report)
+            try:
+                self._copy_with_retries(device, info, clip_id, rec, report)
+            except (DeviceError, Cancelled):
+                raise
+            except AgentError as exc:
+                # The station's side failed (vault disk, database): say so, keep the clip
+                # discoverable, and go on with the next one.
+                report.errors.append(f"{rec.path}: {exc}")
+                self._alert(info.serial, "ingest.failed", f"{rec.path}: {exc.diagnostics()}")
+                self._reset_if_copying(clip_id, f"ingest failed: {exc}")
 
     def _register(self, info: DeviceInfo, rec: Recording, dock_id: int,
                   report: DockReport) -> str | None:
         """Find or create the clip row for a recording; None if it needs no copy."""
         identity = (info.serial, rec.path, rec.size, mtime_ms(rec.mtime))
         with self.store.transaction() as tx:
-            row = tx.one("SELECT clip_id, state FROM clips WHERE device_serial = ? AND path = ?"
-                         " AND size = ? AND mtime_ms = ?", identity)
+            row = tx.one("SELECT clip_id, state, sha256 FROM clips WHERE device_serial = ? AND "
+                         "path = ? AND size = ? AND mtime_ms = ?", identity)
             if row is not None:
-                if row["state"] == S.DISCOVERED.value:
+                state = ClipState(row["state"])
+                if state == S.COPYING or (state == S.QUARANTINED and row["sha256"] is None):
+                    # A copy that died with its session (one agent per data_dir: no other
+                    # owner), or a clip that could not be read last time: try again.
+                    tx.transition(row["clip_id"], S.DISCOVERED, log_body={
+                        "reason": f"retried on a later dock (was {state.value})"})
+                    state = S.DISCOVERED
+                if state == S.DISCOVERED:
                     tx.update_clip(row["clip_id"], dock_id=dock_id, docked_at=report.docked_at)
                     return str(row["clip_id"])
                 report.already_ingested += 1
@@ -186,14 +218,18 @@ class Offloader:
             flags = list(rec.name_flags)
             if rec.size == 0:
                 flags.append("file.empty")
+            # The identity is fixed now: a later docking (another officer) never changes it.
             tx.execute(
                 """INSERT INTO clips (clip_id, device_serial, path, name, size, mtime_ms, state,
-                       flags, recorded_start, important, officer_id, dock_id, docked_at,
-                       discovered_at, updated_at)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                       flags, recorded_start, important, officer_id, officer_name, unit_code,
+                       unit_name, device_vendor, device_model, device_firmware,
+                       clock_offset_s, dock_id, docked_at, discovered_at, updated_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
                 (clip_id, *identity[:2], rec.name, rec.size, identity[3], S.DISCOVERED.value,
                  json.dumps(flags), rec.recorded_start, int(rec.important), info.officer_id,
-                 dock_id, report.docked_at, now(), now()))
+                 info.officer_name, info.unit_code, info.unit_name, info.vendor, info.model,
+                 info.firmware, report.clock_offset_s, dock_id, report.docked_at, now(),
+                 now()))
             tx.log("clip.discovered", clip_id, {
                 "device_serial": info.serial, "path": rec.path, "size": rec.size,
                 "mtime": rfc3339(rec.mtime), "important": rec.important, "flags": flags})
@@ -256,11 +292,18 @@ class Offloader:
             self._note_change_since_listing(clip_id, rec, before)
             with device.open(rec) as stream:
                 result = copy_to_vault(stream, temp, chunk_size=ingest.chunk_kib * 1024,
-                                       queue_chunks=ingest.queue_chunks)
+                                       queue_chunks=ingest.queue_chunks, cancel=self.stopping)
             after = device.stat(rec)
         except DeviceGoneError as exc:
             self.vault.discard(temp)
             self._back_to_discovered(clip_id, f"device removed during copy: {exc}")
+            raise
+        except Cancelled:
+            self.vault.discard(temp)
+            self._back_to_discovered(clip_id, "agent stopping; copied again at the next dock")
+            raise
+        except AgentError:
+            self.vault.discard(temp)
             raise
         except DeviceError as exc:
             self.vault.discard(temp)
@@ -330,9 +373,7 @@ class Offloader:
             return "duplicate"
         media_info, flags = self._probe(final)
         row = self.store.clip(clip_id)
-        dev = self.store.query_one("SELECT clock_offset_s FROM devices WHERE serial = ?",
-                                   (info.serial,))
-        offset = dev["clock_offset_s"] if dev is not None else None
+        offset = row["clock_offset_s"]
         all_flags = sorted(set(json.loads(row["flags"])) | set(flags)
                            | set(clock_flags(offset, self.config.media.max_clock_skew_s)))
         recorded_end = None
@@ -360,6 +401,14 @@ class Offloader:
         log.warning("clip %s: %s", clip_id, reason)
         with self.store.transaction() as tx:
             tx.transition(clip_id, S.DISCOVERED, log_body={"reason": reason})
+
+    def _reset_if_copying(self, clip_id: str, reason: str) -> None:
+        try:
+            with self.store.transaction() as tx:
+                if tx.clip(clip_id)["state"] == S.COPYING.value:
+                    tx.transition(clip_id, S.DISCOVERED, log_body={"reason": reason})
+        except StoreError:
+            log.exception("clip %s stays copying; start-up recovery resets it", clip_id)
 
     def _quarantine(self, clip_id: str, reason: str, sha256: str | None) -> None:
         log.error("clip %s quarantined: %s", clip_id, reason)

@@ -8,18 +8,24 @@ beside them.  Each device and each connection has one owner thread.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent.config import Config
 from agent.custody.sealer import Custody
-from agent.errors import AgentError
+from agent.durable import makedirs_durable
+from agent.errors import AgentError, StoreError
 from agent.offload import DockReport, Offloader
 from agent.store import ClipState, Store
+from agent.timeutil import now
 from agent.vault import Vault
 from drivers import REGISTRY
 from drivers.base import Detector, Device
@@ -55,6 +61,8 @@ class Station:
         self._docked: dict[str, Device] = {}  # handle -> device, while docked
         self._device_locks: dict[str, threading.Lock] = {}  # one owner at a time per device
         self._jobs: set[Future[Any]] = set()
+        self._redock: set[str] = set()  # handles docked again while their session ran
+        self._lock_fd: int | None = None
         self._stopping = threading.Event()
         self._stops: list[Callable[[], None]] = []
         self.reports: list[DockReport] = []
@@ -93,10 +101,31 @@ class Station:
 
     def _open_state(self) -> None:
         data_dir = self.config.data_dir
-        self.store = Store(data_dir / "state.db", station_id=self.config.station.id,
-                           events_enabled=self.config.platform is not None)
+        self._lock_data_dir(data_dir)
+        self.store = Store(data_dir / "state.db", station_id=self.config.station.id)
         self._stops.append(self.store.close)
         self.vault = Vault(data_dir / "vault")
+
+    def _lock_data_dir(self, data_dir: Path) -> None:
+        """One agent per data_dir: a second one would reclaim the first one's copies."""
+        try:
+            makedirs_durable(data_dir, mode=0o750)
+            fd = os.open(data_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot create {data_dir / 'agent.lock'}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"another bwc-agent is running on {data_dir} (it holds "
+                             f"{data_dir / 'agent.lock'}); stop it first, or use "
+                             "status/clips/export, which can run beside it") from None
+        self._lock_fd = fd
+
+        def unlock() -> None:
+            os.close(fd)  # closing the descriptor releases the lock
+
+        self._stops.append(unlock)
 
     def _recover(self) -> None:
         """Reclaim what a crash left in progress: partial copies are discarded and redone."""
@@ -148,7 +177,8 @@ class Station:
 
         make_room = sync.make_room if sync is not None else None
         self.offloader = Offloader(self.config, self.store, self.vault, after_copy=after_copy,
-                                   before_listing=before_listing, make_room=make_room)
+                                   before_listing=before_listing, make_room=make_room,
+                                   stopping=self._stopping)
         self._pool = ThreadPoolExecutor(max_workers=self.config.station.max_ingest_workers,
                                         thread_name_prefix="dock")
         pool = self._pool
@@ -180,17 +210,43 @@ class Station:
         self.dock(device)
 
     def dock(self, device: Device) -> Future[DockReport] | None:
-        """Queue a dock session for ``device`` unless one is already running for it."""
+        """Queue a dock session for ``device``.
+
+        If a session for the same handle is still running (the camera was pulled and
+        plugged back in), another session follows it, so nothing waits for a restart.
+        """
         if self._stopping.is_set() or self._pool is None:
             return None
         with self._active_lock:
+            self._docked[device.handle] = device
             running = self._active.get(device.handle)
             if running is not None and not running.done():
+                self._redock.add(device.handle)
                 return running
-            self._docked[device.handle] = device
             future = self._pool.submit(self._owned, device, self._session)
             self._active[device.handle] = future
-            return future
+        future.add_done_callback(lambda done: self._session_done(device, done))
+        return future
+
+    def _session_done(self, device: Device, future: Future[DockReport]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            exc = future.exception()
+            log.error("dock session of %s failed: %s", device.handle, exc)
+            if self.store is not None:
+                try:
+                    with self.store.transaction() as tx:
+                        tx.log("alert", None, {"code": "dock.failed", "handle": device.handle,
+                                               "message": str(exc)})
+                        tx.event("alert", {"code": "dock.failed", "handle": device.handle,
+                                           "message": str(exc)})
+                except AgentError:
+                    log.exception("could not record the failed dock session")
+        with self._active_lock:
+            again = device.handle in self._redock
+            self._redock.discard(device.handle)
+            current = self._docked.get(device.handle)
+        if again and current is not None and not self._stopping.is_set() and current.present():
+            self.dock(current)
 
     def _owned(self, device: Device, job: Callable[[Device], Any]) -> Any:
         """Run ``job`` as the device's only owner (sessions and releases never overlap)."""
@@ -263,18 +319,28 @@ class Station:
                     queued.append(device.handle)
         return queued
 
-    def sync_clocks(self) -> dict[str, float | None]:
-        """Set the clocks of docked devices (the platform's ``sync-clock`` command)."""
-        import time
+    def sync_clocks(self, timeout_s: float = 60.0) -> dict[str, float | str | None]:
+        """Set the clocks of docked devices (the platform's ``sync-clock`` command).
+
+        Each device is handled by a job that owns it (never beside its dock session);
+        a device that fails gets its error text instead of an offset.
+        """
+        def sync(device: Device) -> tuple[str, float | None]:
+            info = device.identify()
+            return info.serial, device.sync_clock(time.time())
 
         with self._active_lock:
             devices = list(self._docked.values())
-        results: dict[str, float | None] = {}
-        for device in devices:
-            if not device.present():
+        jobs = [(d, self._submit(d, sync)) for d in devices if d.present()]
+        results: dict[str, float | str | None] = {}
+        for device, job in jobs:
+            if job is None:
                 continue
-            info = device.identify()
-            results[info.serial] = device.sync_clock(time.time())
+            try:
+                serial, offset = job.result(timeout=timeout_s)
+                results[serial] = offset
+            except Exception as exc:
+                results[device.handle] = f"error: {exc}"
         return results
 
     def undock(self, handle: str) -> None:
@@ -289,8 +355,8 @@ class Station:
                 return
             tx.execute("UPDATE devices SET docked_handle = NULL WHERE serial = ?",
                        (row["serial"],))
-            tx.execute("UPDATE docks SET undocked_at = datetime('now') WHERE handle = ? AND "
-                       "undocked_at IS NULL", (handle,))
+            tx.execute("UPDATE docks SET undocked_at = ? WHERE handle = ? AND "
+                       "undocked_at IS NULL", (now(), handle))
             tx.log("device.undocked", None, {"serial": row["serial"], "handle": handle})
             tx.event("device.undocked", {"serial": row["serial"], "handle": handle})
 
@@ -299,6 +365,8 @@ class Station:
     def run_once(self, *, platform_timeout_s: float = 600.0) -> RunSummary:
         """Offload the devices docked now, seal everything, and (with a platform) sync it."""
         summary = RunSummary()
+        assert self.store is not None
+        quarantined_before = {r["clip_id"] for r in self.store.clips(S.QUARANTINED.value)}
         detectors = self._make_detectors()
         futures = []
         for detector in detectors:
@@ -320,6 +388,11 @@ class Station:
             if self.custody.checkpoint() is not None and not summary.failures:
                 summary.failures.extend(self.sync.drain(timeout_s=min(30.0,
                                                                       platform_timeout_s)))
+        reported = {c for r in summary.reports for c in r.quarantined}
+        for row in self.store.clips(S.QUARANTINED.value):
+            if row["clip_id"] not in quarantined_before and row["clip_id"] not in reported:
+                summary.failures.append(f"clip {row['clip_id']} ({row['name']}) quarantined: "
+                                        f"{row['reason']}")
         return summary
 
     def wait(self) -> None:

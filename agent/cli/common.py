@@ -27,8 +27,7 @@ def open_store(config: Config, *, readonly: bool = True) -> Store:
     path = config.data_dir / "state.db"
     if readonly and not path.exists():
         raise StoreError(f"no station database at {path}: has the agent run yet?")
-    return Store(path, station_id=config.station.id, readonly=readonly,
-                 events_enabled=config.platform is not None)
+    return Store(path, station_id=config.station.id, readonly=readonly)
 
 
 def print_json(value: Any) -> None:

@@ -16,21 +16,11 @@ from agent.timeutil import rfc3339
 SCHEMA = "bwc.manifest/v1"
 
 
-def build_manifest(clip: sqlite3.Row, device: sqlite3.Row | None, *, station_id: str,
-                   key_id: str, credential_id: str | None = None,
+def build_manifest(clip: sqlite3.Row, *, station_id: str, key_id: str,
+                   credential_id: str | None = None,
                    officer_verified: bool = False) -> dict[str, Any]:
+    """The manifest of a clip, from its row only (identity as recorded at discovery)."""
     media = json.loads(clip["media"]) if clip["media"] else None
-    dev: dict[str, Any] = {"serial": clip["device_serial"], "vendor": "", "model": "",
-                           "firmware": "", "clock_offset_s": None}
-    officer: dict[str, Any] = {"id": clip["officer_id"] or None, "name": None, "unit_code": None,
-                               "unit_name": None, "credential_id": credential_id,
-                               "verified": officer_verified}
-    if device is not None:
-        dev.update(vendor=device["vendor"], model=device["model"], firmware=device["firmware"],
-                   clock_offset_s=device["clock_offset_s"])
-        officer.update(name=device["officer_name"] or None,
-                       unit_code=device["unit_code"] or None,
-                       unit_name=device["unit_name"] or None)
     return {
         "schema": SCHEMA,
         "clip_id": clip["clip_id"],
@@ -42,8 +32,21 @@ def build_manifest(clip: sqlite3.Row, device: sqlite3.Row | None, *, station_id:
             "digests": {"sha256": clip["sha256"]},
         },
         "media": media,
-        "device": dev,
-        "officer": officer,
+        "device": {
+            "serial": clip["device_serial"],
+            "vendor": clip["device_vendor"],
+            "model": clip["device_model"],
+            "firmware": clip["device_firmware"],
+            "clock_offset_s": clip["clock_offset_s"],
+        },
+        "officer": {
+            "id": clip["officer_id"] or None,
+            "name": clip["officer_name"] or None,
+            "unit_code": clip["unit_code"] or None,
+            "unit_name": clip["unit_name"] or None,
+            "credential_id": credential_id,
+            "verified": officer_verified,
+        },
         "recorded": {
             "start": clip["recorded_start"],
             "end": clip["recorded_end"],

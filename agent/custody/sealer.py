@@ -29,7 +29,7 @@ from agent.custody.keys import (
 )
 from agent.custody.manifest import build_manifest
 from agent.durable import remove_stale_temps
-from agent.errors import StoreError
+from agent.errors import ConfigError, StoreError
 from agent.store import ClipState, Store
 from agent.timeutil import now
 from agent.vault import Vault
@@ -56,11 +56,23 @@ class Custody:
     def start(self) -> None:
         key_path, cert_path = key_paths(self.config)
         remove_stale_temps(key_path.parent)
-        if not key_path.exists() or not cert_path.exists():
+        if not key_path.exists():
+            signed = self.store.query_one(
+                "SELECT (SELECT COUNT(*) FROM checkpoints) + (SELECT COUNT(*) FROM clips "
+                "WHERE manifest IS NOT NULL) AS n")
+            if (signed is not None and signed["n"]) or cert_path.exists():
+                # A new key would orphan every signature made so far: refuse, loudly.
+                raise ConfigError(
+                    f"station key {key_path} is missing, but this station has already signed "
+                    f"(certificate {cert_path} exists or clips are sealed); restore the key "
+                    "from the backup of the keys directory — a new key cannot vouch for "
+                    "what the old one signed")
             # Like an SSH host key: a new station makes its identity on first start.
             log.warning("no station key yet: creating %s and a development certificate",
                         key_path)
             init_station_keys(self.config.data_dir, self.config.station.id)
+        elif not cert_path.exists():
+            init_station_keys(self.config.data_dir, self.config.station.id)  # cert for the key
         self.key = StationKey.load(key_path)
         check_key_matches_certificate(self.key, load_certificate(cert_path))
         self._timer = threading.Thread(target=self._run_timer, name="checkpoint", daemon=True)
@@ -89,8 +101,7 @@ class Custody:
             clip = tx.clip(clip_id)
             if clip["state"] != S.COPIED.value:
                 return None
-            device = tx.one("SELECT * FROM devices WHERE serial = ?", (clip["device_serial"],))
-            manifest = build_manifest(clip, device, station_id=self.config.station.id,
+            manifest = build_manifest(clip, station_id=self.config.station.id,
                                       key_id=self.key.keyid)
             payload = canonicalize(manifest)
             envelope = dsse.sign_envelope(dsse.MANIFEST, payload, [self.key])

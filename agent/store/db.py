@@ -54,10 +54,13 @@ class Tx:
         self.appended: list[LogEntry] = []
 
     def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.store.path}: {exc}") from exc
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        row: sqlite3.Row | None = self.execute(sql, params).fetchone()
         return row
 
     # --- custody log -------------------------------------------------------------------
@@ -78,10 +81,12 @@ class Tx:
 
     # --- platform events ---------------------------------------------------------------
 
-    def event(self, type_: str, data: dict[str, Any]) -> str | None:
-        """Queue a platform event in the durable outbox (only when a platform is configured)."""
-        if not self.store.events_enabled:
-            return None
+    def event(self, type_: str, data: dict[str, Any]) -> str:
+        """Queue a platform event in the durable outbox.
+
+        Always, even on a station with no platform yet: once one is configured the
+        backlog is sent in order, and the platform can check every clip's manifest.
+        """
         row = self.one("SELECT value FROM meta WHERE key = 'event_seq'")
         seq = int(row["value"]) + 1 if row else 1
         self.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('event_seq', ?)",
@@ -133,10 +138,9 @@ class Store:
     """The station's database.  Thread-safe; one connection, one lock."""
 
     def __init__(self, path: str | os.PathLike[str], *, station_id: str,
-                 events_enabled: bool = False, readonly: bool = False) -> None:
+                 readonly: bool = False) -> None:
         self.path = Path(path)
         self.station_id = station_id
-        self.events_enabled = events_enabled
         self.outbox_signal = threading.Event()
         self._lock = threading.RLock()
         try:
@@ -181,7 +185,7 @@ class Store:
                 self._conn.execute(f"PRAGMA user_version = {index + 1}")
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
 
     @contextlib.contextmanager
@@ -196,13 +200,19 @@ class Store:
             try:
                 yield tx
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise StoreError(f"database {self.path}: commit failed: {exc}") from exc
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back by itself (SQLITE_FULL, I/O errors):
+        # a failing ROLLBACK must not hide the error that caused it.
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

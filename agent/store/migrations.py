@@ -107,4 +107,25 @@ MIGRATIONS: list[str] = [
         expires_at  TEXT NOT NULL
     );
     """,
+    # 2: the device and officer identity as it was when the clip was discovered, so a
+    #    manifest never mixes a later docking's identity into an older clip.
+    """
+    ALTER TABLE clips ADD COLUMN officer_name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE clips ADD COLUMN unit_code TEXT NOT NULL DEFAULT '';
+    ALTER TABLE clips ADD COLUMN unit_name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE clips ADD COLUMN device_vendor TEXT NOT NULL DEFAULT '';
+    ALTER TABLE clips ADD COLUMN device_model TEXT NOT NULL DEFAULT '';
+    ALTER TABLE clips ADD COLUMN device_firmware TEXT NOT NULL DEFAULT '';
+    ALTER TABLE clips ADD COLUMN clock_offset_s REAL;
+    UPDATE clips SET
+        officer_name = COALESCE((SELECT officer_name FROM devices
+                                 WHERE serial = device_serial), ''),
+        unit_code = COALESCE((SELECT unit_code FROM devices WHERE serial = device_serial), ''),
+        unit_name = COALESCE((SELECT unit_name FROM devices WHERE serial = device_serial), ''),
+        device_vendor = COALESCE((SELECT vendor FROM devices WHERE serial = device_serial), ''),
+        device_model = COALESCE((SELECT model FROM devices WHERE serial = device_serial), ''),
+        device_firmware = COALESCE((SELECT firmware FROM devices
+                                    WHERE serial = device_serial), ''),
+        clock_offset_s = (SELECT clock_offset_s FROM devices WHERE serial = device_serial)
+    """,
 ]

@@ -46,14 +46,17 @@ class Inbound:
 
     def __init__(self, config: Config, store: Store, trusted: dict[str, Any],
                  respond: Responder, commands: dict[str, CommandHandler],
-                 on_acknowledged: Callable[[str], None]) -> None:
+                 on_acknowledged: Callable[[str], None],
+                 settle: Callable[[InboundMessage], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.trusted = trusted
         self.respond = respond
         self.commands = commands
         self.on_acknowledged = on_acknowledged
+        self.settle = settle  # tells the broker the message was handled
         self.queue: queue.Queue[InboundMessage | None] = queue.Queue()
+        self.reply_prefix = f"bwc/v1/stations/{config.station.id}/reply/"
         self._thread = threading.Thread(target=self._run, name="inbound", daemon=True)
 
     def start(self) -> None:
@@ -85,6 +88,8 @@ class Inbound:
             except Exception:
                 log.exception("platform message on %s failed", message.topic)
             finally:
+                if self.settle is not None:
+                    self.settle(message)
                 self.queue.task_done()
 
     # --- acknowledgements ----------------------------------------------------------------
@@ -151,11 +156,18 @@ class Inbound:
             # Where to answer is read before the checks, so a refusal is answered too.
             unverified = _peek_payload(envelope)
             reply_to = reply_to or _opt_text(unverified, "reply_to")
+            if reply_to is not None and not reply_to.startswith(self.reply_prefix):
+                # Never publish where a sender of unverified data asks: drop the answer.
+                log.warning("command on %s names response topic %r outside %s; not answered",
+                            message.topic, reply_to, self.reply_prefix)
+                reply_to = None
             command = json.loads(dsse.verify_envelope(envelope, self.trusted,
                                                       expected_type=dsse.COMMAND))
             if not isinstance(command, dict):
                 raise Refused("command payload is not a JSON object")
             reply_to = message.response_topic or _opt_text(command, "reply_to")
+            if reply_to is not None and not reply_to.startswith(self.reply_prefix):
+                raise Refused(f"response topic {reply_to!r} is outside {self.reply_prefix}")
             self._check_command(command, message.name)
             handler = self.commands.get(message.name)
             if handler is None:

@@ -78,6 +78,9 @@ class InboundMessage:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
+    mid: int = 0
+    qos: int = 0
+    connection: int = 0  # which connection it came on (acks are per connection)
 
 
 class MqttLink:
@@ -169,6 +172,7 @@ class MqttLink:
         self._wake = threading.Event()  # the drainer has something to look at
         self._stopping = threading.Event()
         self._connection_seq = 0  # bumped by every ready connection
+        self._network_seq = 0  # bumped by every accepted CONNACK (acks belong to it)
         self._fallback_pending = False
         self._connack_seen = False  # for the connection attempt under way
         self._last_error: TransportError | None = None
@@ -264,12 +268,12 @@ class MqttLink:
     def _make_client(self) -> mqtt.Client:
         if self.protocol == "5":
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.station_id,
-                                 protocol=mqtt.MQTTv5)
+                                 protocol=mqtt.MQTTv5, manual_ack=True)
         else:
             # clean_session False: the broker keeps our QoS 1 subscriptions
             # and queues commands while the station is offline.
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.station_id,
-                                 protocol=mqtt.MQTTv311, clean_session=False)
+                                 protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
         client.on_log = self._on_log
         # A bug in a callback must not kill the network thread.
         client.suppress_exceptions = True
@@ -382,6 +386,9 @@ class MqttLink:
             return
         log.info("MQTT: connected to %s:%d (MQTT %s, session present: %s)", self.host,
                  self.port, self.protocol, flags.session_present)
+        # Messages the broker kept for us arrive right after CONNACK: tag them with this
+        # connection, so that their acks are sent on it.
+        self._network_seq += 1
         client.subscribe([(f"{self._cmd_prefix}+", 1), (self.ack_topic, 1)])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
@@ -442,6 +449,7 @@ class MqttLink:
             name = topic[len(self._cmd_prefix):]
         else:
             log.warning("MQTT: ignoring a message on unexpected topic %r", topic)
+            self._ack_message(client, message.mid, message.qos)
             return
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props else None
@@ -451,11 +459,32 @@ class MqttLink:
             topic=topic, name=name, payload=bytes(message.payload),
             response_topic=response_topic,
             correlation_data=bytes(correlation) if correlation is not None else None,
-            user_properties=tuple((str(k), str(v)) for k, v in (user or [])))
+            user_properties=tuple((str(k), str(v)) for k, v in (user or [])),
+            mid=message.mid, qos=message.qos, connection=self._network_seq)
         try:
             self._deliver(inbound)
         except Exception:
             log.exception("MQTT: the handler for %s failed", topic)
+            self.ack(inbound)
+
+    def ack(self, message: InboundMessage) -> None:
+        """Acknowledge a platform message once it was handled (committed or refused).
+
+        The client runs with manual acknowledgements: a PUBACK sent on receipt would
+        lose an ack or a command to a crash before it was handled; unacknowledged,
+        the broker delivers it again after a reconnect.  An ack for a message of an
+        earlier connection is not sent: the broker redelivers that one anyway.
+        """
+        if message.connection == self._network_seq:
+            self._ack_message(self._client, message.mid, message.qos)
+
+    @staticmethod
+    def _ack_message(client: mqtt.Client, mid: int, qos: int) -> None:
+        if qos > 0:
+            try:
+                client.ack(mid, qos)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("MQTT: could not acknowledge message %d: %s", mid, exc)
 
     def _set_error(self, text: str, *, quiet: bool = False) -> None:
         """Remember why the link is down; log each new reason once, repeats at debug."""

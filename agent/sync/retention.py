@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 from agent.config import Config
 from agent.errors import AgentError, DeviceError
@@ -45,11 +47,21 @@ def release_acknowledged(config: Config, store: Store, device: Device,
     for row in rows:
         rec = Recording(path=row["path"], size=row["size"], mtime=row["mtime_ms"] / 1000)
         problem = _same_file(device, rec, row["sha256"])
+        if problem is not None and problem.startswith(GONE) and _release_started(store,
+                                                                                 row["clip_id"]):
+            # A crash came between the deletion and its record: finish the record.
+            _record_release(store, row, info, recovered=True)
+            released.append(row["clip_id"])
+            continue
         if problem is not None:
             log.warning("clip %s not released from %s: %s", row["clip_id"], info.serial, problem)
             with store.transaction() as tx:
                 tx.log("release.skipped", row["clip_id"], {"reason": problem})
             continue
+        with store.transaction() as tx:
+            # Logged before the deletion, so a crash in between is recognised later.
+            tx.log("release.started", row["clip_id"], {"device_serial": info.serial,
+                                                       "path": row["path"]})
         try:
             device.release(rec)
         except DeviceError as exc:
@@ -57,14 +69,29 @@ def release_acknowledged(config: Config, store: Store, device: Device,
             with store.transaction() as tx:
                 tx.log("release.failed", row["clip_id"], {"reason": str(exc)})
             continue
-        with store.transaction() as tx:
-            tx.transition(row["clip_id"], S.RELEASED, released_at=now(),
-                          log_body={"device_serial": info.serial, "path": row["path"],
-                                    "sha256": row["sha256"]})
-            tx.event("clip.released", {"clip_id": row["clip_id"], "device_serial": info.serial,
-                                       "path": row["path"], "sha256": row["sha256"]})
+        _record_release(store, row, info, recovered=False)
         released.append(row["clip_id"])
     return released
+
+
+GONE = "not on the camera any more"
+
+
+def _release_started(store: Store, clip_id: str) -> bool:
+    """Whether the last release attempt of the clip was started and did not fail."""
+    row = store.query_one("SELECT kind FROM custody_log WHERE clip_id = ? AND kind IN "
+                          "('release.started', 'release.failed') ORDER BY seq DESC LIMIT 1",
+                          (clip_id,))
+    return row is not None and row["kind"] == "release.started"
+
+
+def _record_release(store: Store, row: Any, info: DeviceInfo, *, recovered: bool) -> None:
+    body = {"device_serial": info.serial, "path": row["path"], "sha256": row["sha256"]}
+    if recovered:
+        body["recovered"] = True
+    with store.transaction() as tx:
+        tx.transition(row["clip_id"], S.RELEASED, released_at=now(), log_body=body)
+        tx.event("clip.released", {"clip_id": row["clip_id"], **body})
 
 
 def _same_file(device: Device, rec: Recording, sha256: str) -> str | None:
@@ -72,7 +99,7 @@ def _same_file(device: Device, rec: Recording, sha256: str) -> str | None:
     try:
         size, mtime = device.stat(rec)
     except DeviceError as exc:
-        return f"not on the camera any more ({exc})"
+        return f"{GONE} ({exc})"
     if size != rec.size or mtime_ms(mtime) != mtime_ms(rec.mtime):
         return f"changed on the camera since it was copied (size {rec.size} -> {size})"
     digest = hashlib.sha256()
@@ -87,20 +114,32 @@ def _same_file(device: Device, rec: Recording, sha256: str) -> str | None:
     return None
 
 
+_PURGE_LOCK = threading.Lock()
+
+
 def purge(config: Config, store: Store, vault: Vault, *, at: float | None = None) -> list[str]:
-    """Purge vault copies past retention, then more while under the low-water mark."""
+    """Purge vault copies past retention, then more while under the low-water mark.
+
+    Serialised: the housekeeping timer and dock workers (making room) may call it at once.
+    """
+    with _PURGE_LOCK:
+        return _purge(config, store, vault, at)
+
+
+def _purge(config: Config, store: Store, vault: Vault, at: float | None) -> list[str]:
     current = time.time() if at is None else at
-    purgeable = (S.RELEASED.value,) if config.retention.release == "after-ack" else (
-        S.ACKNOWLEDGED.value, S.RELEASED.value)
-    marks = ",".join("?" for _ in purgeable)
-    rows = store.query(f"SELECT * FROM clips WHERE state IN ({marks}) ORDER BY acknowledged_at",
-                       purgeable)
+    # With release = after-ack an acknowledged clip waits for its camera to come back;
+    # only pressure on the disk purges it before that (the platform holds it anyway).
+    after_ack = config.retention.release == "after-ack"
+    rows = store.query("SELECT * FROM clips WHERE state IN (?, ?) ORDER BY acknowledged_at",
+                       (S.ACKNOWLEDGED.value, S.RELEASED.value))
     keep = timedelta(days=config.retention.keep_days).total_seconds()
     low_water = config.retention.low_water_mb * 1024 * 1024
     purged = []
     for row in rows:
         acked = parse_rfc3339(row["acknowledged_at"]).timestamp()
-        if current - acked >= keep:
+        waiting_for_camera = after_ack and row["state"] == S.ACKNOWLEDGED.value
+        if current - acked >= keep and not waiting_for_camera:
             reason = f"retention of {config.retention.keep_days:g} days passed"
         elif vault.free_bytes() < low_water:
             reason = f"free space under the low-water mark ({config.retention.low_water_mb} MB)"
@@ -126,6 +165,8 @@ def _shared(store: Store, sha256: str, clip_id: str) -> bool:
 def _purge_one(store: Store, vault: Vault, clip_id: str, sha256: str, reason: str) -> None:
     with store.transaction() as tx:
         clip = tx.clip(clip_id)
+        if clip["state"] == S.PURGED.value:
+            return
         if clip["state"] not in (S.ACKNOWLEDGED.value, S.RELEASED.value) or not clip["ack"]:
             raise AgentError(f"refusing to purge clip {clip_id} in state {clip['state']}")
         tx.transition(clip_id, S.PURGED, purged_at=now(),

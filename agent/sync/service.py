@@ -70,7 +70,7 @@ class SyncService:
             "rescan": lambda _args: {"devices": self.station.rescan()},
             "tag": tag_command(config, store),
             "sync-clock": lambda _args: {"devices": self.station.sync_clocks()},
-        }, on_acknowledged=self._acknowledged)
+        }, on_acknowledged=self._acknowledged, settle=self._settle)
         password = (read_secret(self.platform.password_file, "platform.password_file")
                     if self.platform.password_file else None)
         self.link = MqttLink(
@@ -148,6 +148,9 @@ class SyncService:
         self._last_sync = now()
         row = self.store.clip(clip_id)
         self.station.request_release(row["device_serial"])
+
+    def _settle(self, message: Any) -> None:
+        self.link.ack(message)
 
     def _respond(self, topic: str, correlation: bytes | None, payload: bytes) -> None:
         self.link.respond(topic, correlation, payload)

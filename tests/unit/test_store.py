@@ -76,11 +76,8 @@ def test_illegal_transition_is_refused(tmp_path: Path) -> None:
     assert store.clip("c1")["state"] == "discovered"
 
 
-def test_events_only_with_a_platform(tmp_path: Path) -> None:
-    local = Store(tmp_path / "a.db", station_id="ST-1")
-    with local.transaction() as tx:
-        assert tx.event("alert", {"x": 1}) is None
-    synced = Store(tmp_path / "b.db", station_id="ST-1", events_enabled=True)
+def test_events_are_queued_even_before_a_platform_is_configured(tmp_path: Path) -> None:
+    synced = Store(tmp_path / "b.db", station_id="ST-1")
     with synced.transaction() as tx:
         first = tx.event("alert", {"x": 1})
         second = tx.event("alert", {"x": 2})
