@@ -302,9 +302,6 @@ class Offloader:
             self.vault.discard(temp)
             self._back_to_discovered(clip_id, "agent stopping; copied again at the next dock")
             raise
-        except AgentError:
-            self.vault.discard(temp)
-            raise
         except DeviceError as exc:
             self.vault.discard(temp)
             if last_attempt:
@@ -312,6 +309,9 @@ class Offloader:
                 return "quarantined"
             self._back_to_discovered(clip_id, f"read failed, retrying: {exc}")
             return "retry"
+        except AgentError:
+            self.vault.discard(temp)
+            raise
         changed = [
             what for what, ok in (
                 (f"{result.size} bytes read of {before[0]}", result.size == before[0]),

@@ -149,5 +149,5 @@ class Custody:
         while not self._stop.wait(interval):
             try:
                 self.checkpoint()
-            except StoreError:
-                log.exception("checkpoint failed")
+            except Exception:
+                log.exception("checkpoint failed")  # tried again at the next interval

@@ -19,7 +19,7 @@ from agent import __version__
 from agent.config import Config
 from agent.custody.keys import keyid_of, load_certificate, load_public_key
 from agent.custody.sealer import Custody, key_paths
-from agent.errors import AgentError, ConfigError
+from agent.errors import ConfigError
 from agent.store import ClipState, Store
 from agent.sync.inbound import Inbound, tag_command
 from agent.sync.mqtt import MqttLink
@@ -85,6 +85,7 @@ class SyncService:
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._last_sync: str | None = None
+        self._last_disk_alert = float("-inf")
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -126,16 +127,31 @@ class SyncService:
                 if time.monotonic() - last_status >= self.platform.status_interval_s:
                     self.link.publish_status()
                     last_status = time.monotonic()
-                purge(self.config, self.store, self.vault)
+                self._purge_and_watch_disk()
                 self.uploader.poke()
-            except AgentError:
-                log.exception("housekeeping failed")
+            except Exception:
+                log.exception("housekeeping failed")  # and again at the next round
 
     # --- hooks used by the station --------------------------------------------------------
 
     def before_listing(self, device: Device, info: DeviceInfo) -> None:
         """At every dock, first release what the platform has acknowledged."""
         release_acknowledged(self.config, self.store, device, info)
+
+    def _purge_and_watch_disk(self) -> None:
+        purge(self.config, self.store, self.vault)
+        low_water = self.config.retention.low_water_mb * 1024 * 1024
+        free = self.vault.free_bytes()
+        if free < low_water and time.monotonic() - self._last_disk_alert > 3600:
+            # Nothing more may be purged: what is left is not acknowledged yet.
+            self._last_disk_alert = time.monotonic()
+            message = (f"vault disk low: {free // 2**20} MB free, under retention.low_water_mb "
+                       f"({self.config.retention.low_water_mb} MB), nothing more purgeable")
+            log.warning("%s", message)
+            with self.store.transaction() as tx:
+                tx.log("alert", None, {"code": "disk.low", "message": message})
+                tx.event("alert", {"code": "disk.low", "message": message,
+                                   "free_bytes": free})
 
     def make_room(self) -> list[str]:
         """Purge acknowledged clips past retention or under the low-water mark."""

@@ -44,6 +44,7 @@ class Uploader:
         self._limiter = RateLimiter(bandwidth) if bandwidth else None
 
     def start(self) -> None:
+        self._client().close()  # a bad endpoint or CA file fails the start, with its name
         for i in range(self.platform.upload_concurrency):
             thread = threading.Thread(target=self._worker, name=f"upload-{i}", daemon=True)
             thread.start()
@@ -92,6 +93,7 @@ class Uploader:
                     clip_id = self._claim()
                 except AgentError:
                     log.exception("upload scheduling failed")
+                    self._stop.wait(1.0)
                     clip_id = None
                 if clip_id is None:
                     with self._wake:
@@ -99,8 +101,10 @@ class Uploader:
                     continue
                 try:
                     self.upload_one(client, clip_id)
-                except AgentError:
+                except Exception:
+                    # Never let one clip kill the worker; it is tried again later.
                     log.exception("upload of %s failed", clip_id)
+                    self._stop.wait(1.0)
                 finally:
                     with self._wake:
                         self._claimed.discard(clip_id)
@@ -155,9 +159,14 @@ class Uploader:
         except TransportError as exc:
             self._failed(clip_id, int(clip["upload_attempts"]) + 1, exc)
             return
-        except (IntegrityError, StoreError) as exc:
-            # The vault copy itself is wrong or unreadable: never send it; an operator looks.
+        except IntegrityError as exc:
+            # The vault copy is not what was sealed: never send it; an operator looks.
             self._quarantine(clip_id, f"vault copy cannot be uploaded: {exc}")
+            return
+        except StoreError as exc:
+            # The station's own side (a busy database, a vault read): try again later.
+            self._failed(clip_id, int(clip["upload_attempts"]) + 1,
+                         TransportError(f"station error during upload: {exc}"))
             return
         with self.store.transaction() as tx:
             if tx.clip(clip_id)["state"] != S.UPLOADING.value:

@@ -501,3 +501,24 @@ def test_development_broker_config_has_the_tested_acl() -> None:
     acl = "".join(line[2:] if line.startswith("# ") else line[1:]
                   for line in block.splitlines(keepends=True))
     assert acl == STATION_ACL
+
+
+def test_unhandled_platform_message_is_delivered_again_after_a_crash(
+        links: Links, broker: Broker, platform: PlatformClient) -> None:
+    """Manual acks: a message received but not yet handled survives the agent dying."""
+    first = links.connected()
+    platform.publish(f"{BASE}/ack", b'{"clip_id":"c-crash"}')
+    msg = links.inbox.get(timeout=5)
+    assert msg.payload == b'{"clip_id":"c-crash"}'
+    # The agent dies before handling it (no ack() call): its socket goes away abruptly.
+    first._client._sock_close()  # type: ignore[attr-defined]
+    first.stop(timeout=1)
+    second = links.connected()
+    again = links.inbox.get(timeout=10)
+    assert again.payload == b'{"clip_id":"c-crash"}', "the broker delivers it again"
+    second.ack(again)
+    second.stop(timeout=1)
+    third = links.connected()
+    with pytest.raises(queue.Empty):
+        links.inbox.get(timeout=1.5)  # handled and acknowledged: not delivered a third time
+    third.stop(timeout=1)

@@ -267,3 +267,85 @@ def test_run_once_exit_code_reports_failures(station_config: Callable[..., Confi
     assert main(["run", "--once", "--config", str(config.source)]) == 1
     out = capsys.readouterr().out
     assert "identify failed" in out and "BWC_DEVICE.json" in out
+
+
+def test_one_agent_per_data_dir(station_config: Callable[..., Config]) -> None:
+    from agent.errors import StoreError
+    from agent.station import Station
+
+    config = station_config()
+    with running_station(config):
+        second = Station(config)
+        with pytest.raises(StoreError, match="another bwc-agent is running on"):
+            second.start(watch=False)
+    with running_station(config):  # the lock went with the first agent
+        pass
+
+
+def test_identity_is_fixed_when_the_clip_is_discovered(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config("[ingest]\nchunk_kib = 64\n")
+    cam = camera(config, clips=1, officer_id="000111", officer_name="王一")
+    _big_file(cam, "AAA_FIRST.MP4")
+    with running_station(config) as station:
+        inner = sim_devices(station)[0]
+        station.offloader.offload(FaultyDevice(inner, on_read=gone_after(200_000)))  # type: ignore[union-attr]
+    # The camera is handed to another officer before it is docked again.
+    ident = cam / "BWC_DEVICE.json"
+    doc = json.loads(ident.read_text(encoding="utf-8"))
+    doc.update(officer_id="000222", officer_name="李二", unit_name="另一个大队")
+    ident.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    with running_station(config) as station:
+        assert station.run_once().ok
+        row = next(r for r in station.store.clips() if r["name"] == "AAA_FIRST.MP4")  # type: ignore[union-attr]
+    manifest = json.loads(dsse.b64decode(json.loads(row["manifest"])["payload"]))
+    assert manifest["officer"]["id"] == "000111"
+    assert manifest["officer"]["name"] == "王一"
+    assert manifest["officer"]["unit_name"] != "另一个大队"
+
+
+def test_an_unreadable_clip_is_tried_again_on_the_next_dock(
+        station_config: Callable[..., Config]) -> None:
+    from agent.errors import DeviceError
+
+    config = station_config("[ingest]\nchunk_kib = 64\nchange_retries = 0\n")
+    cam = camera(config, clips=1)
+    _big_file(cam, "BAD_SECTOR.MP4")
+
+    def bad_sector(rec: Recording, done: int) -> None:
+        if rec.path.endswith("BAD_SECTOR.MP4") and done >= 128 * 1024:
+            raise DeviceError("read error at sector 1234 (EIO)")
+
+    with running_station(config) as station:
+        inner = sim_devices(station)[0]
+        station.offloader.offload(FaultyDevice(inner, on_read=bad_sector))  # type: ignore[union-attr]
+        store = station.store
+        assert store is not None
+        row = next(r for r in store.clips() if r["name"] == "BAD_SECTOR.MP4")
+        assert row["state"] == "quarantined" and "unreadable on the device" in row["reason"]
+        report = station.run_once().reports[0]
+        row = next(r for r in store.clips() if r["name"] == "BAD_SECTOR.MP4")
+    assert row["state"] == "sealed", "read fine this time: offloaded"
+    assert report.new == 0 and len(report.copied) == 1
+
+
+def test_docking_again_during_a_session_runs_another_session(
+        station_config: Callable[..., Config]) -> None:
+    import threading
+
+    config = station_config()
+    camera(config, clips=2)
+    gate = threading.Event()
+    with running_station(config) as station:
+        inner = sim_devices(station)[0]
+        slow = FaultyDevice(inner, on_read=lambda _r, _d: gate.wait(10) and None)
+        first = station.dock(slow)
+        second = station.dock(inner)  # the camera is plugged back in meanwhile
+        assert first is not None and second is first
+        gate.set()
+        first.result(timeout=20)
+        deadline = __import__("time").monotonic() + 20
+        while len(station.reports) < 2 and __import__("time").monotonic() < deadline:
+            __import__("time").sleep(0.02)
+        assert len(station.reports) == 2, "a second session followed the first"
+        assert {r["state"] for r in station.store.clips()} == {"sealed"}  # type: ignore[union-attr]
