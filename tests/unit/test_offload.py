@@ -349,3 +349,34 @@ def test_docking_again_during_a_session_runs_another_session(
             __import__("time").sleep(0.02)
         assert len(station.reports) == 2, "a second session followed the first"
         assert {r["state"] for r in station.store.clips()} == {"sealed"}  # type: ignore[union-attr]
+
+
+def test_stopping_the_agent_cancels_a_copy_and_keeps_the_clip_for_later(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config("[ingest]\nchunk_kib = 64\n")
+    cam = camera(config, clips=1)
+    big = _big_file(cam, "AAA_LONG.MP4")
+    _big_file(cam, "ZZZ_LATER.MP4", size=1000)
+    with running_station(config) as station:
+        offloader = station.offloader
+        assert offloader is not None
+
+        def sigterm_midway(rec: Recording, done: int) -> None:
+            if rec.path.endswith("AAA_LONG.MP4") and done >= 256 * 1024:
+                offloader.stopping.set()  # what SIGTERM does through Station.stop()
+
+        inner = sim_devices(station)[0]
+        report = offloader.offload(FaultyDevice(inner, on_read=sigterm_midway))
+        store = station.store
+        assert store is not None
+        row = next(r for r in store.clips() if r["name"] == "AAA_LONG.MP4")
+        assert any("agent is stopping" in e for e in report.errors), report.errors
+        assert row["state"] == "discovered"
+        assert list((config.data_dir / "vault" / "incoming").iterdir()) == []
+        later = next(r for r in store.clips() if r["name"] == "ZZZ_LATER.MP4")
+        assert later["state"] == "discovered" and later["copy_attempts"] == 0, \
+            "nothing else is started once stopping"
+    with running_station(config) as station:
+        assert station.run_once().ok
+        row = next(r for r in station.store.clips() if r["name"] == "AAA_LONG.MP4")  # type: ignore[union-attr]
+    assert row["state"] == "sealed" and row["sha256"] == _sha(big)
