@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -19,8 +20,9 @@ import json, resource, sys, time
 from pathlib import Path
 from agent.sync.tus import TusClient
 endpoint, ca, src = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+chunk_mib = int(sys.argv[4])
 size = src.stat().st_size
-with TusClient(endpoint, ca_file=ca, chunk_size=8 * 1024 * 1024) as client:
+with TusClient(endpoint, ca_file=ca, chunk_size=chunk_mib * 1024 * 1024) as client:
     url = client.create(size, {"filename": src.name})
     t0 = time.perf_counter()
     client.upload(url, src, start=0, total=size)
@@ -66,7 +68,7 @@ def _curl_upload(endpoint: str, ca: Path, src: Path) -> float:
     return time.perf_counter() - t0
 
 
-def bench_upload(size_gib: float, workdir: Path) -> dict[str, Any]:
+def bench_upload(size_gib: float, workdir: Path, chunk_mib: int = 8) -> dict[str, Any]:
     """The agent's tus client vs curl (one PATCH), same bytes, same HTTPS server."""
     from agent.devpki import DevCA
     from scripts.devplatform.tusserver import TusServer
@@ -75,9 +77,14 @@ def bench_upload(size_gib: float, workdir: Path) -> dict[str, Any]:
     src = _source(workdir, size)
     ca = DevCA(workdir / "pki")
     server_cert = ca.issue("127.0.0.1", "server", server=True, client=False)
-    results: dict[str, Any] = {"size_gib": size_gib, "runs": {}}
+    results: dict[str, Any] = {"size_gib": size_gib, "chunk_mib": chunk_mib, "runs": {}}
+    # The server keeps uploads in memory (tmpfs) when it can: this measures the client and
+    # the network path; the same disk-write noise would otherwise land on either contender.
+    shm = Path("/dev/shm")
+    store_root = shm / "bwc-bench-upload" if shm.is_dir() else workdir
+    results["server_store"] = str(store_root)
     for label, algorithms in (("with_checksum", ("sha256",)), ("no_checksum", ())):
-        store = workdir / f"store-{label}"
+        store = store_root / f"store-{label}"
         server = TusServer(store, certfile=server_cert.cert_path, keyfile=server_cert.key_path,
                            checksum_algorithms=algorithms).start()
         try:
@@ -85,7 +92,7 @@ def bench_upload(size_gib: float, workdir: Path) -> dict[str, Any]:
             for _ in range(3):
                 curl_s.append(_curl_upload(server.url, ca.cert_path, src))
                 proc = subprocess.run([sys.executable, "-c", AGENT_UPLOAD, server.url,
-                                       str(ca.cert_path), str(src)], check=True,
+                                       str(ca.cert_path), str(src), str(chunk_mib)], check=True,
                                       capture_output=True, text=True, cwd=ROOT)
                 run = json.loads(proc.stdout)
                 agent_s.append(run["seconds"])
@@ -95,6 +102,7 @@ def bench_upload(size_gib: float, workdir: Path) -> dict[str, Any]:
                         f.unlink()
         finally:
             server.stop()
+            shutil.rmtree(store, ignore_errors=True)
         curl_med, agent_med = statistics.median(curl_s), statistics.median(agent_s)
         entry = {
             "curl_s": round(curl_med, 3), "agent_s": round(agent_med, 3),

@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ing.add_argument("--workdir", type=Path, default=OUT / "ingest")
     up = sub.add_parser("upload", help="tus upload over HTTPS vs curl")
     up.add_argument("--size-gib", type=float, default=1.0)
+    up.add_argument("--chunk-mib", type=int, default=8,
+                    help="bytes per PATCH (the station's platform.upload_chunk_mib)")
     up.add_argument("--workdir", type=Path, default=OUT / "upload")
     ver = sub.add_parser("verify", help="verify hashing vs openssl dgst")
     ver.add_argument("--size-gib", type=float, default=1.0)
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.repeat)
     elif args.what == "upload":
         from scripts.bench_upload import bench_upload
-        result = bench_upload(args.size_gib, args.workdir)
+        result = bench_upload(args.size_gib, args.workdir, args.chunk_mib)
     else:
         from scripts.bench_upload import bench_verify
         result = bench_verify(args.size_gib, args.workdir)
