@@ -112,3 +112,39 @@ def test_vault_refuses_names_that_are_not_digests(tmp_path: Path) -> None:
     vault = Vault(tmp_path / "vault")
     with pytest.raises(StoreError, match="not a SHA-256 hex digest"):
         vault.path_for("../../etc/passwd")
+
+
+class _Trickle(io.RawIOBase):
+    """A device stream that returns fewer bytes than asked, in uneven pieces."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos, self.turn = data, 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        self.turn += 1
+        size = min(n, (self.turn * 7919) % 70000 + 1)
+        chunk = self.data[self.pos:self.pos + size]
+        self.pos += len(chunk)
+        return chunk
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 65535, 65536, 65537,
+                                  3 * 65536 + 123, 1_000_003])
+def test_direct_write_path_keeps_every_byte(tmp_path: Path, size: int) -> None:
+    from agent import ingest
+
+    data = os.urandom(size)
+    vault = Vault(tmp_path / "vault")
+    temp = vault.temp_path(f"c{size}")
+    fd, direct = ingest._open_temp(temp, 65536)
+    os.close(fd)
+    temp.unlink()
+    result = copy_to_vault(_Trickle(data), temp, chunk_size=65536, queue_chunks=3)
+    assert result.size == size
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert temp.read_bytes() == data
+    if not direct:
+        pytest.skip("no O_DIRECT on this file system: the buffered path was tested")
