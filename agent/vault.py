@@ -13,7 +13,9 @@ come only from digests, never from a device.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import mmap
 import os
 import queue
 import re
@@ -121,6 +123,76 @@ class Vault:
 
 def hash_file(path: Path, *, drop_cache: bool = False,
               block: int = VERIFY_BLOCK) -> tuple[str, int]:
+    """SHA-256 and size of a file; ``drop_cache``: read the disk, not the page cache.
+
+    Reading the disk uses O_DIRECT where the file system has it (measured right
+    after a 4 GiB copy: 2.5 s direct against 6-8 s through the page cache, whose
+    read-ahead stalls behind the write-back), and falls back to buffered reads
+    with the file's cached pages dropped first.
+    """
+    if drop_cache and hasattr(os, "O_DIRECT") and block % 4096 == 0:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise StoreError(f"cannot open {path}: {exc.strerror}") from exc
+        else:
+            return _hash_direct(fd, path, block)
+    return _hash_buffered(path, drop_cache=drop_cache, block=block)
+
+
+def _hash_direct(fd: int, path: Path, block: int) -> tuple[str, int]:
+    """Hash with O_DIRECT reads into page-aligned buffers, read-ahead on a helper thread."""
+    buffers = [mmap.mmap(-1, block) for _ in range(READ_AHEAD_BLOCKS)]
+    free: queue.Queue[mmap.mmap] = queue.Queue()
+    for buf in buffers:
+        free.put(buf)
+    filled: queue.Queue[tuple[mmap.mmap, int] | OSError] = queue.Queue()
+    stop = threading.Event()
+
+    def read() -> None:
+        offset = 0
+        try:
+            while not stop.is_set():
+                buf = free.get()
+                if stop.is_set():
+                    return
+                n = os.preadv(fd, [buf], offset)
+                filled.put((buf, n))
+                if n == 0:
+                    return
+                offset += n
+        except OSError as exc:
+            filled.put(exc)
+
+    h = hashlib.sha256()
+    size = 0
+    reader = threading.Thread(target=read, name="hash-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = filled.get()
+            if isinstance(item, OSError):
+                raise StoreError(f"cannot read {path}: {item.strerror}") from item
+            buf, n = item
+            if n == 0:
+                break
+            with memoryview(buf) as view:
+                h.update(view[:n])
+            size += n
+            free.put(buf)  # only now may the reader fill it again
+    finally:
+        stop.set()
+        for buf in buffers:
+            free.put(buf)  # wake a reader waiting for a buffer
+        reader.join()
+        os.close(fd)
+        for buf in buffers:
+            buf.close()
+    return h.hexdigest(), size
+
+
+def _hash_buffered(path: Path, *, drop_cache: bool, block: int) -> tuple[str, int]:
     """SHA-256 and size of a file, read in bounded blocks (optionally bypassing the cache).
 
     A reader thread keeps the disk busy while this thread hashes (both release

@@ -148,3 +148,13 @@ def test_direct_write_path_keeps_every_byte(tmp_path: Path, size: int) -> None:
     assert temp.read_bytes() == data
     if not direct:
         pytest.skip("no O_DIRECT on this file system: the buffered path was tested")
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 4097, 4 * 1024 * 1024, 4 * 1024 * 1024 + 7,
+                                  9 * 1024 * 1024 + 4095])
+def test_verify_reads_from_disk_and_hashes_every_byte(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "clip.bin"
+    path.write_bytes(data)
+    assert hash_file(path, drop_cache=True) == (hashlib.sha256(data).hexdigest(), size)
+    assert hash_file(path) == (hashlib.sha256(data).hexdigest(), size)
