@@ -68,7 +68,7 @@ def _curl_upload(endpoint: str, ca: Path, src: Path) -> float:
     return time.perf_counter() - t0
 
 
-def bench_upload(size_gib: float, workdir: Path, chunk_mib: int = 8) -> dict[str, Any]:
+def bench_upload(size_gib: float, workdir: Path, chunk_mib: int = 32) -> dict[str, Any]:
     """The agent's tus client vs curl (one PATCH), same bytes, same HTTPS server."""
     from agent.devpki import DevCA
     from scripts.devplatform.tusserver import TusServer

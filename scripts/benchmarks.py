@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ing.add_argument("--workdir", type=Path, default=OUT / "ingest")
     up = sub.add_parser("upload", help="tus upload over HTTPS vs curl")
     up.add_argument("--size-gib", type=float, default=1.0)
-    up.add_argument("--chunk-mib", type=int, default=8,
+    up.add_argument("--chunk-mib", type=int, default=32,
                     help="bytes per PATCH (the station's platform.upload_chunk_mib)")
     up.add_argument("--workdir", type=Path, default=OUT / "upload")
     ver = sub.add_parser("verify", help="verify hashing vs openssl dgst")
