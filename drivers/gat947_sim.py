@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.durable import fsync_dir
-from drivers.gat947 import (
+from drivers.gat947_wire import (
     RESOLUTION,
     RESPONSE_BIT,
     TIME,

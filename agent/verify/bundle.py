@@ -35,13 +35,13 @@ from agent.verify.checks import (
     Digest,
     Identity,
     check_certificate,
-    checkpoint_fields,
     hash_paths,
     history_problems,
     load_identity,
     load_json_file,
     manifest_digest,
     manifest_problems,
+    open_checkpoint,
     open_envelope,
     parse_canonical,
     seal_link_problems,
@@ -198,11 +198,7 @@ class _BundleCheck:
         if error is not None:
             self.problem(f"checkpoint-missing: {layout.CHECKPOINT}: {error}")
             return
-        payload, problems = open_envelope(envelope, self.identity, dsse.CHECKPOINT,
-                                          layout.CHECKPOINT)
-        if payload is not None:
-            self.checkpoint, more = checkpoint_fields(payload, layout.CHECKPOINT)
-            problems += more
+        self.checkpoint, problems = open_checkpoint(envelope, self.identity, layout.CHECKPOINT)
         if self.checkpoint is not None and self.identity is not None \
                 and self.identity.station_id is not None \
                 and self.checkpoint.get("station_id") != self.identity.station_id:
@@ -332,12 +328,7 @@ class _BundleCheck:
             if not isinstance(item, dict):
                 self.problem(f"checkpoint-field: {where} is not a JSON object")
                 continue
-            payload, problems = open_envelope(item.get("envelope"), self.identity,
-                                              dsse.CHECKPOINT, where)
-            old = None
-            if payload is not None:
-                old, more = checkpoint_fields(payload, where)
-                problems += more
+            old, problems = open_checkpoint(item.get("envelope"), self.identity, where)
             for p in problems:
                 self.problem(p)
             if old is None:

@@ -288,6 +288,16 @@ def manifest_digest(manifest: Any) -> tuple[str | None, int | None]:
 
 # --- checkpoints -------------------------------------------------------------------------
 
+def open_checkpoint(envelope: Any, identity: Identity | None,
+                    what: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """A signed checkpoint's checked fields (None if unusable) and every problem found."""
+    payload, problems = open_envelope(envelope, identity, dsse.CHECKPOINT, what)
+    if payload is None:
+        return None, problems
+    fields, more = checkpoint_fields(payload, what)
+    return fields, problems + more
+
+
 def checkpoint_fields(payload: bytes, what: str) -> tuple[dict[str, Any] | None, list[str]]:
     """A checkpoint payload {station_id, size, root, at}, checked; None if unusable."""
     value, problems = parse_canonical(payload, "checkpoint-field", what)

@@ -35,12 +35,12 @@ from agent.verify.checks import (
     Digest,
     Identity,
     check_certificate,
-    checkpoint_fields,
     hash_paths,
     history_problems,
     load_identity,
     manifest_digest,
     manifest_problems,
+    open_checkpoint,
     open_envelope,
     parse_canonical,
     seal_link_problems,
@@ -126,11 +126,7 @@ def _check_checkpoints(store: Store, report: Report, identity: Identity | None,
         except json.JSONDecodeError as exc:
             report.problem(f"checkpoint-field: {where}: envelope is not JSON: {exc}")
             continue
-        payload, problems = open_envelope(envelope, identity, dsse.CHECKPOINT, where)
-        body = None
-        if payload is not None:
-            body, more = checkpoint_fields(payload, where)
-            problems += more
+        body, problems = open_checkpoint(envelope, identity, where)
         for p in problems:
             report.problem(p)
         if body is None:
