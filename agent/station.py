@@ -84,14 +84,8 @@ class Station:
             raise
 
     def stop(self) -> None:
+        """Stop in the reverse order of start; the copy in progress is cancelled."""
         self._stopping.set()
-        if self.store is not None:
-            try:
-                with self.store.transaction() as tx:
-                    # Nobody watches the docks once the agent stops.
-                    tx.execute("UPDATE devices SET docked_handle = NULL")
-            except Exception:
-                log.exception("could not clear docked devices")
         while self._stops:
             stop = self._stops.pop()
             try:
@@ -104,7 +98,14 @@ class Station:
         self._lock_data_dir(data_dir)
         self.store = Store(data_dir / "state.db", station_id=self.config.station.id)
         self._stops.append(self.store.close)
+        self._stops.append(self._clear_docked)  # after every session ended, before close
         self.vault = Vault(data_dir / "vault")
+
+    def _clear_docked(self) -> None:
+        assert self.store is not None
+        with self.store.transaction() as tx:
+            # Nobody watches the docks once the agent stops.
+            tx.execute("UPDATE devices SET docked_handle = NULL")
 
     def _lock_data_dir(self, data_dir: Path) -> None:
         """One agent per data_dir: a second one would reclaim the first one's copies."""
