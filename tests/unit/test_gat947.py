@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,7 +29,6 @@ from agent.custody.keys import keyid_of, load_certificate
 from agent.errors import ConfigError, DeviceError, DeviceGoneError
 from agent.timeutil import parse_rfc3339, rfc3339
 from drivers import gat947
-from drivers.base import Device
 from drivers.gat947 import (
     TIME,
     Command,
@@ -47,6 +45,7 @@ from drivers.gat947 import (
 )
 from drivers.gat947_sim import Gat947Sim
 from drivers.simcam import GAP_S, make_camera
+from tests.support.detectors import DockEvents
 from tests.support.stations import running_station
 
 PASSWORD = "Zfy#2024-dock"
@@ -377,26 +376,8 @@ def test_a_camera_whose_port_leaves_with_the_switch_stays_docked(rig: Rig) -> No
 
 # --- the detector ----------------------------------------------------------------------------
 
-class Events:
-    def __init__(self) -> None:
-        self.log: list[tuple[str, str]] = []
-        self.devices: list[Device] = []
-        self._cond = threading.Condition()
-
-    def on_dock(self, device: Device) -> None:
-        with self._cond:
-            self.log.append(("dock", device.handle))
-            self.devices.append(device)
-            self._cond.notify_all()
-
-    def on_undock(self, handle: str) -> None:
-        with self._cond:
-            self.log.append(("undock", handle))
-            self._cond.notify_all()
-
-    def wait(self, predicate: Callable[[list[tuple[str, str]]], bool]) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: predicate(self.log), timeout=WAIT_S), self.log
+def Events() -> DockEvents:
+    return DockEvents(WAIT_S)
 
 
 def test_the_detector_docks_a_port_once_and_undocks_it(rig: Rig) -> None:
@@ -407,7 +388,7 @@ def test_the_detector_docks_a_port_once_and_undocks_it(rig: Rig) -> None:
     detector.start(events.on_dock, events.on_undock)
     try:
         events.wait(lambda log: log == [("dock", sim.port)])
-        docked = events.devices[0]
+        docked = next(iter(events.devices.values()))
         assert detector.scan() == [docked] and detector.scan()[0] is docked
         # A second detector (``run --once`` makes new ones) gets the same device object.
         assert Gat947Detector(config).scan()[0] is docked

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.configschema import load_section
 from drivers import REGISTRY
-from drivers.base import Device, DeviceInfo
+from drivers.base import DeviceInfo
 from drivers.mass_storage import (
     MassStorageConfig,
     MassStorageDetector,
@@ -27,6 +26,7 @@ from drivers.mass_storage import (
     read_mounts,
     usb_device_dir,
 )
+from tests.support.detectors import DockEvents
 
 REPO_CATALOG = Path(__file__).resolve().parents[2] / "config" / "devices.toml"
 WAIT_S = 15.0
@@ -60,26 +60,8 @@ def add_usb_disk(sysfs: Path, block: str, *, vid: str, pid: str, serial: str | N
     return usb
 
 
-class Events:
-    def __init__(self) -> None:
-        self.log: list[tuple[str, str]] = []
-        self.devices: dict[str, Device] = {}
-        self._cond = threading.Condition()
-
-    def on_dock(self, device: Device) -> None:
-        with self._cond:
-            self.log.append(("dock", device.handle))
-            self.devices[device.handle] = device
-            self._cond.notify_all()
-
-    def on_undock(self, handle: str) -> None:
-        with self._cond:
-            self.log.append(("undock", handle))
-            self._cond.notify_all()
-
-    def wait(self, predicate: Callable[[list[tuple[str, str]]], bool]) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: predicate(self.log), timeout=WAIT_S), self.log
+def Events() -> DockEvents:
+    return DockEvents(WAIT_S)
 
 
 @pytest.fixture

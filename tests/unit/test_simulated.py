@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from agent.configschema import load_section
 from agent.errors import DeviceError
 from drivers import REGISTRY, catalog, simcam
-from drivers.base import Detector, Device
+from drivers.base import Detector
 from drivers.simulated import (
     IDENTITY_FILE,
     SimulatedConfig,
@@ -24,6 +23,7 @@ from drivers.simulated import (
     SimulatedDevice,
     make_detector,
 )
+from tests.support.detectors import DockEvents
 
 REPO_CATALOG = Path(__file__).resolve().parents[2] / "config" / "devices.toml"
 WAIT_S = 15.0  # upper bound for watchdog delivery; the tests do not depend on its speed
@@ -35,28 +35,8 @@ IDENTITY = {
 }
 
 
-class Events:
-    """Collects dock/undock callbacks; waits for a condition with threading.Condition."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, str]] = []
-        self.devices: dict[str, Device] = {}
-        self._cond = threading.Condition()
-
-    def on_dock(self, device: Device) -> None:
-        with self._cond:
-            self.log.append(("dock", device.handle))
-            self.devices[device.handle] = device
-            self._cond.notify_all()
-
-    def on_undock(self, handle: str) -> None:
-        with self._cond:
-            self.log.append(("undock", handle))
-            self._cond.notify_all()
-
-    def wait(self, predicate: Callable[[list[tuple[str, str]]], bool]) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: predicate(self.log), timeout=WAIT_S), self.log
+def Events() -> DockEvents:
+    return DockEvents(WAIT_S)
 
 
 @pytest.fixture
