@@ -51,24 +51,7 @@ from agent.errors import DeviceError
 from agent.timeutil import rfc3339
 from drivers import catalog as catalog_mod
 from drivers.base import Detector, Device, DeviceInfo, DriverSpec, Listing, Recording
-from drivers.gat947_wire import (  # noqa: F401 - the wire API is re-exported here
-    RESOLUTION,
-    RESPONSE_BIT,
-    TIME,
-    ZFY_SIZE,
-    Command,
-    Frame,
-    FrameError,
-    FrameParser,
-    Gat947Client,
-    Password,
-    Status,
-    ZfyInfo,
-    crc16_ccitt,
-    decode,
-    encode,
-    read_password,
-)
+from drivers.gat947_wire import Gat947Client, Password, read_password
 from drivers.mass_storage import MassStorageConfig, MassStorageDevice, read_mounts, usb_for_source
 
 log = logging.getLogger(__name__)

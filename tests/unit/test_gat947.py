@@ -29,21 +29,19 @@ from agent.custody.keys import keyid_of, load_certificate
 from agent.errors import ConfigError, DeviceError, DeviceGoneError
 from agent.timeutil import parse_rfc3339, rfc3339
 from drivers import gat947
-from drivers.gat947 import (
+from drivers.gat947 import Gat947Config, Gat947Detector, Gat947Device
+from drivers.gat947_sim import Gat947Sim
+from drivers.gat947_wire import (
     TIME,
     Command,
     Frame,
     FrameError,
     FrameParser,
-    Gat947Config,
-    Gat947Detector,
-    Gat947Device,
     ZfyInfo,
     crc16_ccitt,
     decode,
     encode,
 )
-from drivers.gat947_sim import Gat947Sim
 from drivers.simcam import GAP_S, make_camera
 from tests.support.detectors import DockEvents
 from tests.support.stations import running_station
