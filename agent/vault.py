@@ -117,8 +117,14 @@ class Vault:
             raise StoreError(f"cannot remove vault object {sha256}: {exc.strerror}") from exc
 
     def free_bytes(self) -> int:
-        stat = os.statvfs(self.root)
-        return stat.f_bavail * stat.f_frsize
+        return int(disk_usage(self.root)["free_bytes"])
+
+
+def disk_usage(path: Path) -> dict[str, int]:
+    """Free and total bytes of the file system holding ``path``."""
+    stat = os.statvfs(path)
+    return {"free_bytes": stat.f_bavail * stat.f_frsize,
+            "total_bytes": stat.f_blocks * stat.f_frsize}
 
 
 def hash_file(path: Path, *, drop_cache: bool = False,

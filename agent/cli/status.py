@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from agent.cli.common import add_config_arg, human_size, load_config, open_store, print_json
 from agent.config import Config
 from agent.store import STATES, Store
+from agent.vault import disk_usage
 
 BACKLOG_STATES = ("discovered", "copying", "copied", "sealed", "uploading", "uploaded")
 
@@ -22,28 +22,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def collect(config: Config, store: Store) -> dict[str, Any]:
     counts = store.counts_by_state()
-    devices = [
-        {"serial": r["serial"], "model": r["model"], "officer_id": r["officer_id"],
-         "docked": r["docked_handle"] is not None, "last_seen": r["last_seen"],
-         "clock_offset_s": r["clock_offset_s"]}
-        for r in store.query("SELECT * FROM devices ORDER BY serial")
-    ]
-    stat = os.statvfs(config.data_dir)
-    pending = store.query_one("SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL")
     checkpoint = store.query_one("SELECT size, at FROM checkpoints ORDER BY size DESC LIMIT 1")
     last_ack = store.query_one("SELECT MAX(acknowledged_at) AS at FROM clips")
     return {
         "station_id": config.station.id,
         "data_dir": str(config.data_dir),
-        "devices": devices,
+        "devices": store.device_summaries(),
         "clips": {state: counts.get(state, 0) for state in STATES},
         "backlog": sum(counts.get(s, 0) for s in BACKLOG_STATES),
-        "disk": {"free_bytes": stat.f_bavail * stat.f_frsize,
-                 "total_bytes": stat.f_blocks * stat.f_frsize},
+        "disk": disk_usage(config.data_dir),
         "log": {"size": store.log_size(),
                 "checkpoint": dict(checkpoint) if checkpoint else None},
         "sync": {"platform": config.platform is not None,
-                 "outbox_pending": int(pending["n"]) if pending else 0,
+                 "outbox_pending": store.outbox_backlog(),
                  "last_ack": last_ack["at"] if last_ack else None},
     }
 

@@ -251,6 +251,20 @@ class Store:
         rows = self.query("SELECT state, COUNT(*) AS n FROM clips GROUP BY state")
         return {r["state"]: int(r["n"]) for r in rows}
 
+    def device_summaries(self) -> list[dict[str, Any]]:
+        """Every device seen, as the status report (CLI and MQTT) shows it."""
+        return [
+            {"serial": r["serial"], "model": r["model"], "officer_id": r["officer_id"],
+             "docked": r["docked_handle"] is not None, "last_seen": r["last_seen"],
+             "clock_offset_s": r["clock_offset_s"]}
+            for r in self.query("SELECT * FROM devices ORDER BY serial")
+        ]
+
+    def outbox_backlog(self) -> int:
+        """Events not yet acknowledged by the broker."""
+        row = self.query_one("SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL")
+        return int(row["n"]) if row else 0
+
     def log_size(self) -> int:
         row = self.query_one("SELECT COALESCE(MAX(seq), 0) AS n FROM custody_log")
         return int(row["n"]) if row else 0

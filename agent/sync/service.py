@@ -27,7 +27,7 @@ from agent.sync.retention import purge, release_acknowledged, sweep_purged
 from agent.sync.storeoutbox import StoreOutbox
 from agent.sync.uploader import Uploader
 from agent.timeutil import now
-from agent.vault import Vault
+from agent.vault import Vault, disk_usage
 from drivers.base import Device, DeviceInfo
 
 if TYPE_CHECKING:
@@ -175,17 +175,12 @@ class SyncService:
 
     def status(self) -> dict[str, Any]:
         counts = self.store.counts_by_state()
-        stat_fs = os.statvfs(self.config.data_dir)
-        devices = [{"serial": r["serial"], "model": r["model"], "officer_id": r["officer_id"],
-                    "docked": r["docked_handle"] is not None}
-                   for r in self.store.query("SELECT * FROM devices ORDER BY serial")]
         return {
             "station_id": self.config.station.id,
-            "devices": devices,
+            "devices": self.store.device_summaries(),
             "clips": counts,
             "backlog": {s: counts.get(s, 0) for s in ("discovered", "copied", *IN_FLIGHT)},
-            "disk": {"free_bytes": stat_fs.f_bavail * stat_fs.f_frsize,
-                     "total_bytes": stat_fs.f_blocks * stat_fs.f_frsize},
+            "disk": disk_usage(self.config.data_dir),
             "outbox": self.outbox.backlog(),
             "last_sync": self._last_sync,
         }

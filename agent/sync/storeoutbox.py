@@ -40,5 +40,4 @@ class StoreOutbox:
         self.store.outbox_signal.wait(timeout)
 
     def backlog(self) -> int:
-        row = self.store.query_one("SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL")
-        return int(row["n"]) if row else 0
+        return self.store.outbox_backlog()
