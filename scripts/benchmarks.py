@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--size-gib", type=float, default=1.0)
     up.add_argument("--chunk-mib", type=int, default=32,
                     help="bytes per PATCH (the station's platform.upload_chunk_mib)")
+    up.add_argument("--repeat", type=int, default=9, help="runs per contender; medians")
     up.add_argument("--workdir", type=Path, default=OUT / "upload")
     ver = sub.add_parser("verify", help="verify hashing vs openssl dgst")
     ver.add_argument("--size-gib", type=float, default=1.0)
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.repeat)
     elif args.what == "upload":
         from scripts.bench_upload import bench_upload
-        result = bench_upload(args.size_gib, args.workdir, args.chunk_mib)
+        result = bench_upload(args.size_gib, args.workdir, args.chunk_mib, args.repeat)
     else:
         from scripts.bench_upload import bench_verify
         result = bench_verify(args.size_gib, args.workdir)

@@ -8,8 +8,10 @@ Invariants:
 - TLS certificate verification is always on: ``session.verify`` is the
   configured CA file.  Plain ``http://`` only with ``allow_http=True``
   (development), and an upload URL never downgrades the endpoint's scheme.
-- At most one chunk (``chunk_size`` bytes) of a file is in memory at a
-  time; a file is never read whole.
+- A PATCH body is read from the file in small pieces just before they go
+  out (``_PIECE``, one reused buffer), so memory does not grow with
+  ``chunk_size`` (the bytes per PATCH, i.e. the resume granularity) and a
+  file is never read whole.
 - The offset passed to ``on_progress`` is the one the server confirmed
   (``Upload-Offset`` of the PATCH response).  After any failure the caller
   resumes from the server's ``offset()``, never from its own count.
@@ -51,6 +53,11 @@ DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 _RETRYABLE_STATUS = frozenset({408, 423, 429, 460})
 _MAX_CONFLICTS = 3  # consecutive 409s before giving the problem back to the caller
 _THROTTLE_BLOCK = 16 * 1024
+# Bytes read from the file per send.  Measured (scripts/bench upload, 1 GiB, 10
+# interleaved runs): sending each 32 MiB chunk from one 32 MiB buffer ran at
+# 0.87x curl, 256 KiB pieces at 1.15x; the small buffer stays in the CPU cache
+# while it is encrypted, instead of streaming 32 MiB through memory twice.
+_PIECE = 256 * 1024
 _HASH_BLOCK = 1024 * 1024
 
 
@@ -118,33 +125,34 @@ class RateLimiter:
             time.sleep(deficit / self.rate)
 
 
-class _ThrottledBody:
-    """One chunk as a file-like body of known length whose reads are paced.
+class _FileBody:
+    """``length`` bytes of an open file at ``offset``, as a request body of known length.
 
     requests sends it with Content-Length (it has ``__len__``) and urllib3
-    reads it block by block, so the pacing follows the bytes as they go out.
+    sends each piece the iterator yields with ``sendall`` before it asks for
+    the next, so one buffer is reused for every piece.  With a rate limiter the
+    pieces are small and paced, so the cap follows the bytes as they go out.
     """
 
-    def __init__(self, data: memoryview, limiter: RateLimiter) -> None:
-        self._view = data
-        self._pos = 0
+    def __init__(self, fd: int, path: Path, offset: int, length: int,
+                 limiter: RateLimiter | None) -> None:
+        self._fd, self._path, self._offset, self._length = fd, path, offset, length
         self._limiter = limiter
+        piece = _THROTTLE_BLOCK if limiter is not None else _PIECE
+        self._buffer = memoryview(bytearray(max(1, min(piece, length))))
 
     def __len__(self) -> int:
-        return len(self._view) - self._pos
+        return self._length
 
-    def __iter__(self) -> Iterator[bytes]:
-        while block := self.read(_THROTTLE_BLOCK):
-            yield block
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view),
-                                                                     self._pos + size)
-        block = bytes(self._view[self._pos:end])
-        self._pos = end
-        if block:
-            self._limiter.consume(len(block))
-        return block
+    def __iter__(self) -> Iterator[memoryview]:
+        done = 0
+        while done < self._length:
+            view = self._buffer[:min(len(self._buffer), self._length - done)]
+            _read_into(self._fd, self._path, view, self._offset + done)
+            done += len(view)
+            if self._limiter is not None:
+                self._limiter.consume(len(view))
+            yield view
 
 
 def encode_metadata(metadata: dict[str, str]) -> str:
@@ -316,20 +324,18 @@ class TusClient:
             size = os.fstat(fd).st_size
             if size != total:
                 raise IntegrityError(f"{path} is {size} bytes but its upload length is {total}")
-            # One buffer for the whole upload: one chunk in memory, and no fresh
-            # allocation (page faults, measured ~15% of the time) per chunk.
-            buffer = memoryview(bytearray(min(self.chunk_size, total - start)))
             hasher = _Prehasher(fd, path, algorithm) if algorithm else None
             offset = start
             conflicts = 0
             while offset < total:
-                length = min(len(buffer), total - offset)
+                length = min(self.chunk_size, total - offset)
                 checksum = None
                 if hasher is not None:
                     checksum = hasher.checksum(offset, length)
                     ahead = offset + length
-                    hasher.prefetch(ahead, min(len(buffer), total - ahead))
-                confirmed = self._send_chunk(upload_url, fd, path, buffer[:length],
+                    hasher.prefetch(ahead, min(self.chunk_size, total - ahead))
+                confirmed = self._send_chunk(upload_url, _FileBody(fd, path, offset, length,
+                                                                   self._limiter),
                                              offset=offset, checksum=checksum)
                 if confirmed is None:  # 409: the server holds a different offset
                     conflicts += 1
@@ -362,17 +368,12 @@ class TusClient:
             return "sha256"
         return None
 
-    def _send_chunk(self, url: str, fd: int, path: Path, chunk: memoryview, *, offset: int,
+    def _send_chunk(self, url: str, body: _FileBody, *, offset: int,
                     checksum: str | None) -> int | None:
-        """PATCH the bytes at ``offset``, read into ``chunk``; the new offset, or None on 409."""
-        _read_into(fd, path, chunk, offset)
+        """PATCH ``body`` (the file's bytes at ``offset``); the new offset, or None on 409."""
         headers = {"Content-Type": OFFSET_CONTENT_TYPE, "Upload-Offset": str(offset)}
         if checksum is not None:
             headers["Upload-Checksum"] = checksum
-        # A memoryview goes to socket.sendall as is: no copy on the way out.
-        body: memoryview | _ThrottledBody = chunk
-        if self._limiter is not None:
-            body = _ThrottledBody(chunk, self._limiter)
         resp = self._send("PATCH", url, headers=headers, data=body)
         if resp.status_code == 409:
             return None
@@ -380,15 +381,15 @@ class TusClient:
             raise self._status_error(resp, "PATCH", url, upload=True)
         confirmed = self._header_offset(resp, "PATCH", url)
         if confirmed == offset:
-            raise TransportError(f"tus PATCH {url}: the server accepted none of {len(chunk)} "
+            raise TransportError(f"tus PATCH {url}: the server accepted none of {len(body)} "
                                  f"bytes at offset {offset}")
-        if not offset < confirmed <= offset + len(chunk):
+        if not offset < confirmed <= offset + len(body):
             raise TransportError(f"tus PATCH {url}: server confirmed offset {confirmed} after "
-                                 f"{len(chunk)} bytes at {offset}", retryable=False)
+                                 f"{len(body)} bytes at {offset}", retryable=False)
         return confirmed
 
     def _send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-              data: memoryview | _ThrottledBody | None = None) -> requests.Response:
+              data: _FileBody | None = None) -> requests.Response:
         """The one place where requests/ssl/socket exceptions become TransportError."""
         try:
             return self._session.request(method, url, headers=headers, data=data,  # type: ignore[arg-type]
@@ -430,7 +431,7 @@ class _Prehasher:
     The digest is a header, so it must be known before the body goes out;
     hashing in line stalled the link for every chunk (measured: sha256 was
     ~15% of the upload time at 8 MiB chunks).  The helper reads the file with
-    its own 1 MiB buffer, so memory stays at one chunk plus 1 MiB.  hashlib,
+    its own 1 MiB buffer, so memory stays at one piece plus 1 MiB.  hashlib,
     pread and the TLS socket all release the GIL, so the two threads overlap.
     """
 
