@@ -22,7 +22,8 @@ Invariants:
   makes every acknowledged offset durable instead.
 - Request paths never become file names: upload ids are 32 hex digits made
   here and checked on every request.
-- Memory per request is bounded by one 1 MiB buffer, whatever the body size.
+- Memory per request is bounded by one 1 MiB buffer (three with a checksum,
+  hashed on a helper thread), whatever the body size.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import signal
@@ -57,6 +59,7 @@ TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 DEFAULT_MAX_SIZE = 64 * 1024**3
 _BUFFER = 1024 * 1024
+_HASH_BUFFERS = 3
 _DRAIN_LIMIT = 64 * 1024 * 1024  # bigger unwanted bodies: answer and close instead
 _LOCK_WAIT_S = 10.0
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -557,33 +560,79 @@ class _Handler(BaseHTTPRequestHandler):
         tus = self.server.tus
         cut = tus.take_cut()
         limit = length if cut is None else min(length, cut)
-        buf = memoryview(bytearray(min(_BUFFER, max(limit, 1))))
+        size = min(_BUFFER, max(limit, 1))
+        background = _BackgroundHash(hasher, size) if hasher is not None else None
+        single = memoryview(bytearray(size if background is None else 0))
         got, failed = 0, False
-        while got < limit and not failed:
-            want, filled = min(len(buf), limit - got), 0
-            while filled < want:
-                try:
-                    # readinto1: one socket read per call, so a reset loses nothing counted.
-                    n = self.rfile.readinto1(buf[filled:want])
-                except OSError:
-                    n = 0
-                if not n:
-                    failed = True
-                    break
-                filled += n
-            if corrupt and filled:
-                buf[0] ^= 0xFF  # damage on the way, as a bad link or proxy would
-                corrupt = False
-            _write_all(fd, buf[:filled])
-            if hasher is not None:
-                hasher.update(buf[:filled])
-            got += filled
-            tus.count(filled)
+        try:
+            while got < limit and not failed:
+                buf = single if background is None else background.free_buffer()
+                filled, failed = self._read_block(buf, min(len(buf), limit - got))
+                if corrupt and filled:
+                    buf[0] ^= 0xFF  # damage on the way, as a bad link or proxy would
+                    corrupt = False
+                _write_all(fd, buf[:filled])
+                if background is not None:
+                    background.submit(buf, filled)
+                got += filled
+                tus.count(filled)
+        finally:
+            if background is not None:
+                background.finish()
         if cut is not None and got < length:
             log.info("fault injection: cutting the connection after %d body bytes", got)
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
         return got, got == length
+
+    def _read_block(self, buf: memoryview, want: int) -> tuple[int, bool]:
+        """Fill ``buf[:want]`` from the body: (bytes read, connection failed)."""
+        filled = 0
+        while filled < want:
+            try:
+                # readinto1: one socket read per call, so a reset loses nothing counted.
+                n = self.rfile.readinto1(buf[filled:want])
+            except OSError:
+                n = 0
+            if not n:
+                return filled, True
+            filled += n
+        return filled, False
+
+
+class _BackgroundHash:
+    """Hashes body blocks on a helper thread while the connection reads the next one.
+
+    hashlib releases the GIL, so the digest no longer adds to the time the
+    connection thread spends per byte.  Buffers rotate: one being read, the
+    others waiting to be hashed.
+    """
+
+    def __init__(self, hasher: Any, size: int) -> None:
+        self._hasher = hasher
+        self._free: queue.Queue[memoryview] = queue.Queue()
+        for _ in range(_HASH_BUFFERS):
+            self._free.put(memoryview(bytearray(size)))
+        self._todo: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="tus-hash", daemon=True)
+        self._thread.start()
+
+    def free_buffer(self) -> memoryview:
+        return self._free.get()
+
+    def submit(self, buf: memoryview, n: int) -> None:
+        self._todo.put((buf, n))
+
+    def finish(self) -> None:
+        """Wait until every submitted block is hashed."""
+        self._todo.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            buf, n = item
+            self._hasher.update(buf[:n])
+            self._free.put(buf)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
