@@ -26,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import logging
 import os
@@ -62,11 +63,17 @@ _HASH_BLOCK = 1024 * 1024
 
 
 class TusStatusError(TransportError):
-    """The server answered with an HTTP status the protocol step does not accept."""
+    """The server answered with an HTTP status the protocol step does not accept.
 
-    def __init__(self, message: str, *, status: int, retryable: bool) -> None:
+    ``retry_after_s``: how long the server asked the client to wait
+    (Retry-After, RFC 9110 section 10.2.3), when it said so.
+    """
+
+    def __init__(self, message: str, *, status: int, retryable: bool,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(message, retryable=retryable)
         self.status = status
+        self.retry_after_s = retry_after_s
 
 
 class UploadGone(TusStatusError):
@@ -84,6 +91,26 @@ class ServerCaps:
     extensions: frozenset[str]
     checksum_algorithms: frozenset[str]
     max_size: int | None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP-date).
+
+    None when the header is absent or malformed; a date in the past is 0.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is always GMT
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
 
 
 def backoff_delay(attempt: int, base: float = 1.0, cap: float = 300.0) -> float:
@@ -414,7 +441,8 @@ class TusClient:
         if upload and status in (404, 410):
             return UploadGone(message, status=status)
         retryable = status >= 500 or status in _RETRYABLE_STATUS
-        return TusStatusError(message, status=status, retryable=retryable)
+        return TusStatusError(message, status=status, retryable=retryable,
+                              retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
 
     @staticmethod
     def _header_offset(resp: requests.Response, method: str, url: str) -> int:

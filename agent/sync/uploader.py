@@ -19,12 +19,14 @@ from pathlib import Path
 from agent.config import Config
 from agent.errors import AgentError, IntegrityError, StoreError, TransportError
 from agent.store import ClipState, Store
-from agent.sync.tus import RateLimiter, TusClient, UploadGone, backoff_delay
+from agent.sync.tus import RateLimiter, TusClient, TusStatusError, UploadGone, backoff_delay
 from agent.timeutil import now
 from agent.vault import Vault
 
 log = logging.getLogger(__name__)
 S = ClipState
+# The longest Retry-After honoured: a server asking for more is waited on this long.
+MAX_RETRY_AFTER_S = 6 * 3600.0
 
 
 class Uploader:
@@ -190,7 +192,13 @@ class Uploader:
             self._quarantine(clip_id, f"upload refused by the platform: {exc}")
             return
         delay = backoff_delay(attempts, base=1.0, cap=float(self.platform.retry_max_s))
-        log.warning("clip %s: upload attempt %d failed (%s); retrying in %.1f s", clip_id,
-                    attempts, exc, delay)
+        asked = exc.retry_after_s if isinstance(exc, TusStatusError) else None
+        if asked is not None and asked > delay:
+            # The platform said when it can take the upload again (429/503 Retry-After):
+            # coming back earlier would only load it while it recovers.
+            delay = min(asked, MAX_RETRY_AFTER_S)
+        log.warning("clip %s: upload attempt %d failed (%s); retrying in %.1f s%s", clip_id,
+                    attempts, exc, delay, "" if asked is None else
+                    f" (the server asked for {asked:.0f} s)")
         with self.store.transaction() as tx:
             tx.update_clip(clip_id, upload_attempts=attempts, next_attempt_at=time.time() + delay)

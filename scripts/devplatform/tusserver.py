@@ -139,6 +139,8 @@ class TusServer:
         # Fault injection, settable while running: the next N requests get 500;
         # the next PATCH has its connection cut after this many body bytes.
         self.fail_next = 0
+        self.fail_status = 500  # e.g. 503 with fail_retry_after, as a platform under load
+        self.fail_retry_after: str | None = None  # Retry-After value sent with the failures
         self.cut_after: int | None = None
         self.corrupt_next = False  # flip a byte of the next checksummed chunk (-> 460)
         self.bytes_received = 0  # PATCH body bytes read, all uploads, for tests
@@ -319,7 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
         tus = self.server.tus
         try:
             if tus.take_failure():
-                self._reply(500, "injected failure")
+                self._reply(tus.fail_status, "injected failure",
+                            {"Retry-After": tus.fail_retry_after}
+                            if tus.fail_retry_after is not None else None)
             elif self.command != "OPTIONS" and self.headers.get("Tus-Resumable") != TUS_VERSION:
                 self._reply(412, f"Tus-Resumable must be {TUS_VERSION}",
                             {"Tus-Version": TUS_VERSION})

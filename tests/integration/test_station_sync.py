@@ -207,6 +207,27 @@ def test_upload_server_errors_back_off_then_succeed(stand: DevStand, tmp_path: P
     assert attempts >= 2, "the failures were retried"
 
 
+def test_upload_waits_as_long_as_the_platforms_retry_after(stand: DevStand,
+                                                          tmp_path: Path) -> None:
+    # retry_max_s = 1: the back-off alone would come back within a second.
+    config = _station(stand, tmp_path)
+    _camera(config, clips=1)
+    tus = stand.platform.tus
+    tus.fail_next, tus.fail_status, tus.fail_retry_after = 1, 503, "3600"
+    try:
+        with running_station(config) as station:
+            started = time.time()
+            summary = station.run_once(platform_timeout_s=3)
+    finally:
+        tus.fail_next, tus.fail_status, tus.fail_retry_after = 0, 500, None
+    assert not summary.ok
+    db = sqlite3.connect(config.data_dir / "state.db")
+    (state, attempts, next_attempt_at), = db.execute(
+        "SELECT state, upload_attempts, next_attempt_at FROM clips").fetchall()
+    assert (state, attempts) == ("uploading", 1)  # not retried within the run, not quarantined
+    assert started + 3600 - 5 <= next_attempt_at <= time.time() + 3600
+
+
 def test_connection_cut_mid_patch_resumes_from_server_offset(stand: DevStand,
                                                               tmp_path: Path) -> None:
     config = _station(stand, tmp_path, platform_extra="retry_max_s = 1\nupload_chunk_mib = 1\n")

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from agent.sync.tus import (
     UploadGone,
     backoff_delay,
     encode_metadata,
+    parse_retry_after,
 )
 from scripts.devplatform.tusserver import CompletedUpload, TusServer, parse_metadata
 
@@ -389,6 +391,34 @@ def test_server_protocol_errors(server: TusServer, pki: Pki) -> None:
             "Upload-Metadata": "k not-base64!"}).status_code == 400
         assert s.head(server.url + "../../etc/passwd", headers=base,
                       timeout=10).status_code == 404
+
+
+def test_retry_after_is_read_from_a_503(server: TusServer, pki: Pki) -> None:
+    server.fail_next, server.fail_status, server.fail_retry_after = 1, 503, "120"
+    with client_for(server, pki) as client, pytest.raises(TusStatusError) as caught:
+        client.create(10, {"clip_id": "c"})
+    assert (caught.value.status, caught.value.retryable) == (503, True)
+    assert caught.value.retry_after_s == 120.0
+    server.fail_next, server.fail_status = 1, 500
+    server.fail_retry_after = None
+    with client_for(server, pki) as client, pytest.raises(TusStatusError) as caught:
+        client.create(10, {"clip_id": "c"})
+    assert caught.value.retry_after_s is None
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("120", 120.0),
+    (" 0 ", 0.0),
+    ("Sun, 29 Nov 2026 00:01:40 GMT", 100.0),   # an HTTP-date 100 s after "now"
+    ("Sat, 28 Nov 2026 00:00:00 GMT", 0.0),     # in the past: go now
+    (None, None),
+    ("-5", None),
+    ("soon", None),
+    ("1.5", None),
+])
+def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
+    now = datetime(2026, 11, 29, 0, 0, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after(value, now=now) == seconds
 
 
 def test_backoff_delay_is_full_jitter_under_the_cap() -> None:
