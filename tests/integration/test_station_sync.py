@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from agent import config as config_mod
+from agent.cli.main import main as cli_main
 from agent.config import Config
 from agent.custody.keys import StationKey
 from agent.station import Station
@@ -226,6 +227,48 @@ def test_upload_waits_as_long_as_the_platforms_retry_after(stand: DevStand,
         "SELECT state, upload_attempts, next_attempt_at FROM clips").fetchall()
     assert (state, attempts) == ("uploading", 1)  # not retried within the run, not quarantined
     assert started + 3600 - 5 <= next_attempt_at <= time.time() + 3600
+
+
+def test_requeue_sends_a_refused_clip_again(stand: DevStand, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    config = _station(stand, tmp_path)
+    _camera(config, clips=1)
+    tus = stand.platform.tus
+    tus.fail_next, tus.fail_status = 1, 413  # a 4xx that will never succeed: quarantined
+    try:
+        with running_station(config) as station:
+            assert not station.run_once(platform_timeout_s=10).ok
+    finally:
+        tus.fail_next, tus.fail_status = 0, 500
+    (clip_id, state), = _states(config).items()
+    assert state == "quarantined"
+    config_path = str(config.source)
+
+    # The cause is fixed on the platform; the operator requeues the clip.
+    assert cli_main(["requeue", "--config", config_path, "--clip", clip_id[:12],
+                     "--note", "INC-4711 upload size limit raised"]) == 0
+    out = capsys.readouterr().out
+    assert f"{clip_id}  " in out and "quarantined -> sealed (was: upload refused by the " \
+        "platform: tus POST" in out and "HTTP 413" in out
+    assert _states(config) == {clip_id: "sealed"}
+    entry, = [e for e in _log_kinds(config, "clip.sealed") if e.get("requeued_by")]
+    assert entry["from"] == "quarantined" and entry["note"] == "INC-4711 upload size limit raised"
+    assert "HTTP 413" in entry["previous_reason"]
+
+    with running_station(config) as station:
+        assert station.run_once(platform_timeout_s=30).ok
+    assert _states(config) == {clip_id: "released"}
+    # The detour is part of the custody history, and the history still verifies.
+    assert [(e["from"], e["to"]) for e in _log_kinds(config, "clip.sealed")] == [
+        ("copied", "sealed"), ("quarantined", "sealed")]
+    assert cli_main(["verify", str(config.data_dir)]) == 0
+    capsys.readouterr()
+
+    # Only a quarantined clip can be requeued; nothing changes otherwise.
+    assert cli_main(["requeue", "--config", config_path, "--clip", clip_id]) == 1
+    assert f"clip {clip_id} is released: only a quarantined clip can be requeued" \
+        in capsys.readouterr().err
+    assert _states(config) == {clip_id: "released"}
 
 
 def test_connection_cut_mid_patch_resumes_from_server_offset(stand: DevStand,

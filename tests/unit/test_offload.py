@@ -213,6 +213,14 @@ def test_file_changing_during_every_copy_is_quarantined_and_kept(
     assert row["sha256"] in {p.name for p in _vault_files(config.data_dir)}
     assert main(["clips", "--config", str(config.source), "--state", "quarantined"]) == 0
     assert "quarantined (file changed while being copied" in capsys.readouterr().out
+    # Nothing sealed to send again: requeue says what happens instead, and changes nothing.
+    assert main(["requeue", "--config", str(config.source), "--clip", row["clip_id"]]) == 1
+    err = capsys.readouterr().err
+    assert f"clip {row['clip_id']} was never sealed (file changed while being copied" in err
+    assert "ingested as a new clip at the next dock" in err
+    with running_station(config) as station:
+        assert station.store is not None
+        assert station.store.clip(row["clip_id"])["state"] == "quarantined"
 
 
 def test_file_that_settles_is_copied_on_retry(station_config: Callable[..., Config]) -> None:
@@ -305,7 +313,7 @@ def test_identity_is_fixed_when_the_clip_is_discovered(
 
 
 def test_an_unreadable_clip_is_tried_again_on_the_next_dock(
-        station_config: Callable[..., Config]) -> None:
+        station_config: Callable[..., Config], capsys: pytest.CaptureFixture[str]) -> None:
     from agent.errors import DeviceError
 
     config = station_config("[ingest]\nchunk_kib = 64\nchange_retries = 0\n")
@@ -323,6 +331,10 @@ def test_an_unreadable_clip_is_tried_again_on_the_next_dock(
         assert store is not None
         row = next(r for r in store.clips() if r["name"] == "BAD_SECTOR.MP4")
         assert row["state"] == "quarantined" and "unreadable on the device" in row["reason"]
+        assert main(["requeue", "--config", str(config.source), "--clip", row["clip_id"]]) == 1
+        err = capsys.readouterr().err
+        assert f"clip {row['clip_id']} could not be copied (unreadable on the device" in err
+        assert "copied again by itself the next time its camera docks" in err
         report = station.run_once().reports[0]
         row = next(r for r in store.clips() if r["name"] == "BAD_SECTOR.MP4")
     assert row["state"] == "sealed", "read fine this time: offloaded"
