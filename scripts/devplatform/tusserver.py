@@ -6,14 +6,19 @@ thread per connection.  Used by ``scripts/demo`` and by the tests, which can
 inject faults at run time (``fail_next``, ``cut_after``).
 
 Store layout (``store_dir``): ``<id>.json`` sidecar (length, metadata,
-completed) written durably, ``<id>.bin`` the data, whose size *is* the
-upload offset, and ``<id>.part`` a checksummed chunk awaiting verification.
+completed) written durably, ``<id>.bin`` the data, whose size is the upload
+offset, and ``<id>.pending`` the offset before a checksummed chunk that is
+still being received or verified (that offset is the upload's until the
+chunk verifies; the marker is removed then).
 
 Invariants:
 - Every byte counted in the offset was received in order at its offset.
-  With ``Upload-Checksum`` a chunk goes to the side file first and is
-  appended only once verified, so a mismatch (460), a disconnect or a crash
-  never leaves unverified bytes counted.  Without a checksum, what arrived
+  With ``Upload-Checksum`` a chunk is appended behind a durable pending
+  marker holding the offset before it; a mismatch (460) or a disconnect
+  truncates the data back to that offset, and a crash is undone the same way
+  at the next start, so unverified bytes are never counted.  (The chunk was
+  first written to a side file and copied over once verified: that copy took
+  as long as receiving the chunk.)  Without a checksum, what arrived
   before a disconnect is kept (as tusd does), so the client resumes after it.
 - A completed upload is on disk (fsync) before ``on_complete`` runs and before
   the final 204.  Intermediate chunks are not synced (as in tusd; syncing
@@ -37,7 +42,6 @@ import logging
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -164,6 +168,7 @@ class TusServer:
         return f"https://{self.host}:{self.port}/files/"
 
     def start(self) -> TusServer:
+        self.recover()
         self._httpd = _HTTPServer((self.host, self._port), self)
         self._port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
@@ -193,6 +198,37 @@ class TusServer:
 
     def data_path(self, upload_id: str) -> Path:
         return self.store / f"{upload_id}.bin"
+
+    def pending_path(self, upload_id: str) -> Path:
+        return self.store / f"{upload_id}.pending"
+
+    def offset(self, upload_id: str) -> int:
+        """The upload's offset: the data's size, unless a checksummed chunk is pending."""
+        try:
+            return int(self.pending_path(upload_id).read_text())
+        except FileNotFoundError:
+            return self.data_path(upload_id).stat().st_size
+
+    def undo_pending(self, upload_id: str) -> None:
+        """Drop an unverified chunk: data back to the pending offset, marker removed."""
+        marker = self.pending_path(upload_id)
+        offset = int(marker.read_text())
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.data_path(upload_id), offset)
+        marker.unlink()
+        fsync_dir(self.store)
+
+    def recover(self) -> list[str]:
+        """Undo the chunks a crash left pending; returns their upload ids."""
+        undone = []
+        for marker in sorted(self.store.glob("*.pending")):
+            upload_id = marker.stem
+            if _ID.fullmatch(upload_id):
+                self.undo_pending(upload_id)
+                undone.append(upload_id)
+                log.info("upload %s: dropped a checksummed chunk a crash left unverified",
+                         upload_id)
+        return undone
 
     def info(self, upload_id: str) -> dict[str, Any] | None:
         try:
@@ -429,7 +465,7 @@ class _Handler(BaseHTTPRequestHandler):
         if upload_id is None or info is None:
             self._reply(404, headers={"Cache-Control": "no-store"})
             return
-        headers = {"Upload-Offset": str(tus.data_path(upload_id).stat().st_size),
+        headers = {"Upload-Offset": str(tus.offset(upload_id)),
                    "Upload-Length": str(info["length"]), "Cache-Control": "no-store"}
         if info["metadata"]:
             headers["Upload-Metadata"] = encode_metadata(info["metadata"])
@@ -446,7 +482,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(423, "upload is busy")
             return
         try:
-            for suffix in (".json", ".bin", ".part"):  # sidecar first: the upload ceases to exist
+            # The sidecar first: the upload ceases to exist.
+            for suffix in (".json", ".bin", ".pending"):
                 with contextlib.suppress(FileNotFoundError):
                     (tus.store / f"{upload_id}{suffix}").unlink()
             fsync_dir(tus.store)
@@ -481,7 +518,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(423, "upload is locked by another request")
             return
         try:
-            current = tus.data_path(upload_id).stat().st_size
+            current = tus.offset(upload_id)
             if int(offset) != current:
                 self._reply(409, f"Upload-Offset {offset} does not match the upload's "
                                  f"offset {current}")
@@ -538,19 +575,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _receive_verified(self, upload_id: str, length: int, algorithm: str,
                           expected: bytes) -> int | None:
-        """Body to the side file, verify, then append; None on mismatch (nothing appended)."""
+        """Append behind a pending marker, verify; None on mismatch (nothing counted)."""
         tus = self.server.tus
-        part = tus.store / f"{upload_id}.part"
+        data = tus.data_path(upload_id)
+        start = data.stat().st_size
+        write_atomic(tus.pending_path(upload_id), str(start).encode(), 0o640)
         hasher = hashlib.new(algorithm)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+        verified = False
+        fd = os.open(data, os.O_WRONLY | os.O_APPEND)
         try:
             got, complete = self._copy_body(fd, length, hasher, tus.take_corrupt())
-            if complete and hasher.digest() == expected:
-                _append(fd, tus.data_path(upload_id), length, sync=tus.sync_every_patch)
-                return tus.data_path(upload_id).stat().st_size
+            verified = complete and hasher.digest() == expected
+            if verified:
+                if tus.sync_every_patch:
+                    os.fsync(fd)
+                # The chunk counts from here: a crash before this unlink is durable only
+                # sends the offset back (the client resends), never forward.
+                tus.pending_path(upload_id).unlink()
+                if tus.sync_every_patch:
+                    fsync_dir(tus.store)
         finally:
             os.close(fd)
-            part.unlink()
+            if not verified:
+                tus.undo_pending(upload_id)
+        if verified:
+            return start + length
         if not complete:
             log.info("upload %s: connection lost after %d of %d checksummed bytes; dropped",
                      upload_id, got, length)
@@ -642,27 +691,6 @@ class _BackgroundHash:
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         data = data[os.write(fd, data):]
-
-
-def _append(part_fd: int, data_path: Path, length: int, *, sync: bool) -> None:
-    """Append the verified side file to the data file (in the kernel where possible)."""
-    out = os.open(data_path, os.O_WRONLY | os.O_APPEND)
-    try:
-        copied = 0
-        try:
-            while copied < length:
-                n = os.copy_file_range(part_fd, out, length - copied, copied)
-                if n == 0:
-                    break
-                copied += n
-        except OSError:  # e.g. across file systems on old kernels: copy by hand
-            with open(part_fd, "rb", closefd=False) as src, open(out, "ab", closefd=False) as dst:
-                src.seek(copied)
-                shutil.copyfileobj(src, dst, _BUFFER)
-        if sync:
-            os.fsync(out)
-    finally:
-        os.close(out)
 
 
 def main(argv: list[str] | None = None) -> int:

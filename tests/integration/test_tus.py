@@ -256,6 +256,40 @@ def test_server_restart_mid_upload(
     assert sha256(completed[0].path) == sha256(source)
 
 
+def test_a_checksummed_chunk_a_crash_left_unverified_is_dropped_at_start(
+        start_server: Callable[..., TusServer], pki: Pki, tmp_path: Path,
+        completed: list[CompletedUpload]) -> None:
+    first = start_server()
+    size = 3 * MiB
+    source = make_file(tmp_path / "c.mp4", size)
+    stop_now = {"at": MiB}
+
+    def stop_after_one_chunk(offset: int) -> None:
+        if offset == stop_now["at"]:
+            first.stop()
+
+    with client_for(first, pki) as client:
+        assert client.options().checksum_algorithms >= {"sha256"}
+        url = client.create(size, {"clip_id": "c"})
+        with pytest.raises(TransportError):
+            client.upload(url, source, start=0, total=size, on_progress=stop_after_one_chunk)
+        upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+        data, marker = first.data_path(upload_id), first.pending_path(upload_id)
+        assert data.stat().st_size == MiB and not marker.exists()
+        # What a crash in the middle of the next checksummed PATCH leaves behind:
+        # the marker with the offset before the chunk, and part of the chunk.
+        marker.write_text(str(MiB))
+        with open(data, "ab") as f:
+            f.write(b"\xff" * 300_000)
+        second = start_server(port=first.port)
+        assert data.stat().st_size == MiB and not marker.exists()
+        errors: list[TransportError] = []
+        assert retrying(lambda: client.offset(url), errors) == MiB
+        assert resume(client, url, source, errors) == size
+    assert second.bytes_received == 2 * MiB
+    assert sha256(completed[0].path) == sha256(source)
+
+
 def test_too_large_upload_is_a_permanent_413(
         start_server: Callable[..., TusServer], pki: Pki) -> None:
     server = start_server(max_size=MiB)
