@@ -12,6 +12,7 @@ The requeue is a custody log entry (who, why, the reason it replaces).
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from agent.errors import AgentError
@@ -24,24 +25,33 @@ class RequeueRefused(AgentError):
     """The clip cannot go back to the upload queue; the message says why and what happens."""
 
 
+def requeue_problem(clip: sqlite3.Row) -> str | None:
+    """Why this clip (a clips row) cannot be requeued, or None if it can."""
+    clip_id, state = clip["clip_id"], clip["state"]
+    if state != S.QUARANTINED.value:
+        return f"clip {clip_id} is {state}: only a quarantined clip can be requeued"
+    if clip["manifest"] is not None:
+        return None
+    if clip["sha256"] is None:
+        return (f"clip {clip_id} could not be copied ({clip['reason']}); it is copied again "
+                "by itself the next time its camera docks")
+    return (f"clip {clip_id} was never sealed ({clip['reason']}); the bytes that were read "
+            f"stay in the vault as evidence (sha256 {clip['sha256']}).  A file that is "
+            "different on the camera now is ingested as a new clip at its next dock")
+
+
 def requeue_clip(store: Store, clip_id: str, *, by: str, note: str | None) -> dict[str, Any]:
-    """Move a quarantined, sealed clip back to ``sealed``; returns the log entry body."""
+    """Move a quarantined, sealed clip back to ``sealed``; returns the log entry body.
+
+    The upload starts afresh (a new tus upload): the refused one may be what
+    the platform cleaned up when it fixed the cause.
+    """
     with store.transaction() as tx:
         clip = tx.clip(clip_id)
-        state = clip["state"]
-        if state != S.QUARANTINED.value:
-            raise RequeueRefused(f"clip {clip_id} is {state}: only a quarantined clip can be "
-                                 "requeued")
-        if clip["manifest"] is None:
-            if clip["sha256"] is None:
-                raise RequeueRefused(
-                    f"clip {clip_id} could not be copied ({clip['reason']}); it is copied "
-                    "again by itself the next time its camera docks")
-            raise RequeueRefused(
-                f"clip {clip_id} was never sealed ({clip['reason']}); the bytes that were read "
-                "stay in the vault as evidence, and the file as it is on the camera now is "
-                "ingested as a new clip at the next dock")
+        problem = requeue_problem(clip)
+        if problem is not None:
+            raise RequeueRefused(problem)
         body = {"requeued_by": by, "note": note, "previous_reason": clip["reason"]}
         tx.transition(clip_id, S.SEALED, reason=None, upload_attempts=0, next_attempt_at=0,
-                      log_body=body)
+                      upload_url=None, upload_offset=0, log_body=body)
     return body

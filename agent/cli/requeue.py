@@ -6,7 +6,7 @@ import argparse
 import getpass
 
 from agent.cli.common import add_config_arg, load_config, open_store
-from agent.requeue import requeue_clip
+from agent.requeue import RequeueRefused, requeue_clip, requeue_problem
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,7 +25,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     store = open_store(config, readonly=False)
-    rows = [store.find_clip(ref) for ref in args.clip]  # every id resolves before any change
+    # All or nothing: every clip is found and requeueable before any of them changes.
+    rows = [store.find_clip(ref) for ref in args.clip]
+    problems = [p for p in map(requeue_problem, rows) if p is not None]
+    if problems:
+        raise RequeueRefused("; ".join(problems) + "; nothing was requeued")
     for row in rows:
         body = requeue_clip(store, row["clip_id"], by=getpass.getuser(), note=args.note)
         print(f"{row['clip_id']}  {row['name']}  quarantined -> sealed "

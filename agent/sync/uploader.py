@@ -40,6 +40,10 @@ class Uploader:
         self.vault = vault
         self._wake = threading.Condition()
         self._claimed: set[str] = set()
+        # The platform's Retry-After, for every upload of this station (not only the
+        # clip that got it): no request before this time.  In memory on purpose: a
+        # restart of the agent is how an operator overrides a wrong, long Retry-After.
+        self._not_before = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         bandwidth = self.platform.bandwidth_kib_s * 1024
@@ -70,6 +74,9 @@ class Uploader:
     # --- scheduling ----------------------------------------------------------------------
 
     def _claim(self) -> str | None:
+        with self._wake:
+            if time.time() < self._not_before:
+                return None
         rows = self.store.query(
             "SELECT clip_id FROM clips WHERE state IN ('sealed', 'uploading') AND "
             "next_attempt_at <= ? ORDER BY important DESC, clip_id LIMIT 64", (time.time(),))
@@ -83,9 +90,10 @@ class Uploader:
     def _next_due(self) -> float:
         row = self.store.query_one("SELECT MIN(next_attempt_at) AS t FROM clips WHERE state IN "
                                    "('sealed', 'uploading')")
-        if row is None or row["t"] is None:
-            return 30.0
-        return max(0.05, min(30.0, float(row["t"]) - time.time()))
+        with self._wake:
+            not_before = self._not_before
+        due = 30.0 if row is None or row["t"] is None else float(row["t"]) - time.time()
+        return max(0.05, min(30.0, max(due, not_before - time.time())))
 
     def _worker(self) -> None:
         client = self._client()
@@ -193,12 +201,16 @@ class Uploader:
             return
         delay = backoff_delay(attempts, base=1.0, cap=float(self.platform.retry_max_s))
         asked = exc.retry_after_s if isinstance(exc, TusStatusError) else None
-        if asked is not None and asked > delay:
-            # The platform said when it can take the upload again (429/503 Retry-After):
-            # coming back earlier would only load it while it recovers.
-            delay = min(asked, MAX_RETRY_AFTER_S)
+        if asked is not None:
+            # The platform said when it can take uploads again (429/503 Retry-After):
+            # coming back earlier, with this clip or another, would only load it while
+            # it recovers.
+            wait = min(asked, MAX_RETRY_AFTER_S)
+            with self._wake:
+                self._not_before = max(self._not_before, time.time() + wait)
         log.warning("clip %s: upload attempt %d failed (%s); retrying in %.1f s%s", clip_id,
-                    attempts, exc, delay, "" if asked is None else
-                    f" (the server asked for {asked:.0f} s)")
+                    attempts, exc, delay if asked is None else max(delay, wait),
+                    "" if asked is None else
+                    f" (the server asked for {asked:.0f} s; no upload before then)")
         with self.store.transaction() as tx:
             tx.update_clip(clip_id, upload_attempts=attempts, next_attempt_at=time.time() + delay)

@@ -210,11 +210,26 @@ class TusServer:
             return self.data_path(upload_id).stat().st_size
 
     def undo_pending(self, upload_id: str) -> None:
-        """Drop an unverified chunk: data back to the pending offset, marker removed."""
+        """Drop an unverified chunk: data back to the pending offset, marker removed.
+
+        Never lengthens the data: after a power cut the marker (synced) may name
+        more bytes than the data kept (earlier chunks are not synced), and the
+        offset then goes back to what is really there.  The truncation is made
+        durable before the marker goes, so the dropped bytes cannot come back.
+        """
         marker = self.pending_path(upload_id)
         offset = int(marker.read_text())
-        with contextlib.suppress(FileNotFoundError):
-            os.truncate(self.data_path(upload_id), offset)
+        try:
+            fd = os.open(self.data_path(upload_id), os.O_WRONLY)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                if os.fstat(fd).st_size > offset:
+                    os.ftruncate(fd, offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         marker.unlink()
         fsync_dir(self.store)
 
@@ -518,6 +533,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(423, "upload is locked by another request")
             return
         try:
+            if tus.pending_path(upload_id).exists():
+                # Under the lock no PATCH is in flight: a marker is a leftover of a
+                # chunk whose undo failed.  Finish the undo before anything is appended.
+                tus.undo_pending(upload_id)
             current = tus.offset(upload_id)
             if int(offset) != current:
                 self._reply(409, f"Upload-Offset {offset} does not match the upload's "
@@ -575,7 +594,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _receive_verified(self, upload_id: str, length: int, algorithm: str,
                           expected: bytes) -> int | None:
-        """Append behind a pending marker, verify; None on mismatch (nothing counted)."""
+        """Append behind a pending marker, verify; None on mismatch (nothing counted).
+
+        Costs a file and a directory fsync per chunk (the marker), which a
+        disk-backed store notices; without them a crash could count unverified bytes.
+        """
         tus = self.server.tus
         data = tus.data_path(upload_id)
         start = data.stat().st_size
@@ -585,8 +608,7 @@ class _Handler(BaseHTTPRequestHandler):
         fd = os.open(data, os.O_WRONLY | os.O_APPEND)
         try:
             got, complete = self._copy_body(fd, length, hasher, tus.take_corrupt())
-            verified = complete and hasher.digest() == expected
-            if verified:
+            if complete and hasher.digest() == expected:
                 if tus.sync_every_patch:
                     os.fsync(fd)
                 # The chunk counts from here: a crash before this unlink is durable only
@@ -594,6 +616,7 @@ class _Handler(BaseHTTPRequestHandler):
                 tus.pending_path(upload_id).unlink()
                 if tus.sync_every_patch:
                     fsync_dir(tus.store)
+                verified = True  # only now: any failure above undoes the chunk
         finally:
             os.close(fd)
             if not verified:
@@ -667,6 +690,7 @@ class _BackgroundHash:
         for _ in range(_HASH_BUFFERS):
             self._free.put(memoryview(bytearray(size)))
         self._todo: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="tus-hash", daemon=True)
         self._thread.start()
 
@@ -677,15 +701,22 @@ class _BackgroundHash:
         self._todo.put((buf, n))
 
     def finish(self) -> None:
-        """Wait until every submitted block is hashed."""
+        """Wait until every submitted block is hashed; re-raises what the helper met."""
         self._todo.put(None)
         self._thread.join()
+        if self._error is not None:
+            raise self._error
 
     def _run(self) -> None:
         while (item := self._todo.get()) is not None:
             buf, n = item
-            self._hasher.update(buf[:n])
-            self._free.put(buf)
+            try:
+                if self._error is None:
+                    self._hasher.update(buf[:n])
+            except BaseException as exc:
+                self._error = exc  # the digest is wrong now: finish() raises it
+            finally:
+                self._free.put(buf)  # never leave the connection thread waiting
 
 
 def _write_all(fd: int, data: memoryview) -> None:

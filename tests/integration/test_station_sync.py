@@ -208,25 +208,32 @@ def test_upload_server_errors_back_off_then_succeed(stand: DevStand, tmp_path: P
     assert attempts >= 2, "the failures were retried"
 
 
-def test_upload_waits_as_long_as_the_platforms_retry_after(stand: DevStand,
-                                                          tmp_path: Path) -> None:
-    # retry_max_s = 1: the back-off alone would come back within a second.
-    config = _station(stand, tmp_path)
-    _camera(config, clips=1)
+def test_uploads_wait_as_long_as_the_platforms_retry_after(stand: DevStand,
+                                                           tmp_path: Path) -> None:
+    # retry_max_s = 1: the back-off alone would come back within a second, and the
+    # second clip would go at once.  One upload at a time, so the 503 comes first.
+    config = _station(stand, tmp_path,
+                      platform_extra="retry_max_s = 1\nupload_concurrency = 1\n")
+    _camera(config, clips=2)
     tus = stand.platform.tus
     tus.fail_next, tus.fail_status, tus.fail_retry_after = 1, 503, "3600"
     try:
         with running_station(config) as station:
-            started = time.time()
             summary = station.run_once(platform_timeout_s=3)
+            assert station.sync is not None
+            waiting = station.sync.uploader._not_before - time.time()
     finally:
         tus.fail_next, tus.fail_status, tus.fail_retry_after = 0, 500, None
     assert not summary.ok
+    assert 3600 - 10 <= waiting <= 3600
     db = sqlite3.connect(config.data_dir / "state.db")
-    (state, attempts, next_attempt_at), = db.execute(
-        "SELECT state, upload_attempts, next_attempt_at FROM clips").fetchall()
-    assert (state, attempts) == ("uploading", 1)  # not retried within the run, not quarantined
-    assert started + 3600 - 5 <= next_attempt_at <= time.time() + 3600
+    rows = db.execute("SELECT state, upload_attempts FROM clips ORDER BY upload_attempts").fetchall()
+    # One request in all: neither the refused clip nor the other one was sent again.
+    assert rows == [("sealed", 0), ("uploading", 1)]
+    # A restart of the agent is the operator's override: the wait is not persisted.
+    with running_station(config) as station:
+        assert station.run_once(platform_timeout_s=30).ok
+    assert set(_states(config).values()) == {"released"}
 
 
 def test_requeue_sends_a_refused_clip_again(stand: DevStand, tmp_path: Path,
@@ -251,6 +258,9 @@ def test_requeue_sends_a_refused_clip_again(stand: DevStand, tmp_path: Path,
     assert f"{clip_id}  " in out and "quarantined -> sealed (was: upload refused by the " \
         "platform: tus POST" in out and "HTTP 413" in out
     assert _states(config) == {clip_id: "sealed"}
+    db = sqlite3.connect(config.data_dir / "state.db")
+    assert db.execute("SELECT upload_url, upload_offset, upload_attempts, reason FROM clips"
+                      ).fetchall() == [(None, 0, 0, None)]  # a fresh upload, attempts reset
     entry, = [e for e in _log_kinds(config, "clip.sealed") if e.get("requeued_by")]
     assert entry["from"] == "quarantined" and entry["note"] == "INC-4711 upload size limit raised"
     assert "HTTP 413" in entry["previous_reason"]

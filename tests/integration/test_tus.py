@@ -290,6 +290,40 @@ def test_a_checksummed_chunk_a_crash_left_unverified_is_dropped_at_start(
     assert sha256(completed[0].path) == sha256(source)
 
 
+def test_a_pending_marker_beyond_the_data_never_lengthens_it(
+        start_server: Callable[..., TusServer], pki: Pki, tmp_path: Path) -> None:
+    # After a power cut the synced marker may name bytes the unsynced data lost.
+    first = start_server()
+    source = make_file(tmp_path / "c.mp4", 3 * MiB)
+    with client_for(first, pki) as client:
+        url = client.create(3 * MiB, {"clip_id": "c"})
+        upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+        first.stop()
+        first.pending_path(upload_id).write_text(str(2 * MiB))
+        second = start_server(port=first.port)
+        assert second.data_path(upload_id).stat().st_size == 0  # not padded with zeros
+        assert not second.pending_path(upload_id).exists()
+        errors: list[TransportError] = []
+        assert retrying(lambda: client.offset(url), errors) == 0
+        assert resume(client, url, source, errors) == 3 * MiB
+    assert second.data_path(upload_id).read_bytes() == source.read_bytes()
+
+
+def test_a_leftover_marker_is_undone_before_the_next_chunk(
+        server: TusServer, pki: Pki, tmp_path: Path) -> None:
+    source = make_file(tmp_path / "c.mp4", 2 * MiB)
+    with client_for(server, pki) as client:
+        url = client.create(2 * MiB, {"clip_id": "c"})
+        upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+        # A chunk whose undo failed while the server ran: marker and bytes left behind.
+        server.pending_path(upload_id).write_text("0")
+        server.data_path(upload_id).write_bytes(b"\xff" * 1000)
+        assert client.offset(url) == 0  # HEAD: the unverified bytes do not count
+        assert client.upload(url, source, start=0, total=2 * MiB) == 2 * MiB
+    assert server.data_path(upload_id).read_bytes() == source.read_bytes()
+    assert not server.pending_path(upload_id).exists()
+
+
 def test_too_large_upload_is_a_permanent_413(
         start_server: Callable[..., TusServer], pki: Pki) -> None:
     server = start_server(max_size=MiB)
@@ -449,6 +483,7 @@ def test_retry_after_is_read_from_a_503(server: TusServer, pki: Pki) -> None:
     ("-5", None),
     ("soon", None),
     ("1.5", None),
+    ("\u00b2", None),   # a Latin-1 superscript two: isdigit() but not a number
 ])
 def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
     now = datetime(2026, 11, 29, 0, 0, 0, tzinfo=UTC).timestamp()

@@ -217,7 +217,7 @@ def test_file_changing_during_every_copy_is_quarantined_and_kept(
     assert main(["requeue", "--config", str(config.source), "--clip", row["clip_id"]]) == 1
     err = capsys.readouterr().err
     assert f"clip {row['clip_id']} was never sealed (file changed while being copied" in err
-    assert "ingested as a new clip at the next dock" in err
+    assert "ingested as a new clip at its next dock; nothing was requeued" in err
     with running_station(config) as station:
         assert station.store is not None
         assert station.store.clip(row["clip_id"])["state"] == "quarantined"
