@@ -9,8 +9,9 @@ One worker thread owns a device for the whole session.  For each recording:
                    │  └──▶ quarantined  kept changing after retries, or unreadable
 
 A recording already known (same device serial, path, size and mtime) is not
-copied again.  Every step is a custody log entry in the same transaction as
-the state change.
+copied again, unless it was quarantined before it was sealed: then the next
+dock tries it again (the bytes kept from before stay in the vault).  Every
+step is a custody log entry in the same transaction as the state change.
 """
 
 from __future__ import annotations
@@ -199,13 +200,15 @@ class Offloader:
         """Find or create the clip row for a recording; None if it needs no copy."""
         identity = (info.serial, rec.path, rec.size, mtime_ms(rec.mtime))
         with self.store.transaction() as tx:
-            row = tx.one("SELECT clip_id, state, sha256 FROM clips WHERE device_serial = ? AND "
-                         "path = ? AND size = ? AND mtime_ms = ?", identity)
+            row = tx.one("SELECT clip_id, state, manifest FROM clips WHERE device_serial = ? "
+                         "AND path = ? AND size = ? AND mtime_ms = ?", identity)
             if row is not None:
                 state = ClipState(row["state"])
-                if state == S.COPYING or (state == S.QUARANTINED and row["sha256"] is None):
+                if state == S.COPYING or (state == S.QUARANTINED and row["manifest"] is None):
                     # A copy that died with its session (one agent per data_dir: no other
-                    # owner), or a clip that could not be read last time: try again.
+                    # owner), or a clip quarantined before it was sealed (unreadable, or
+                    # read short or changing last time) whose file is the same again:
+                    # try again.  The bytes kept from last time stay in the vault.
                     tx.transition(row["clip_id"], S.DISCOVERED, log_body={
                         "reason": f"retried on a later dock (was {state.value})"})
                     state = S.DISCOVERED

@@ -3,10 +3,9 @@
 Only a clip that was sealed before it was quarantined (the platform refused
 its upload, or the upload could not be sent) can be requeued: it goes back to
 ``sealed`` with its attempts reset, and the uploader takes it within its next
-poll.  A clip quarantined during ingest has no sealed copy to send: one that
-could not be read is copied again by itself at the camera's next dock, and
-one that changed while it was copied keeps the bytes that were read as
-evidence, while the file as it is now becomes a new clip at the next dock.
+poll.  A clip quarantined during ingest has no sealed copy to send: it is copied
+again by itself at the camera's next dock (the bytes read before stay in the
+vault as evidence; a file that changed since becomes a new clip).
 The requeue is a custody log entry (who, why, the reason it replaces).
 """
 
@@ -32,12 +31,11 @@ def requeue_problem(clip: sqlite3.Row) -> str | None:
         return f"clip {clip_id} is {state}: only a quarantined clip can be requeued"
     if clip["manifest"] is not None:
         return None
-    if clip["sha256"] is None:
-        return (f"clip {clip_id} could not be copied ({clip['reason']}); it is copied again "
-                "by itself the next time its camera docks")
-    return (f"clip {clip_id} was never sealed ({clip['reason']}); the bytes that were read "
-            f"stay in the vault as evidence (sha256 {clip['sha256']}).  A file that is "
-            "different on the camera now is ingested as a new clip at its next dock")
+    kept = ("" if clip["sha256"] is None else
+            f"; the bytes read so far stay in the vault as evidence (sha256 {clip['sha256']})")
+    return (f"clip {clip_id} was never sealed ({clip['reason']}); it is copied again by "
+            "itself the next time its camera docks (a file that changed on the camera since "
+            f"becomes a new clip){kept}")
 
 
 def requeue_clip(store: Store, clip_id: str, *, by: str, note: str | None) -> dict[str, Any]:

@@ -41,16 +41,17 @@ def sim_devices(station: Station) -> list[Any]:
 
 
 class _Hooked(io.RawIOBase):
-    """A device stream that calls ``hook(bytes_so_far)`` before each read."""
+    """A device stream that calls ``hook(bytes_so_far)`` before each read; True ends it there."""
 
-    def __init__(self, inner: BinaryIO, hook: Callable[[int], None]) -> None:
+    def __init__(self, inner: BinaryIO, hook: Callable[[int], bool | None]) -> None:
         self.inner, self.hook, self.done = inner, hook, 0
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:
-        self.hook(self.done)
+        if self.hook(self.done):
+            return b""  # a short read: the stream ends before the file does
         data = self.inner.read(n)
         self.done += len(data)
         return data
@@ -69,12 +70,13 @@ class FaultyDevice:
     """A real simulated camera with a fault injected into its streams (a driver test seam).
 
     ``on_read(recording, offset)`` runs before every read of a recording's stream;
-    it may change the real file on the camera or raise DeviceGoneError.
+    it may change the real file on the camera, raise DeviceGoneError, or return
+    True to end the stream there (a short read, as a flaky USB bridge gives).
     ``extra`` recordings are added to the listing (for names no file system allows).
     """
 
     def __init__(self, inner: SimulatedDevice,
-                 on_read: Callable[[Recording, int], None] | None = None,
+                 on_read: Callable[[Recording, int], bool | None] | None = None,
                  extra: list[Recording] | None = None) -> None:
         self.inner = inner
         self.on_read = on_read

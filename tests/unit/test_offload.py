@@ -217,10 +217,41 @@ def test_file_changing_during_every_copy_is_quarantined_and_kept(
     assert main(["requeue", "--config", str(config.source), "--clip", row["clip_id"]]) == 1
     err = capsys.readouterr().err
     assert f"clip {row['clip_id']} was never sealed (file changed while being copied" in err
-    assert "ingested as a new clip at its next dock; nothing was requeued" in err
+    assert "copied again by itself the next time its camera docks (a file that changed " \
+        "on the camera since becomes a new clip); the bytes read so far stay in the vault" in err
+    assert err.rstrip().endswith("nothing was requeued")
     with running_station(config) as station:
         assert station.store is not None
         assert station.store.clip(row["clip_id"])["state"] == "quarantined"
+
+
+def test_a_clip_read_short_every_time_is_copied_whole_at_the_next_dock(
+        station_config: Callable[..., Config]) -> None:
+    # A flaky USB bridge ends the stream early: same size and mtime on the camera,
+    # fewer bytes read.  Quarantined with what was read; the next dock copies it whole.
+    config = station_config("[ingest]\nchunk_kib = 64\nchange_retries = 1\n")
+    cam = camera(config, clips=1)
+    big = _big_file(cam)
+
+    def short(rec: Recording, done: int) -> bool:
+        return rec.path.endswith("BIG.MP4") and done >= 128 * 1024
+
+    with running_station(config) as station:
+        store = station.store
+        assert store is not None
+        inner = sim_devices(station)[0]
+        station.offloader.offload(FaultyDevice(inner, on_read=short))  # type: ignore[union-attr]
+        first = next(r for r in store.clips() if r["name"] == "BIG.MP4")
+        assert first["state"] == "quarantined"
+        assert "bytes read of" in first["reason"]
+        kept = first["sha256"]
+        report = station.run_once().reports[0]
+        row = store.clip(first["clip_id"])
+    assert report.new == 0 and report.copied == [first["clip_id"]]
+    assert row["state"] == "sealed"
+    assert row["sha256"] == hashlib.sha256(big.read_bytes()).hexdigest() != kept
+    # The short copy is evidence of what happened: it stays in the vault.
+    assert {kept, row["sha256"]} <= {p.name for p in _vault_files(config.data_dir)}
 
 
 def test_file_that_settles_is_copied_on_retry(station_config: Callable[..., Config]) -> None:
@@ -333,7 +364,7 @@ def test_an_unreadable_clip_is_tried_again_on_the_next_dock(
         assert row["state"] == "quarantined" and "unreadable on the device" in row["reason"]
         assert main(["requeue", "--config", str(config.source), "--clip", row["clip_id"]]) == 1
         err = capsys.readouterr().err
-        assert f"clip {row['clip_id']} could not be copied (unreadable on the device" in err
+        assert f"clip {row['clip_id']} was never sealed (unreadable on the device" in err
         assert "copied again by itself the next time its camera docks" in err
         report = station.run_once().reports[0]
         row = next(r for r in store.clips() if r["name"] == "BAD_SECTOR.MP4")
