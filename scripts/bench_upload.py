@@ -90,55 +90,83 @@ def _clear(store: Path) -> None:
             f.unlink()
 
 
-def bench_upload(size_gib: float, workdir: Path, chunk_mib: int = 32,
-                 repeat: int = 9) -> dict[str, Any]:
-    """The agent's tus client vs curl (one PATCH), same bytes, same HTTPS server."""
+def _compare(url: str, ca: Path, src: Path, store: Path, chunk_mib: int,
+             repeat: int) -> dict[str, Any]:
+    """curl vs the agent against one running server: medians, best runs, every sample."""
+    curl_s: list[float] = []
+    agent_s: list[float] = []
+    rss: list[int] = []
+    # Interleaved, alternating who goes first, so that drift in the machine's speed
+    # hits both contenders alike; each starts on an empty store.
+    for i in range(repeat):
+        for contender in ("curl", "agent") if i % 2 == 0 else ("agent", "curl"):
+            if contender == "curl":
+                curl_s.append(_curl_upload(url, ca, src))
+            else:
+                seconds, rss_kib = _agent_upload(url, ca, src, chunk_mib)
+                agent_s.append(seconds)
+                rss.append(rss_kib)
+            _clear(store)
+    size = src.stat().st_size
+    curl_med, agent_med = statistics.median(curl_s), statistics.median(agent_s)
+    return {
+        "curl_s": round(curl_med, 3), "agent_s": round(agent_med, 3),
+        "curl_mib_s": round(size / curl_med / 2**20, 1),
+        "agent_mib_s": round(size / agent_med / 2**20, 1),
+        "agent_vs_curl": round(curl_med / agent_med, 3),
+        "agent_peak_rss_mib": round(max(rss) / 1024, 1),
+        "best_agent_vs_curl": round(min(curl_s) / min(agent_s), 3),
+        "samples_s": {"curl": [round(x, 3) for x in curl_s],
+                      "agent": [round(x, 3) for x in agent_s]},
+    }
+
+
+def bench_upload(size_gib: float, workdir: Path, chunk_mib: int = 32, repeat: int = 9,
+                 server: str = "dev") -> dict[str, Any]:
+    """The agent's tus client vs curl (one PATCH), same bytes, same HTTPS server.
+
+    ``server``: "dev", the development platform's tus server, with and without
+    sha256 checksums; "node", the official Node server (@tus/server with its
+    FileStore, installed from npm as for the interop test; it has no checksum
+    extension).
+    """
     from agent.devpki import DevCA
-    from scripts.devplatform.tusserver import TusServer
 
     size = int(size_gib * GIB)
     src = _source(workdir, size)
     ca = DevCA(workdir / "pki")
     server_cert = ca.issue("127.0.0.1", "server", server=True, client=False)
     results: dict[str, Any] = {"size_gib": size_gib, "chunk_mib": chunk_mib, "repeat": repeat,
-                               "runs": {}}
+                               "server": server, "runs": {}}
     # The server keeps uploads in memory (tmpfs) when it can: this measures the client and
     # the network path; the same disk-write noise would otherwise land on either contender.
     shm = Path("/dev/shm")
     store_root = shm / "bwc-bench-upload" if shm.is_dir() else workdir
     results["server_store"] = str(store_root)
+    if server == "node":
+        from tests.support.tus_node import NodeTusServer, ensure_installed
+
+        store = store_root / "store-node"
+        try:
+            with NodeTusServer(ensure_installed(), store, server_cert.cert_path,
+                               server_cert.key_path) as node:
+                entry = _compare(node.url + "/", ca.cert_path, src, store, chunk_mib, repeat)
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+        results["runs"]["node_no_checksum"] = entry
+        print(json.dumps({"node_no_checksum": entry}), flush=True)
+        return results
+    from scripts.devplatform.tusserver import TusServer
+
     for label, algorithms in (("with_checksum", ("sha256",)), ("no_checksum", ())):
         store = store_root / f"store-{label}"
-        server = TusServer(store, certfile=server_cert.cert_path, keyfile=server_cert.key_path,
-                           checksum_algorithms=algorithms).start()
+        dev = TusServer(store, certfile=server_cert.cert_path, keyfile=server_cert.key_path,
+                        checksum_algorithms=algorithms).start()
         try:
-            curl_s, agent_s, rss = [], [], []
-            # Interleaved, alternating who goes first, so that drift in the machine's
-            # speed hits both contenders alike; each starts on an empty store.
-            for i in range(repeat):
-                for contender in ("curl", "agent") if i % 2 == 0 else ("agent", "curl"):
-                    if contender == "curl":
-                        curl_s.append(_curl_upload(server.url, ca.cert_path, src))
-                    else:
-                        seconds, rss_kib = _agent_upload(server.url, ca.cert_path, src,
-                                                         chunk_mib)
-                        agent_s.append(seconds)
-                        rss.append(rss_kib)
-                    _clear(store)
+            entry = _compare(dev.url, ca.cert_path, src, store, chunk_mib, repeat)
         finally:
-            server.stop()
+            dev.stop()
             shutil.rmtree(store, ignore_errors=True)
-        curl_med, agent_med = statistics.median(curl_s), statistics.median(agent_s)
-        entry = {
-            "curl_s": round(curl_med, 3), "agent_s": round(agent_med, 3),
-            "curl_mib_s": round(size / curl_med / 2**20, 1),
-            "agent_mib_s": round(size / agent_med / 2**20, 1),
-            "agent_vs_curl": round(curl_med / agent_med, 3),
-            "agent_peak_rss_mib": round(max(rss) / 1024, 1),
-            "best_agent_vs_curl": round(min(curl_s) / min(agent_s), 3),
-            "samples_s": {"curl": [round(x, 3) for x in curl_s],
-                          "agent": [round(x, 3) for x in agent_s]},
-        }
         results["runs"][label] = entry
         print(json.dumps({label: entry}), flush=True)
     return results

@@ -3,8 +3,9 @@
 ingest: the agent's single-pass copy (read + SHA-256 + durable write) and its verify
         pass (re-read from disk, page cache dropped), against `cp` + `sync`,
         `cp` + `sync` + `sha256sum`, and `cp` + `sync` + `openssl dgst -sha256`.
-upload: a tus upload over HTTPS to the development tus server, against `curl`
-        sending the same bytes to the same server in one PATCH.
+upload: a tus upload over HTTPS to the development tus server (or, with
+        --server node, to the official @tus/server), against `curl` sending
+        the same bytes to the same server in one PATCH.
 verify: `bwc-agent verify`-style hashing of a clip against `openssl dgst -sha256`.
 
 Peak RSS is measured in a child process that does only the measured work.
@@ -168,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--chunk-mib", type=int, default=32,
                     help="bytes per PATCH (the station's platform.upload_chunk_mib)")
     up.add_argument("--repeat", type=int, default=9, help="runs per contender; medians")
+    up.add_argument("--server", choices=("dev", "node"), default="dev",
+                    help="dev: the development tus server (with and without checksums); "
+                         "node: the official @tus/server (installed from npm)")
     up.add_argument("--workdir", type=Path, default=OUT / "upload")
     ver = sub.add_parser("verify", help="verify hashing vs openssl dgst")
     ver.add_argument("--size-gib", type=float, default=1.0)
@@ -180,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
                               args.repeat)
     elif args.what == "upload":
         from scripts.bench_upload import bench_upload
-        result = bench_upload(args.size_gib, args.workdir, args.chunk_mib, args.repeat)
+        result = bench_upload(args.size_gib, args.workdir, args.chunk_mib, args.repeat,
+                              args.server)
     else:
         from scripts.bench_upload import bench_verify
         result = bench_verify(args.size_gib, args.workdir)
     OUT.mkdir(exist_ok=True)
-    (OUT / f"{args.what}.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "upload-node" if args.what == "upload" and args.server == "node" else args.what
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
