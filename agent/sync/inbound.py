@@ -56,6 +56,7 @@ class Inbound:
         self.on_acknowledged = on_acknowledged
         self.settle = settle  # tells the broker the message was handled
         self.queue: queue.Queue[InboundMessage | None] = queue.Queue()
+        self._stopping = threading.Event()
         self.reply_prefix = f"bwc/v1/stations/{config.station.id}/reply/"
         self._thread = threading.Thread(target=self._run, name="inbound", daemon=True)
 
@@ -63,6 +64,7 @@ class Inbound:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.queue.put(None)
         self._thread.join(timeout=10)
 
@@ -80,17 +82,42 @@ class Inbound:
             if message is None:
                 self.queue.task_done()
                 return
+            handled = False
+            try:
+                handled = self._handle_until_done(message)
+            finally:
+                if handled and self.settle is not None:
+                    self.settle(message)
+                self.queue.task_done()
+
+    def _handle_until_done(self, message: InboundMessage) -> bool:
+        """Handle a message, retrying while the station itself fails (a busy or failing store).
+
+        The broker is told a message was handled (settled) only once it was
+        applied or refused: an ack settled on a database error would be lost,
+        and its clip never released nor purged.  False: the agent is stopping
+        before it could be handled; unsettled, the broker delivers it again
+        in the next session.
+        """
+        attempt = 0
+        while True:
             try:
                 if message.name == "ack":
                     self.handle_ack(message.payload)
                 else:
                     self.handle_command(message)
+                return True
+            except AgentError as exc:
+                delay = min(30.0, 0.5 * 2 ** attempt)
+                attempt += 1
+                log.error("platform message on %s could not be handled (%s); trying again "
+                          "in %.1f s", message.topic, exc.diagnostics(), delay)
+                if self._stopping.wait(delay):
+                    return False
             except Exception:
+                # A defect, not a passing condition: retrying would block every later message.
                 log.exception("platform message on %s failed", message.topic)
-            finally:
-                if self.settle is not None:
-                    self.settle(message)
-                self.queue.task_done()
+                return True
 
     # --- acknowledgements ----------------------------------------------------------------
 

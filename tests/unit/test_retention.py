@@ -14,6 +14,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,6 +166,45 @@ def test_only_a_valid_ack_leads_to_release_and_purge(sealed: tuple[Config, Path]
     assert not vault.has(first["sha256"]) and vault.has(second["sha256"])
     assert store.clip(first["clip_id"])["state"] == "purged"
     assert store.clip(second["clip_id"])["state"] == "uploaded"
+
+
+def test_an_ack_is_settled_only_once_applied_even_when_the_store_fails(
+        sealed: tuple[Config, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.errors import StoreError
+    from agent.sync.mqtt import InboundMessage
+
+    config, _cam = sealed
+    platform_key = StationKey.generate()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET state = 'uploaded'")
+    db.commit()
+    clip = store.clips()[0]
+    settled: list[InboundMessage] = []
+    inbound = Inbound(config, store, {keyid_of(platform_key.public_key): platform_key.public_key},
+                      respond=lambda *a: None, commands={}, on_acknowledged=lambda _c: None,
+                      settle=settled.append)
+    real = store.transaction
+    failures = iter([StoreError("database is locked (a CLI was writing)")] * 2)
+
+    def flaky() -> Any:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real()
+
+    monkeypatch.setattr(store, "transaction", flaky)
+    monkeypatch.setattr("agent.sync.inbound.min", lambda *_a: 0.01, raising=False)
+    message = InboundMessage(topic=f"bwc/v1/stations/{config.station.id}/ack", name="ack",
+                             payload=_ack(platform_key, clip["clip_id"], clip["sha256"]),
+                             response_topic=None, correlation_data=None)
+    inbound.start()
+    inbound.deliver(message)
+    inbound.queue.join()  # handled (or given up) before the agent stops
+    inbound.stop()
+    assert settled == [message]
+    assert next(failures, None) is None, "both failures were met and retried"
+    assert store.clip(clip["clip_id"])["state"] == "acknowledged"
 
 
 def test_release_refuses_a_camera_file_that_changed(sealed: tuple[Config, Path]) -> None:
