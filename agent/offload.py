@@ -271,7 +271,15 @@ class Offloader:
             if outcome == "copied":
                 report.copied.append(clip_id)
                 if self.after_copy is not None:
-                    self.after_copy(clip_id)
+                    try:
+                        self.after_copy(clip_id)
+                    except AgentError as exc:
+                        # The copy is safe and verified in the vault; only sealing failed
+                        # (a busy store).  The checkpoint timer seals copied clips again.
+                        self._alert(info.serial, "seal.failed",
+                                    f"clip {clip_id} ({rec.path}) is copied and verified but "
+                                    f"not sealed yet: {exc.diagnostics()}; sealing is tried "
+                                    "again within custody.checkpoint_interval_s")
                 return
             if outcome == "duplicate":
                 report.duplicates.append(clip_id)

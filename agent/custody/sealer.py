@@ -148,6 +148,9 @@ class Custody:
         interval = self.config.custody.checkpoint_interval_s
         while not self._stop.wait(interval):
             try:
+                # A clip whose sealing failed in its dock session (a busy store) is still
+                # copied: seal it here, or it would wait for the next restart.
+                self.seal_pending()
                 self.checkpoint()
             except Exception:
-                log.exception("checkpoint failed")  # tried again at the next interval
+                log.exception("sealing or checkpoint failed")  # tried again next interval

@@ -423,3 +423,34 @@ def test_stopping_the_agent_cancels_a_copy_and_keeps_the_clip_for_later(
         assert station.run_once().ok
         row = next(r for r in station.store.clips() if r["name"] == "AAA_LONG.MP4")  # type: ignore[union-attr]
     assert row["state"] == "sealed" and row["sha256"] == _sha(big)
+
+
+def test_a_clip_whose_sealing_fails_is_sealed_by_the_checkpoint_timer(
+        station_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.errors import StoreError
+
+    config = station_config()
+    camera(config, clips=1)
+    with running_station(config) as station:
+        custody, store = station.custody, station.store
+        assert custody is not None and store is not None
+        real_seal = custody.seal
+
+        def busy(clip_id: str) -> None:
+            raise StoreError("database is locked (an export was writing)")
+
+        monkeypatch.setattr(custody, "seal", busy)
+        report = station.offloader.offload(sim_devices(station)[0])  # type: ignore[union-attr]
+        (clip_id,) = report.copied
+        assert store.clip(clip_id)["state"] == "copied"
+        alerts = [json.loads(r["body"]) for r in store.query(
+            "SELECT body FROM custody_log WHERE kind = 'alert'")]
+        assert [a["code"] for a in alerts] == ["seal.failed"]
+        assert "is copied and verified but not sealed yet: database is locked" \
+            in alerts[0]["message"]
+        # One tick of the checkpoint timer (its wait returns False once, then the stop).
+        monkeypatch.setattr(custody, "seal", real_seal)
+        ticks = iter([False, True])
+        monkeypatch.setattr(custody._stop, "wait", lambda _t: next(ticks))
+        custody._run_timer()
+        assert store.clip(clip_id)["state"] == "sealed"
