@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent import media
@@ -358,7 +359,14 @@ class Offloader:
     def _store_copy(self, clip_id: str, temp: Any, sha256: str, size: int, info: DeviceInfo,
                     rec: Recording, *, last_attempt: bool) -> str:
         existed = self.vault.has(sha256)
-        final = self.vault.commit(temp, sha256)
+
+        def repaired(aside: Path) -> None:
+            self._alert(info.serial, "vault.repaired",
+                        f"vault object {sha256} no longer held its bytes; the copy of clip "
+                        f"{clip_id} ({rec.path}) replaced it, the damaged file is kept at "
+                        f"{aside}")
+
+        final = self.vault.commit(temp, sha256, on_repair=repaired)
         verified = False
         if self.config.ingest.verify:
             try:

@@ -4,6 +4,7 @@ Layout below ``<data_dir>/vault``::
 
     sha256/ab/cd/abcd...ef   a clip's bytes, mode 0444, named by its digest
     incoming/<clip_id>.part  a copy in progress (never survives a restart)
+    corrupt/<digest>.<ns>    an object found damaged and replaced by a fresh copy
 
 Invariants: a file under ``sha256/`` was fsynced, then renamed into place,
 then its directory fsynced, before any database row points to it.  Names
@@ -21,6 +22,8 @@ import queue
 import re
 import shutil
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.durable import fsync_dir, makedirs_durable
@@ -53,20 +56,29 @@ class Vault:
     def temp_path(self, clip_id: str) -> Path:
         return self.incoming / f"{clip_id}.part"
 
-    def commit(self, temp: Path, sha256: str) -> Path:
+    def commit(self, temp: Path, sha256: str,
+               on_repair: Callable[[Path], None] | None = None) -> Path:
         """Move a fully written, fsynced temp file into place (durably) and make it read-only.
 
         If the object already exists (same bytes from another clip or an earlier
-        interrupted run), the temp file is dropped: content addressing makes
-        them the same file.
+        interrupted run), it is read back first: if it still holds its bytes the
+        temp file is dropped (content addressing makes them the same file);
+        if not, the temp file replaces it and ``on_repair`` gets where the
+        damaged one was set aside.
         """
         final = self.path_for(sha256)
         try:
             makedirs_durable(final.parent)
             if final.exists():
-                temp.unlink()
-                fsync_dir(self.incoming)
-                return final
+                if hash_file(final, drop_cache=True)[0] == sha256:
+                    temp.unlink()
+                    fsync_dir(self.incoming)
+                    return final
+                # The stored object no longer holds its bytes (a failing disk, an edit):
+                # the fresh copy replaces it, and the damaged file is kept aside.
+                aside = self._set_aside(final)
+                if on_repair is not None:
+                    on_repair(aside)
             os.chmod(temp, 0o444)
             os.replace(temp, final)
             fsync_dir(final.parent)
@@ -74,6 +86,15 @@ class Vault:
         except OSError as exc:
             raise StoreError(f"cannot move {temp.name} into the vault: {exc.strerror}") from exc
         return final
+
+    def _set_aside(self, damaged: Path) -> Path:
+        """Move a damaged object to ``corrupt/`` (never deleted: an auditor may ask)."""
+        aside_dir = makedirs_durable(self.root / "corrupt")
+        aside = aside_dir / f"{damaged.name}.{time.time_ns()}"
+        os.replace(damaged, aside)
+        fsync_dir(aside_dir)
+        fsync_dir(damaged.parent)
+        return aside
 
     def discard(self, temp: Path) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -454,3 +454,33 @@ def test_a_clip_whose_sealing_fails_is_sealed_by_the_checkpoint_timer(
         monkeypatch.setattr(custody._stop, "wait", lambda _t: next(ticks))
         custody._run_timer()
         assert store.clip(clip_id)["state"] == "sealed"
+
+
+def test_a_damaged_vault_object_is_replaced_by_a_fresh_copy_of_the_same_bytes(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    (original,) = sorted(p for p in (cam / "DCIM").rglob("*") if p.is_file())
+    data = original.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    with running_station(config) as station:
+        store = station.store
+        assert store is not None and station.run_once().ok
+        obj = config.data_dir / "vault" / "sha256" / digest[:2] / digest[2:4] / digest
+        os.chmod(obj, 0o644)
+        with open(obj, "r+b") as f:  # the vault disk damages the stored clip
+            f.seek(100)
+            f.write(b"\xff\xff\xff")
+        os.chmod(obj, 0o444)
+        # The same bytes are docked again under another name (a copy the officer made).
+        (original.parent / "COPY0001.MP4").write_bytes(data)
+        report = station.run_once().reports[0]
+        assert len(report.duplicates) == 1  # same bytes: a duplicate, whose copy repairs
+        alerts = [json.loads(r["body"]) for r in store.query(
+            "SELECT body FROM custody_log WHERE kind = 'alert'")]
+    assert hashlib.sha256(obj.read_bytes()).hexdigest() == digest  # repaired
+    (aside,) = (config.data_dir / "vault" / "corrupt").iterdir()
+    assert aside.name.startswith(f"{digest}.") and aside.read_bytes() != data
+    assert [a["code"] for a in alerts] == ["vault.repaired"]
+    assert f"vault object {digest} no longer held its bytes" in alerts[0]["message"]
+    assert main(["verify", str(config.data_dir)]) == 0
