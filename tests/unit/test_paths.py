@@ -248,3 +248,20 @@ def test_stat_sees_changes_and_open_after_unplug_is_gone(volume: Path, tmp_path:
         device.open(rec)
     with pytest.raises(DeviceGoneError):
         device.recordings()
+
+
+def test_write_atomic_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    from agent.durable import remove_stale_temps, write_atomic
+
+    camera_dir, victim = tmp_path / "camera", tmp_path / "etc-shadow"
+    camera_dir.mkdir()
+    victim.write_bytes(b"precious")
+    (camera_dir / "BWC_DEVICE.json").symlink_to(victim)
+    for pid_guess in range(os.getpid() - 2, os.getpid() + 3):  # the old, predictable names
+        (camera_dir / f".BWC_DEVICE.json.tmp-{pid_guess}").symlink_to(victim)
+    write_atomic(camera_dir / "BWC_DEVICE.json", b'{"serial": "X"}')
+    assert victim.read_bytes() == b"precious"
+    target = camera_dir / "BWC_DEVICE.json"
+    assert not target.is_symlink() and target.read_bytes() == b'{"serial": "X"}'
+    remove_stale_temps(camera_dir)  # unlinks leftovers; a link goes, never its target
+    assert victim.read_bytes() == b"precious"
