@@ -41,37 +41,62 @@ def release_acknowledged(config: Config, store: Store, device: Device,
     """Delete this camera's acknowledged clips from it; returns the clip ids released."""
     if config.retention.release != "after-ack":
         return []
-    rows = store.query("SELECT * FROM clips WHERE device_serial = ? AND state = ? "
-                       "ORDER BY clip_id", (info.serial, S.ACKNOWLEDGED.value))
+    # Acknowledged clips, and those purged from the vault under disk pressure while they
+    # waited for their camera (the ack stands: the platform holds them).
+    rows = store.query(f"SELECT * FROM clips WHERE device_serial = ? AND {_AWAITING_RELEASE} "
+                       "ORDER BY clip_id", (info.serial,))
     released = []
     for row in rows:
-        rec = Recording(path=row["path"], size=row["size"], mtime=row["mtime_ms"] / 1000)
-        problem = _same_file(device, rec, row["sha256"])
-        if problem is not None and problem.startswith(GONE) and _release_started(store,
-                                                                                 row["clip_id"]):
-            # A crash came between the deletion and its record: finish the record.
-            _record_release(store, row, info, recovered=True)
-            released.append(row["clip_id"])
-            continue
-        if problem is not None:
-            log.warning("clip %s not released from %s: %s", row["clip_id"], info.serial, problem)
-            with store.transaction() as tx:
-                tx.log("release.skipped", row["clip_id"], {"reason": problem})
-            continue
-        with store.transaction() as tx:
-            # Logged before the deletion, so a crash in between is recognised later.
-            tx.log("release.started", row["clip_id"], {"device_serial": info.serial,
-                                                       "path": row["path"]})
+        with _RELEASING_LOCK:
+            # Claimed under the lock purge checks: purge leaves a claimed clip alone until
+            # its release is recorded.
+            if store.query_one(f"SELECT 1 FROM clips WHERE clip_id = ? AND {_AWAITING_RELEASE}",
+                               (row["clip_id"],)) is None:
+                continue
+            _RELEASING.add(row["clip_id"])
         try:
-            device.release(rec)
-        except DeviceError as exc:
-            log.error("clip %s: release from %s failed: %s", row["clip_id"], info.serial, exc)
-            with store.transaction() as tx:
-                tx.log("release.failed", row["clip_id"], {"reason": str(exc)})
-            continue
-        _record_release(store, row, info, recovered=False)
-        released.append(row["clip_id"])
+            if _release_one(store, device, info, row):
+                released.append(row["clip_id"])
+        finally:
+            with _RELEASING_LOCK:
+                _RELEASING.discard(row["clip_id"])
     return released
+
+
+_AWAITING_RELEASE = ("(state = 'acknowledged' OR (state = 'purged' AND released_at IS NULL "
+                     "AND ack IS NOT NULL))")
+# Clips whose release from a camera is under way (any dock worker); purge leaves them be.
+_RELEASING: set[str] = set()
+_RELEASING_LOCK = threading.Lock()
+
+
+def _release_one(store: Store, device: Device, info: DeviceInfo, row: Any) -> bool:
+    """Release one acknowledged clip from the camera; True if it is released now."""
+    rec = Recording(path=row["path"], size=row["size"], mtime=row["mtime_ms"] / 1000)
+    problem = _same_file(device, rec, row["sha256"])
+    if problem is not None and problem.startswith(GONE) and _release_started(store,
+                                                                             row["clip_id"]):
+        # A crash came between the deletion and its record: finish the record.
+        _record_release(store, row, info, recovered=True)
+        return True
+    if problem is not None:
+        log.warning("clip %s not released from %s: %s", row["clip_id"], info.serial, problem)
+        with store.transaction() as tx:
+            tx.log("release.skipped", row["clip_id"], {"reason": problem})
+        return False
+    with store.transaction() as tx:
+        # Logged before the deletion, so a crash in between is recognised later.
+        tx.log("release.started", row["clip_id"], {"device_serial": info.serial,
+                                                   "path": row["path"]})
+    try:
+        device.release(rec)
+    except DeviceError as exc:
+        log.error("clip %s: release from %s failed: %s", row["clip_id"], info.serial, exc)
+        with store.transaction() as tx:
+            tx.log("release.failed", row["clip_id"], {"reason": str(exc)})
+        return False
+    _record_release(store, row, info, recovered=False)
+    return True
 
 
 GONE = "not on the camera any more"
@@ -90,7 +115,14 @@ def _record_release(store: Store, row: Any, info: DeviceInfo, *, recovered: bool
     if recovered:
         body["recovered"] = True
     with store.transaction() as tx:
-        tx.transition(row["clip_id"], S.RELEASED, released_at=now(), log_body=body)
+        if tx.clip(row["clip_id"])["state"] == S.PURGED.value:
+            # Purged from the vault before its camera came back: no state to move to,
+            # the release is recorded beside the purge.
+            body["after_purge"] = True
+            tx.update_clip(row["clip_id"], released_at=now())
+            tx.log("release.after_purge", row["clip_id"], body)
+        else:
+            tx.transition(row["clip_id"], S.RELEASED, released_at=now(), log_body=body)
         tx.event("clip.released", {"clip_id": row["clip_id"], **body})
 
 
@@ -145,7 +177,10 @@ def _purge(config: Config, store: Store, vault: Vault, at: float | None) -> list
             reason = f"free space under the low-water mark ({config.retention.low_water_mb} MB)"
         else:
             continue
-        _purge_one(store, vault, row["clip_id"], row["sha256"], reason)
+        with _RELEASING_LOCK:
+            if row["clip_id"] in _RELEASING:
+                continue  # its camera copy is being deleted right now; purged after that
+            _purge_one(store, vault, row["clip_id"], row["sha256"], reason)
         purged.append(row["clip_id"])
     return purged
 

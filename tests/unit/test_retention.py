@@ -53,7 +53,7 @@ def _calls(name: str) -> set[str]:
 
 def test_the_only_deleting_call_sites_are_the_guarded_ones() -> None:
     assert _calls("release") == {
-        "agent/sync/retention.py:release_acknowledged",  # after ack, re-hashed on the camera
+        "agent/sync/retention.py:_release_one",  # after ack, re-hashed on the camera
         "drivers/gat947.py:release",  # passes Device.release on to the camera's volume
     }
     assert _calls("remove") == {
@@ -205,6 +205,41 @@ def test_an_ack_is_settled_only_once_applied_even_when_the_store_fails(
     assert settled == [message]
     assert next(failures, None) is None, "both failures were met and retried"
     assert store.clip(clip["clip_id"])["state"] == "acknowledged"
+
+
+def test_purge_leaves_a_clip_alone_while_its_camera_copy_is_being_released(
+        sealed: tuple[Config, Path]) -> None:
+    config, cam = sealed  # keep_days = 0 and a huge low-water mark: purge wants everything
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    _acknowledge_all(config)
+    vault = Vault(config.data_dir / "vault")
+    purged_meanwhile: list[list[str]] = []
+    with running_station(config) as station:
+        device = sim_devices(station)[0]
+        real_release = device.release
+
+        def slow_release(rec: Any) -> None:
+            # The housekeeping timer purges while this dock worker deletes from the camera.
+            purged_meanwhile.append(purge(config, store, vault))
+            real_release(rec)
+
+        device.release = slow_release  # type: ignore[method-assign]
+        released = release_acknowledged(config, store, device, device.identify())
+    assert len(released) == 2 and _files(cam) == []
+    # Each purge during a release skipped the clip being released (only the other one went).
+    assert all(row["clip_id"] not in batch
+               for row, batch in zip(sorted(store.clips(), key=lambda r: r["clip_id"]),
+                                     purged_meanwhile, strict=True))
+    assert {r["state"] for r in store.clips()} <= {"released", "purged"}
+    assert sorted(purge(config, store, vault) + [c for b in purged_meanwhile for c in b]) == \
+        sorted(r["clip_id"] for r in store.clips())
+    assert {r["state"] for r in store.clips()} == {"purged"}
+    kinds = [r["kind"] for r in store.query("SELECT kind FROM custody_log ORDER BY seq")]
+    # The clip purged while it waited for its camera is still released from it.
+    assert (kinds.count("clip.released"), kinds.count("release.after_purge")) == (1, 1)
+    events = [json.loads(r["payload"]) for r in store.query(
+        "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY rowid")]
+    assert len([e for e in events if e["type"] == "clip.released"]) == 2
 
 
 def test_release_refuses_a_camera_file_that_changed(sealed: tuple[Config, Path]) -> None:
