@@ -93,6 +93,8 @@ class Offloader:
         self.before_listing = before_listing
         self.make_room = make_room
         self.stopping = stopping or threading.Event()
+        self._serial_locks: dict[str, threading.Lock] = {}
+        self._serial_locks_guard = threading.Lock()
 
     # --- the session ---------------------------------------------------------------------
 
@@ -106,6 +108,14 @@ class Offloader:
             return report
         report.serial, report.model, report.officer_id = info.serial, info.model, info.officer_id
         report.clock_offset_s = _clock_offset(info)
+        # One session per camera, whatever handle it came under: a camera re-plugged while
+        # its old mount lingers shows up twice, and two sessions would copy the same clips.
+        with self._serial_locks_guard:
+            serial_lock = self._serial_locks.setdefault(info.serial, threading.Lock())
+        with serial_lock:
+            return self._session(device, info, report)
+
+    def _session(self, device: Device, info: DeviceInfo, report: DockReport) -> DockReport:
         dock_id = self._record_dock(device, info, report)
         try:
             if self.before_listing is not None:

@@ -484,3 +484,39 @@ def test_a_damaged_vault_object_is_replaced_by_a_fresh_copy_of_the_same_bytes(
     assert [a["code"] for a in alerts] == ["vault.repaired"]
     assert f"vault object {digest} no longer held its bytes" in alerts[0]["message"]
     assert main(["verify", str(config.data_dir)]) == 0
+
+
+def test_one_camera_under_two_handles_is_offloaded_once(
+        station_config: Callable[..., Config]) -> None:
+    import shutil
+    import threading
+
+    config = station_config("[ingest]\nchunk_kib = 64\n")
+    cam = camera(config, clips=2)
+    _big_file(cam)
+    # Re-plugged while its old mount lingers: the same camera under a second handle.
+    shutil.copytree(cam, cam.with_name(cam.name + "-replugged"), symlinks=True)
+    halfway = threading.Event()
+    go_on = threading.Event()
+
+    def pause_first_copy(rec: Recording, done: int) -> None:
+        if rec.path.endswith("BIG.MP4") and done >= 128 * 1024 and not halfway.is_set():
+            halfway.set()
+            go_on.wait(10)
+
+    with running_station(config) as station:
+        first, second = sorted(sim_devices(station), key=lambda d: d.handle)
+        assert first.identify().serial == second.identify().serial
+        one = station.dock(FaultyDevice(first, on_read=pause_first_copy))
+        assert one is not None and halfway.wait(10)
+        two = station.dock(second)  # arrives while the first session copies
+        assert two is not None and two is not one
+        go_on.set()
+        reports = [one.result(timeout=30), two.result(timeout=30)]
+        store = station.store
+        assert store is not None
+        rows = store.clips()
+    assert sorted(len(r.copied) for r in reports) == [0, 3]
+    assert sorted(r.already_ingested for r in reports) == [0, 3]
+    assert {r["state"] for r in rows} == {"sealed"} and len(rows) == 3
+    assert {r["copy_attempts"] for r in rows} == {1}
