@@ -44,6 +44,10 @@ class RunSummary:
         return not self.failures and not any(r.failed for r in self.reports)
 
 
+# How often docked cameras with recordings left to copy are looked at again.
+RESUME_INTERVAL_S = 120.0
+
+
 class Station:
     """Owns the store, vault, custody, detectors, dock workers and (optionally) sync."""
 
@@ -204,6 +208,43 @@ class Station:
         for detector in self.detectors:
             for device in detector.scan():
                 self.dock(device)
+        timer = threading.Thread(target=self._resume_timer, name="resume", daemon=True)
+        timer.start()
+        self._stops.append(lambda: timer.join(timeout=5))
+
+    def _resume_timer(self) -> None:
+        while not self._stopping.wait(RESUME_INTERVAL_S):
+            try:
+                self.resume_unfinished()
+            except Exception:
+                log.exception("resuming unfinished docks failed")  # tried again next time
+
+    def resume_unfinished(self) -> list[str]:
+        """Dock again each docked camera whose session left recordings to copy.
+
+        A session stops early when the vault disk is full (or the store failed);
+        once there is room again (a purge, an operator), nothing else would
+        bring back a camera that stays in its dock overnight.  Only with room
+        above ``ingest.min_free_mb``, so a full disk does not alert every time.
+        """
+        if self.store is None or self.vault is None:
+            return []
+        if self.vault.free_bytes() < self.config.ingest.min_free_mb * 1024 * 1024:
+            return []
+        with self._active_lock:
+            idle = [device for handle, device in self._docked.items()
+                    if (running := self._active.get(handle)) is None or running.done()]
+        queued = []
+        for device in idle:
+            left = self.store.query_one(
+                "SELECT 1 FROM clips JOIN devices ON clips.device_serial = devices.serial "
+                "WHERE devices.docked_handle = ? AND clips.state = 'discovered' LIMIT 1",
+                (device.handle,))
+            if left is not None and device.present() and self.dock(device) is not None:
+                log.info("resuming the offload of %s: recordings were left to copy",
+                         device.handle)
+                queued.append(device.handle)
+        return queued
 
     # --- docking -------------------------------------------------------------------------
 

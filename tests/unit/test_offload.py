@@ -520,3 +520,31 @@ def test_one_camera_under_two_handles_is_offloaded_once(
     assert sorted(r.already_ingested for r in reports) == [0, 3]
     assert {r["state"] for r in rows} == {"sealed"} and len(rows) == 3
     assert {r["copy_attempts"] for r in rows} == {1}
+
+
+def test_a_camera_left_docked_after_a_full_disk_is_offloaded_once_there_is_room(
+        station_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    config = station_config("[ingest]\nmin_free_mb = 100\n")
+    camera(config, clips=2)
+    with running_station(config) as station:
+        vault, store = station.vault, station.store
+        assert vault is not None and store is not None
+        free = {"bytes": 10 * 2**20}  # under the 100 MB reserve
+        monkeypatch.setattr(vault, "free_bytes", lambda: free["bytes"])
+        device = sim_devices(station)[0]
+        first = station.dock(device)
+        assert first is not None
+        report = first.result(timeout=30)
+        assert any("disk full" in e for e in report.errors)
+        assert {r["state"] for r in store.clips()} == {"discovered"}
+        assert station.resume_unfinished() == []  # still full: no new session, no new alert
+        free["bytes"] = 10 * 2**30  # a purge, or an operator, made room
+        assert station.resume_unfinished() == [device.handle]
+        with station._active_lock:
+            again = station._active[device.handle]
+        assert again is not first and again.result(timeout=30).errors == []
+        assert {r["state"] for r in store.clips()} == {"sealed"}
+        assert station.resume_unfinished() == []  # nothing left to copy
+        alerts = [r["body"] for r in store.query(
+            "SELECT body FROM custody_log WHERE kind = 'alert'")]
+    assert len(alerts) == 1 and "disk.full" in alerts[0]
