@@ -56,11 +56,12 @@ class Custody:
     def start(self) -> None:
         key_path, cert_path = key_paths(self.config)
         remove_stale_temps(key_path.parent)
+        signed = self.store.query_one(
+            "SELECT (SELECT COUNT(*) FROM checkpoints) + (SELECT COUNT(*) FROM clips "
+            "WHERE manifest IS NOT NULL) AS n")
+        has_signed = bool(signed is not None and signed["n"])
         if not key_path.exists():
-            signed = self.store.query_one(
-                "SELECT (SELECT COUNT(*) FROM checkpoints) + (SELECT COUNT(*) FROM clips "
-                "WHERE manifest IS NOT NULL) AS n")
-            if (signed is not None and signed["n"]) or cert_path.exists():
+            if has_signed or cert_path.exists():
                 # A new key would orphan every signature made so far: refuse, loudly.
                 raise ConfigError(
                     f"station key {key_path} is missing, but this station has already signed "
@@ -72,6 +73,13 @@ class Custody:
                         key_path)
             init_station_keys(self.config.data_dir, self.config.station.id)
         elif not cert_path.exists():
+            if has_signed:
+                # A self-made certificate would silently replace the one the platform CA
+                # issued: bundles would stop chaining to the CA.  The operator decides.
+                raise ConfigError(
+                    f"station certificate {cert_path} is missing, but this station has "
+                    "already signed clips; restore it from the backup of the keys directory "
+                    "(or have the platform CA issue a new one for the same key)")
             init_station_keys(self.config.data_dir, self.config.station.id)  # cert for the key
         self.key = StationKey.load(key_path)
         check_key_matches_certificate(self.key, load_certificate(cert_path))

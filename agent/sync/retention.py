@@ -16,6 +16,7 @@ Each deletion is a state change with its custody log entry and event.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import threading
@@ -90,16 +91,30 @@ def _release_one(store: Store, device: Device, info: DeviceInfo, row: Any) -> bo
                                                    "path": row["path"]})
     try:
         device.release(rec)
-    except DeviceError as exc:
+    except BaseException as exc:
+        # Recorded whatever the error, so the next dock never takes this file's absence
+        # for a deletion that happened.
         log.error("clip %s: release from %s failed: %s", row["clip_id"], info.serial, exc)
         with store.transaction() as tx:
             tx.log("release.failed", row["clip_id"], {"reason": str(exc)})
-        return False
+        if isinstance(exc, DeviceError):
+            return False
+        raise
     _record_release(store, row, info, recovered=False)
     return True
 
 
 GONE = "not on the camera any more"
+
+
+def _not_found(exc: BaseException) -> bool:
+    """Whether a device error says the file is not there (ENOENT), not that reading failed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, FileNotFoundError) or getattr(seen, "errno", None) == errno.ENOENT:
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _release_started(store: Store, clip_id: str) -> bool:
@@ -131,7 +146,9 @@ def _same_file(device: Device, rec: Recording, sha256: str) -> str | None:
     try:
         size, mtime = device.stat(rec)
     except DeviceError as exc:
-        return f"{GONE} ({exc})"
+        if _not_found(exc):
+            return f"{GONE} ({exc})"
+        return f"could not be checked on the camera: {exc}"  # an I/O error is not "gone"
     if size != rec.size or mtime_ms(mtime) != mtime_ms(rec.mtime):
         return f"changed on the camera since it was copied (size {rec.size} -> {size})"
     digest = hashlib.sha256()

@@ -351,3 +351,50 @@ def test_agent_refuses_a_key_readable_by_others(station_config: Callable[..., Co
     other.save(key)  # a key that does not match the certificate
     assert main(["run", "--once", "--config", str(config.source)]) == 2
     assert "does not match" in capsys.readouterr().err
+
+
+def test_a_lost_certificate_is_not_silently_replaced_once_clips_are_signed(
+        sealed: tuple[Config, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli.main import main
+
+    config, _cam = sealed
+    cert = config.data_dir / "keys" / "station.pem"
+    cert.unlink()
+    capsys.readouterr()
+    assert main(["run", "--once", "--config", str(config.source)]) == 2
+    err = capsys.readouterr().err
+    assert f"station certificate {cert} is missing, but this station has already signed " \
+        "clips; restore it" in err
+    assert not cert.exists()
+
+
+def test_an_io_error_on_the_camera_is_not_taken_for_a_finished_release(
+        sealed: tuple[Config, Path]) -> None:
+    import errno
+
+    from agent.errors import DeviceError
+
+    config, cam = sealed
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    row = store.clips()[0]
+    _force_state(config, "acknowledged", ack="{}")
+    with store.transaction() as tx:  # a release was started before a crash
+        tx.log("release.started", row["clip_id"], {"device_serial": "SIM0001",
+                                                   "path": row["path"]})
+    with running_station(config) as station:
+        device = sim_devices(station)[0]
+
+        def failing_stat(rec: Any) -> tuple[int, float]:
+            try:
+                raise OSError(errno.EIO, "Input/output error")
+            except OSError as exc:
+                raise DeviceError(f"stat {rec.path!r}: I/O error") from exc
+
+        device.stat = failing_stat  # type: ignore[method-assign]
+        released = release_acknowledged(config, store, device, device.identify())
+    assert released == []
+    assert store.clip(row["clip_id"])["state"] == "acknowledged"
+    skipped = [json.loads(r["body"])["reason"] for r in store.query(
+        "SELECT body FROM custody_log WHERE kind = 'release.skipped'")]
+    assert any("could not be checked on the camera" in s for s in skipped)
+    assert row["name"] in {p.name for p in _files(cam)}
