@@ -63,15 +63,20 @@ class DockReport:
     quarantined: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # may hide recordings
     errors: list[str] = field(default_factory=list)
     clock_offset_s: float | None = None
 
     @property
     def failed(self) -> bool:
-        return bool(self.errors or self.quarantined or self.interrupted)
+        return bool(self.errors or self.quarantined or self.interrupted or self.unreadable)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+# Skip reasons (drivers/volume.py) that mean "could not look", not "not a recording".
+UNREADABLE_REASONS = ("unreadable directory", "cannot stat")
 
 
 def mtime_ms(value: float) -> int:
@@ -182,6 +187,18 @@ class Offloader:
                 tx.log("device.skipped", None, {"serial": info.serial, "entries": report.skipped})
             for s in listing.skipped:
                 log.warning("%s: skipped %r: %s", info.serial, s.path, s.reason)
+        # Symlinks, special files and other types are skipped on purpose; an entry that
+        # could not be read at all may hold recordings nobody else will see: say so.
+        report.unreadable = [entry for entry in report.skipped
+                             if entry["reason"].startswith(UNREADABLE_REASONS)]
+        if report.unreadable:
+            shown = "; ".join(f"{e['path']}: {e['reason']}" for e in report.unreadable[:10])
+            more = len(report.unreadable) - 10
+            self._alert(info.serial, "device.unreadable",
+                        f"{len(report.unreadable)} "
+                        f"{'entry' if len(report.unreadable) == 1 else 'entries'} on "
+                        f"{info.serial} could not be read and may hold recordings: {shown}"
+                        + (f" (and {more} more)" if more > 0 else ""))
         todo: list[tuple[str, Recording]] = []
         # Important clips first: if the officer undocks early, those are already safe.
         for rec in sorted(recordings, key=lambda r: (not r.important, r.path)):

@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -548,3 +549,35 @@ def test_a_camera_left_docked_after_a_full_disk_is_offloaded_once_there_is_room(
         alerts = [r["body"] for r in store.query(
             "SELECT body FROM custody_log WHERE kind = 'alert'")]
     assert len(alerts) == 1 and "disk.full" in alerts[0]
+
+
+def test_an_unreadable_directory_on_the_camera_alerts_and_fails_the_run(
+        station_config: Callable[..., Config]) -> None:
+    from drivers.base import Skipped
+
+    config = station_config()
+    camera(config, clips=1)
+    with running_station(config) as station:
+        inner = sim_devices(station)[0]
+        real = inner.recordings
+
+        def with_unreadable() -> Any:
+            listing = real()
+            listing.skipped.append(Skipped("DCIM/100EVENT", "unreadable directory: "
+                                                            "Permission denied"))
+            listing.skipped.append(Skipped("DCIM/LINK.MP4", "symlink, not followed"))
+            return listing
+
+        inner.recordings = with_unreadable
+        report = station.offloader.offload(inner)  # type: ignore[union-attr]
+        store = station.store
+        assert store is not None
+        alerts = [json.loads(r["body"]) for r in store.query(
+            "SELECT body FROM custody_log WHERE kind = 'alert'")]
+    assert report.failed and len(report.copied) == 1
+    assert report.unreadable == [{"path": "DCIM/100EVENT",
+                                  "reason": "unreadable directory: Permission denied"}]
+    assert [a["code"] for a in alerts] == ["device.unreadable"]
+    assert alerts[0]["message"] == ("1 entry on SIM0001 could not be read and may hold "
+                                    "recordings: DCIM/100EVENT: unreadable directory: "
+                                    "Permission denied")
