@@ -154,6 +154,9 @@ class Inbound:
                     tx.transition(clip_id, S.UPLOADED, uploaded_at=now(),
                                   upload_offset=row["size"],
                                   log_body={"sha256": sha256, "by": "platform ack"})
+                    tx.event("clip.uploaded", {"clip_id": clip_id, "sha256": sha256,
+                                               "size": row["size"],
+                                               "upload_url": row["upload_url"]})
                 ack_body = {"sha256": sha256, "stored_at": payload.get("stored_at"),
                             "location": payload.get("location")}
                 tx.transition(clip_id, S.ACKNOWLEDGED, ack=json.dumps(envelope),

@@ -39,13 +39,21 @@ IN_FLIGHT = ("sealed", "uploading", "uploaded")
 HOUSEKEEPING_S = 60.0
 
 
-def read_secret(path: os.PathLike[str] | str, key_path: str) -> str:
-    """Read a secret file, refusing one that group or others can read."""
+def check_private(path: os.PathLike[str] | str, key_path: str) -> None:
+    """Refuse a secret file (password, TLS key) that group or others can read."""
     try:
         st = os.stat(path)
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise ConfigError(f"{key_path}: {path} is readable by group or others "
-                              f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}")
+    except OSError as exc:
+        raise ConfigError(f"{key_path}: cannot read {path}: {exc.strerror}") from exc
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ConfigError(f"{key_path}: {path} is readable by group or others "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}")
+
+
+def read_secret(path: os.PathLike[str] | str, key_path: str) -> str:
+    """Read a secret file, refusing one that group or others can read."""
+    check_private(path, key_path)
+    try:
         with open(path, encoding="utf-8") as f:
             return f.read().strip()
     except OSError as exc:
@@ -63,6 +71,8 @@ class SyncService:
         self.custody = custody
         self.station = station
         self.outbox = StoreOutbox(store)
+        if self.platform.key_file is not None:
+            check_private(self.platform.key_file, "platform.key_file")
         public = load_public_key(self.platform.platform_key_file)
         self.trusted: dict[str, Any] = {keyid_of(public): public}
         self.inbound = Inbound(config, store, self.trusted, self._respond, {

@@ -236,6 +236,21 @@ def test_uploads_wait_as_long_as_the_platforms_retry_after(stand: DevStand,
     assert set(_states(config).values()) == {"released"}
 
 
+def test_a_tls_client_key_readable_by_others_is_refused(stand: DevStand,
+                                                        tmp_path: Path) -> None:
+    import os
+
+    from agent.errors import ConfigError
+
+    config = _station(stand, tmp_path)
+    assert config.platform is not None and config.platform.key_file is not None
+    os.chmod(config.platform.key_file, 0o644)
+    with (pytest.raises(ConfigError, match=r"platform.key_file: .* is readable by group or "
+                                           r"others \(mode 0644\); run chmod 600"),
+          running_station(config)):
+        pass
+
+
 def test_requeue_sends_a_refused_clip_again(stand: DevStand, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     config = _station(stand, tmp_path)

@@ -242,6 +242,23 @@ def test_purge_leaves_a_clip_alone_while_its_camera_copy_is_being_released(
     assert len([e for e in events if e["type"] == "clip.released"]) == 2
 
 
+def test_an_ack_that_overtakes_the_last_patch_response_still_reports_the_upload(
+        sealed: tuple[Config, Path]) -> None:
+    config, _cam = sealed
+    platform_key = StationKey.generate()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    _force_state(config, "uploading")
+    clip = store.clips()[0]
+    inbound = Inbound(config, store, {keyid_of(platform_key.public_key): platform_key.public_key},
+                      respond=lambda *a: None, commands={}, on_acknowledged=lambda _c: None)
+    assert inbound.handle_ack(_ack(platform_key, clip["clip_id"], clip["sha256"])) == \
+        clip["clip_id"]
+    events = [json.loads(r["payload"]) for r in store.query(
+        "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY rowid")]
+    mine = [e["type"] for e in events if e["data"].get("clip_id") == clip["clip_id"]]
+    assert mine[-2:] == ["clip.uploaded", "clip.acknowledged"]
+
+
 def test_release_refuses_a_camera_file_that_changed(sealed: tuple[Config, Path]) -> None:
     config, cam = sealed
     store = Store(config.data_dir / "state.db", station_id=config.station.id)
