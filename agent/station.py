@@ -281,7 +281,7 @@ class Station:
                                                "message": str(exc)})
                         tx.event("alert", {"code": "dock.failed", "handle": device.handle,
                                            "message": str(exc)})
-                except AgentError:
+                except Exception:  # the failure may be the very thing that cannot be stored
                     log.exception("could not record the failed dock session")
         with self._active_lock:
             again = device.handle in self._redock

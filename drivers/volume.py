@@ -194,7 +194,9 @@ class VolumeDevice:
 
     @property
     def handle(self) -> str:
-        return str(self.root)
+        # Printable UTF-8 whatever bytes the mount point's name has (a label in a
+        # camera's code page): the handle goes into the store and the custody log.
+        return decode_name(os.fsencode(self.root))[0]
 
     def identify(self) -> DeviceInfo:
         raise NotImplementedError

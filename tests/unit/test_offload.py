@@ -581,3 +581,22 @@ def test_an_unreadable_directory_on_the_camera_alerts_and_fails_the_run(
     assert alerts[0]["message"] == ("1 entry on SIM0001 could not be read and may hold "
                                     "recordings: DCIM/100EVENT: unreadable directory: "
                                     "Permission denied")
+
+
+def test_a_camera_directory_named_in_another_code_page_is_offloaded(
+        station_config: Callable[..., Config]) -> None:
+    import shutil
+
+    config = station_config()
+    cam = camera(config, clips=1)
+    # A volume label in the camera's code page (GBK "执法仪"), not UTF-8.
+    odd = Path(os.fsdecode(os.fsencode(cam.parent) + b"/" + "执法仪".encode("gbk")))
+    shutil.move(cam, odd)
+    with running_station(config) as station:
+        summary = station.run_once()
+        store = station.store
+        assert store is not None
+        (dock,) = store.query("SELECT handle FROM docks")
+    assert summary.ok, summary.failures
+    assert summary.reports[0].handle == dock["handle"] and dock["handle"].endswith("/执法仪")
+    assert len(summary.reports[0].copied) == 1
