@@ -128,4 +128,9 @@ MIGRATIONS: list[str] = [
                                     WHERE serial = device_serial), ''),
         clock_offset_s = (SELECT clock_offset_s FROM devices WHERE serial = device_serial)
     """,
+    # 3: the response each accepted command got, re-sent when the broker delivers the
+    #    command again (a connection lost before it was settled) instead of running it twice.
+    """
+    ALTER TABLE seen_commands ADD COLUMN response TEXT;
+    """,
 ]

@@ -41,6 +41,14 @@ class Refused(AgentError):
     """A platform message that fails a trust rule; the text says which."""
 
 
+class _Redelivered(Exception):
+    """The broker sent an accepted command again: answer as the first time, run nothing."""
+
+    def __init__(self, response: dict[str, Any]) -> None:
+        super().__init__("redelivered")
+        self.response = response
+
+
 class Inbound:
     """Processes platform messages on its own thread (paho's thread only enqueues)."""
 
@@ -180,6 +188,7 @@ class Inbound:
     def handle_command(self, message: InboundMessage) -> dict[str, Any]:
         """Check and run a command; always answers when it knows where to answer."""
         command: dict[str, Any] = {}
+        accepted = False
         reply_to, correlation = message.response_topic, message.correlation_data
         try:
             envelope = _json(message.payload, "command")
@@ -198,13 +207,16 @@ class Inbound:
             reply_to = message.response_topic or _opt_text(command, "reply_to")
             if reply_to is not None and not reply_to.startswith(self.reply_prefix):
                 raise Refused(f"response topic {reply_to!r} is outside {self.reply_prefix}")
-            self._check_command(command, message.name)
+            self._check_command(command, message.name, redelivery=message.dup)
+            accepted = True
             handler = self.commands.get(message.name)
             if handler is None:
                 raise Refused(f"unknown command {message.name!r} "
                               f"(known: {', '.join(sorted(self.commands))})")
             result = handler(command.get("args") or {})
             response = self._response(command, message.name, ok=True, result=result)
+        except _Redelivered as again:
+            response = again.response
         except (Refused, IntegrityError) as exc:
             reason = str(exc)
             log.error("command %s refused: %s", message.name, reason)
@@ -216,13 +228,18 @@ class Inbound:
             response = self._response(command, message.name, ok=False, error=reason)
         except AgentError as exc:
             response = self._response(command, message.name, ok=False, error=exc.diagnostics())
+        if accepted:
+            with self.store.transaction() as tx:
+                tx.execute("UPDATE seen_commands SET response = ? WHERE id = ?",
+                           (json.dumps(response, ensure_ascii=False), command.get("id")))
         if reply_to:
             if correlation is None and command.get("correlation_id") is not None:
                 response["correlation_id"] = command["correlation_id"]
             self.respond(reply_to, correlation, json.dumps(response, ensure_ascii=False).encode())
         return response
 
-    def _check_command(self, command: dict[str, Any], topic_name: str) -> None:
+    def _check_command(self, command: dict[str, Any], topic_name: str, *,
+                       redelivery: bool = False) -> None:
         command_id = _text(command, "id")
         if command.get("name") != topic_name:
             raise Refused(f"command names {command.get('name')!r} but came on cmd/{topic_name}")
@@ -244,12 +261,23 @@ class Inbound:
             raise Refused(f"command {command_id} is stale: issued {rfc3339(issued)}")
         with self.store.transaction() as tx:
             tx.execute("DELETE FROM seen_commands WHERE expires_at < ?", (now(),))
-            if tx.one("SELECT 1 FROM seen_commands WHERE id = ?", (command_id,)):
+            seen = tx.one("SELECT response FROM seen_commands WHERE id = ?", (command_id,))
+            answered = seen["response"] if seen is not None else None
+            if seen is not None and not (redelivery and answered is not None):
                 raise Refused(f"command {command_id} was already received (replay)")
-            tx.execute("INSERT INTO seen_commands (id, received_at, expires_at) VALUES (?,?,?)",
-                       (command_id, now(), rfc3339(expires)))
-            tx.log("command.accepted", None, {"command_id": command_id, "name": topic_name,
-                                              "args": command.get("args") or {}})
+            if seen is not None:
+                # The broker's own resend (our settle was lost with the connection):
+                # answered as the first time, nothing runs again.
+                tx.log("command.redelivered", None, {"command_id": command_id,
+                                                     "name": topic_name})
+            else:
+                tx.execute("INSERT INTO seen_commands (id, received_at, expires_at) "
+                           "VALUES (?,?,?)", (command_id, now(), rfc3339(expires)))
+                tx.log("command.accepted", None, {"command_id": command_id,
+                                                  "name": topic_name,
+                                                  "args": command.get("args") or {}})
+        if answered is not None:
+            raise _Redelivered(json.loads(answered))
 
     def _response(self, command: dict[str, Any], name: str, *, ok: bool,
                   result: dict[str, Any] | None = None, error: str | None = None

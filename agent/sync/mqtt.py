@@ -81,6 +81,9 @@ class InboundMessage:
     mid: int = 0
     qos: int = 0
     connection: int = 0  # which connection it came on (acks are per connection)
+    # The broker's DUP flag: it sent this message before (a publisher's own DUP flag is
+    # not passed on to subscribers, so only the broker can set it here).
+    dup: bool = False
 
 
 class MqttLink:
@@ -460,7 +463,8 @@ class MqttLink:
             response_topic=response_topic,
             correlation_data=bytes(correlation) if correlation is not None else None,
             user_properties=tuple((str(k), str(v)) for k, v in (user or [])),
-            mid=message.mid, qos=message.qos, connection=self._network_seq)
+            mid=message.mid, qos=message.qos, connection=self._network_seq,
+            dup=bool(message.dup))
         try:
             self._deliver(inbound)
         except Exception:

@@ -415,3 +415,50 @@ def test_an_io_error_on_the_camera_is_not_taken_for_a_finished_release(
         "SELECT body FROM custody_log WHERE kind = 'release.skipped'")]
     assert any("could not be checked on the camera" in s for s in skipped)
     assert row["name"] in {p.name for p in _files(cam)}
+
+
+def test_a_command_the_broker_delivers_again_is_answered_again_not_run_again(
+        sealed: tuple[Config, Path]) -> None:
+    import datetime as dt
+
+    from agent.sync.mqtt import InboundMessage
+    from agent.timeutil import rfc3339
+
+    config, _cam = sealed
+    platform_key = StationKey.generate()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    answers: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+
+    def status(args: dict[str, Any]) -> dict[str, Any]:
+        runs.append(args)
+        return {"run": len(runs)}
+
+    inbound = Inbound(config, store, {keyid_of(platform_key.public_key): platform_key.public_key},
+                      respond=lambda _t, _c, body: answers.append(json.loads(body)),
+                      commands={"status": status}, on_acknowledged=lambda _c: None)
+    issued = dt.datetime.now(dt.UTC)
+    payload = {"id": "c0ffee00-0001", "name": "status", "station_id": config.station.id,
+               "issued_at": rfc3339(issued),
+               "expires_at": rfc3339(issued + dt.timedelta(minutes=10)), "args": {},
+               "reply_to": f"bwc/v1/stations/{config.station.id}/reply/ops",
+               "correlation_id": "c0ffee00-0001"}
+    raw = json.dumps(dsse.sign_envelope(dsse.COMMAND, canonicalize(payload),
+                                        [platform_key])).encode()
+
+    def message(*, dup: bool) -> InboundMessage:
+        return InboundMessage(topic=f"bwc/v1/stations/{config.station.id}/cmd/status",
+                              name="status", payload=raw, dup=dup)
+
+    first = inbound.handle_command(message(dup=False))
+    again = inbound.handle_command(message(dup=True))  # the broker's resend
+    assert first["ok"] and again == first and len(runs) == 1
+    replay = inbound.handle_command(message(dup=False))  # somebody publishes it again
+    assert not replay["ok"] and "already received (replay)" in replay["error"]
+    assert len(runs) == 1 and [a["ok"] for a in answers] == [True, True, False]
+    kinds = [r["kind"] for r in store.query("SELECT kind FROM custody_log ORDER BY seq")]
+    assert kinds[-3:] == ["command.accepted", "command.redelivered", "command.refused"]
+    events = [json.loads(r["payload"]) for r in store.query(
+        "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY rowid")]
+    alerts = [e["data"]["code"] for e in events if e["type"] == "alert"]
+    assert alerts == ["command.refused"]  # the resend is no alert, the replay is
