@@ -32,6 +32,7 @@ from agent.timeutil import now, parse_rfc3339, rfc3339
 log = logging.getLogger(__name__)
 S = ClipState
 CLOCK_SKEW = timedelta(seconds=60)
+SEEN_COMMANDS_MARGIN = timedelta(days=1)
 
 Responder = Callable[[str, bytes | None, bytes], None]
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -260,7 +261,10 @@ class Inbound:
         if current - issued > max_age:
             raise Refused(f"command {command_id} is stale: issued {rfc3339(issued)}")
         with self.store.transaction() as tx:
-            tx.execute("DELETE FROM seen_commands WHERE expires_at < ?", (now(),))
+            # Forgotten a day after they expire, not at once: a station clock that ran ahead
+            # and was set back must not reopen the window for a captured command.
+            tx.execute("DELETE FROM seen_commands WHERE expires_at < ?",
+                       (rfc3339(current - SEEN_COMMANDS_MARGIN),))
             seen = tx.one("SELECT response FROM seen_commands WHERE id = ?", (command_id,))
             answered = seen["response"] if seen is not None else None
             if seen is not None and not (redelivery and answered is not None):

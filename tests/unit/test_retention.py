@@ -462,3 +462,19 @@ def test_a_command_the_broker_delivers_again_is_answered_again_not_run_again(
         "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY rowid")]
     alerts = [e["data"]["code"] for e in events if e["type"] == "alert"]
     assert alerts == ["command.refused"]  # the resend is no alert, the replay is
+
+    # Seen ids outlive their expiry by a day: a clock set back cannot reopen the window.
+    def seen_after(expired_for: dt.timedelta, command_id: str) -> bool:
+        with store.transaction() as tx:
+            tx.execute("UPDATE seen_commands SET expires_at = ? WHERE id = 'c0ffee00-0001'",
+                       (rfc3339(dt.datetime.now(dt.UTC) - expired_for),))
+        fresh = dict(payload, id=command_id, correlation_id=command_id)
+        inbound.handle_command(InboundMessage(
+            topic=message(dup=False).topic, name="status",
+            payload=json.dumps(dsse.sign_envelope(dsse.COMMAND, canonicalize(fresh),
+                                                  [platform_key])).encode()))
+        return store.query_one("SELECT 1 FROM seen_commands WHERE id = 'c0ffee00-0001'") \
+            is not None
+
+    assert seen_after(dt.timedelta(hours=2), "c0ffee00-0002")
+    assert not seen_after(dt.timedelta(hours=25), "c0ffee00-0003")
