@@ -8,7 +8,8 @@ Trust rules (docs/PROTOCOL.md §5, §6):
   reported — the clip stays where it was, so nothing is released;
 * a command runs only if it is signed by the platform key, names this
   station and its topic, is within its validity window, and its id was never
-  seen before (ids are remembered in the store until they expire).
+  seen before (ids are remembered in the store until a day after they expire;
+  a broker's resend of an accepted command gets its first answer again).
 """
 
 from __future__ import annotations
@@ -108,13 +109,18 @@ class Inbound:
         before it could be handled; unsettled, the broker delivers it again
         in the next session.
         """
+        if message.name != "ack":
+            # A command is answered once, whatever happens (its id is taken as seen
+            # before it runs, so a second try would be refused as a replay).
+            try:
+                self.handle_command(message)
+            except Exception:
+                log.exception("command on %s failed", message.topic)
+            return True
         attempt = 0
         while True:
             try:
-                if message.name == "ack":
-                    self.handle_ack(message.payload)
-                else:
-                    self.handle_command(message)
+                self.handle_ack(message.payload)
                 return True
             except AgentError as exc:
                 delay = min(30.0, 0.5 * 2 ** attempt)
@@ -196,7 +202,7 @@ class Inbound:
             # Where to answer is read before the checks, so a refusal is answered too.
             unverified = _peek_payload(envelope)
             reply_to = reply_to or _opt_text(unverified, "reply_to")
-            if reply_to is not None and not reply_to.startswith(self.reply_prefix):
+            if reply_to is not None and not self._reply_topic_ok(reply_to):
                 # Never publish where a sender of unverified data asks: drop the answer.
                 log.warning("command on %s names response topic %r outside %s; not answered",
                             message.topic, reply_to, self.reply_prefix)
@@ -206,8 +212,10 @@ class Inbound:
             if not isinstance(command, dict):
                 raise Refused("command payload is not a JSON object")
             reply_to = message.response_topic or _opt_text(command, "reply_to")
-            if reply_to is not None and not reply_to.startswith(self.reply_prefix):
-                raise Refused(f"response topic {reply_to!r} is outside {self.reply_prefix}")
+            if reply_to is not None and not self._reply_topic_ok(reply_to):
+                bad, reply_to = reply_to, None  # the refusal is not sent there either
+                raise Refused(f"response topic {bad!r} is not a topic under "
+                              f"{self.reply_prefix}")
             self._check_command(command, message.name, redelivery=message.dup)
             accepted = True
             handler = self.commands.get(message.name)
@@ -236,8 +244,19 @@ class Inbound:
         if reply_to:
             if correlation is None and command.get("correlation_id") is not None:
                 response["correlation_id"] = command["correlation_id"]
-            self.respond(reply_to, correlation, json.dumps(response, ensure_ascii=False).encode())
+            try:
+                self.respond(reply_to, correlation,
+                             json.dumps(response, ensure_ascii=False).encode())
+            except AgentError as exc:
+                log.error("command %s: the response to %s could not be sent: %s",
+                          message.name, reply_to, exc)
         return response
+
+    def _reply_topic_ok(self, topic: str) -> bool:
+        """Under the station's reply subtree, and a topic, not a filter (no + or #)."""
+        rest = topic[len(self.reply_prefix):]
+        return (topic.startswith(self.reply_prefix) and bool(rest)
+                and not any(c in topic for c in "+#\x00"))
 
     def _check_command(self, command: dict[str, Any], topic_name: str, *,
                        redelivery: bool = False) -> None:

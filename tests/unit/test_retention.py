@@ -478,3 +478,50 @@ def test_a_command_the_broker_delivers_again_is_answered_again_not_run_again(
 
     assert seen_after(dt.timedelta(hours=2), "c0ffee00-0002")
     assert not seen_after(dt.timedelta(hours=25), "c0ffee00-0003")
+
+
+def test_a_command_whose_answer_cannot_be_sent_is_handled_once(
+        sealed: tuple[Config, Path]) -> None:
+    import datetime as dt
+
+    from agent.errors import TransportError
+    from agent.sync.mqtt import InboundMessage
+    from agent.timeutil import rfc3339
+
+    config, _cam = sealed
+    platform_key = StationKey.generate()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    sent: list[str] = []
+    settled: list[InboundMessage] = []
+
+    def respond(topic: str, _c: bytes | None, _body: bytes) -> None:
+        sent.append(topic)
+        raise TransportError("MQTT: invalid topic for publishing")
+
+    inbound = Inbound(config, store, {keyid_of(platform_key.public_key): platform_key.public_key},
+                      respond=respond, commands={"status": lambda _a: {}},
+                      on_acknowledged=lambda _c: None, settle=settled.append)
+    issued = dt.datetime.now(dt.UTC)
+    prefix = f"bwc/v1/stations/{config.station.id}/reply/"
+
+    def command(command_id: str, reply_to: str) -> InboundMessage:
+        payload = {"id": command_id, "name": "status", "station_id": config.station.id,
+                   "issued_at": rfc3339(issued), "args": {}, "reply_to": reply_to,
+                   "expires_at": rfc3339(issued + dt.timedelta(minutes=10))}
+        return InboundMessage(
+            topic=f"bwc/v1/stations/{config.station.id}/cmd/status", name="status",
+            payload=json.dumps(dsse.sign_envelope(dsse.COMMAND, canonicalize(payload),
+                                                  [platform_key])).encode())
+
+    # A wildcard is a filter, not a topic: refused, and never published to.
+    refused = inbound.handle_command(command("c-1", prefix + "#"))
+    assert not refused["ok"] and "is not a topic under" in refused["error"]
+    assert sent == []
+    # An answer the link cannot send does not make the command run or alert again.
+    inbound.start()
+    inbound.deliver(command("c-2", prefix + "ops"))
+    inbound.queue.join()
+    inbound.stop()
+    assert sent == [prefix + "ops"] and len(settled) == 1
+    accepted = store.query("SELECT kind FROM custody_log WHERE kind LIKE 'command.%'")
+    assert [r["kind"] for r in accepted] == ["command.refused", "command.accepted"]
