@@ -66,6 +66,7 @@ class Station:
         self._device_locks: dict[str, threading.Lock] = {}  # one owner at a time per device
         self._jobs: set[Future[Any]] = set()
         self._redock: set[str] = set()  # handles docked again while their session ran
+        self._stopped_full: set[str] = set()  # handles whose last session hit a full disk
         self._lock_fd: int | None = None
         self._stopping = threading.Event()
         self._stops: list[Callable[[], None]] = []
@@ -222,25 +223,34 @@ class Station:
     def resume_unfinished(self) -> list[str]:
         """Dock again each docked camera whose session left recordings to copy.
 
-        A session stops early when the vault disk is full (or the store failed);
-        once there is room again (a purge, an operator), nothing else would
-        bring back a camera that stays in its dock overnight.  Only with room
-        above ``ingest.min_free_mb``, so a full disk does not alert every time.
+        A session stops early when the vault disk is full; once there is room
+        again (a purge, an operator), nothing else would bring back a camera
+        that stays in its dock overnight.  Only sessions that stopped on a full
+        disk, and only when the smallest recording left fits above
+        ``ingest.min_free_mb``, so a full disk does not alert every time.
         """
         if self.store is None or self.vault is None:
             return []
-        if self.vault.free_bytes() < self.config.ingest.min_free_mb * 1024 * 1024:
-            return []
+        room = self.vault.free_bytes() - self.config.ingest.min_free_mb * 1024 * 1024
         with self._active_lock:
+            # Only sessions that stopped because the disk was full: any other unfinished
+            # session (a file gone from the camera, a failing clip) would loop here.
             idle = [device for handle, device in self._docked.items()
-                    if (running := self._active.get(handle)) is None or running.done()]
+                    if ((running := self._active.get(handle)) is None or running.done())
+                    and handle in self._stopped_full]
         queued = []
         for device in idle:
-            left = self.store.query_one(
-                "SELECT 1 FROM clips JOIN devices ON clips.device_serial = devices.serial "
-                "WHERE devices.docked_handle = ? AND clips.state = 'discovered' LIMIT 1",
+            smallest = self.store.query_one(
+                "SELECT MIN(clips.size) AS size FROM clips JOIN devices "
+                "ON clips.device_serial = devices.serial "
+                "WHERE devices.docked_handle = ? AND clips.state = 'discovered'",
                 (device.handle,))
-            if left is not None and device.present() and self.dock(device) is not None:
+            if smallest is None or smallest["size"] is None:
+                with self._active_lock:
+                    self._stopped_full.discard(device.handle)
+                continue
+            if (int(smallest["size"]) <= room and device.present()
+                    and self.dock(device) is not None):
                 log.info("resuming the offload of %s: recordings were left to copy",
                          device.handle)
                 queued.append(device.handle)
@@ -302,6 +312,11 @@ class Station:
         log.info("docked: %s", device.handle)
         report = self.offloader.offload(device)
         self.reports.append(report)
+        with self._active_lock:
+            if any(e.startswith("disk full") for e in report.errors):
+                self._stopped_full.add(device.handle)
+            else:
+                self._stopped_full.discard(device.handle)
         if self.custody is not None:
             self.custody.checkpoint()  # a signed checkpoint after each burst of seals
         log.info("offload of %s done: %d new, %d copied, %d already ingested, %d quarantined,"

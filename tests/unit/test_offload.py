@@ -600,3 +600,22 @@ def test_a_camera_directory_named_in_another_code_page_is_offloaded(
     assert summary.ok, summary.failures
     assert summary.reports[0].handle == dock["handle"] and dock["handle"].endswith("/执法仪")
     assert len(summary.reports[0].copied) == 1
+
+
+def test_only_sessions_stopped_by_a_full_disk_are_resumed(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config("[ingest]\nchunk_kib = 64\n")
+    cam = camera(config, clips=1)
+    _big_file(cam)
+    with running_station(config) as station:
+        inner = sim_devices(station)[0]
+        # Pulled out mid-copy but still listed (a lingering mount): the clip stays
+        # discovered, and this is not for the resume timer to retry every 2 minutes.
+        future = station.dock(FaultyDevice(inner, on_read=gone_after(128 * 1024)))
+        assert future is not None
+        report = future.result(timeout=30)
+        assert any("device removed" in e for e in report.errors)
+        store = station.store
+        assert store is not None
+        assert "discovered" in {r["state"] for r in store.clips()}
+        assert station.resume_unfinished() == []
