@@ -70,7 +70,7 @@ class Vault:
         try:
             makedirs_durable(final.parent)
             if final.exists():
-                if hash_file(final, drop_cache=True)[0] == sha256:
+                if self._holds(final, sha256):
                     temp.unlink()
                     fsync_dir(self.incoming)
                     return final
@@ -87,13 +87,24 @@ class Vault:
             raise StoreError(f"cannot move {temp.name} into the vault: {exc.strerror}") from exc
         return final
 
+    @staticmethod
+    def _holds(path: Path, sha256: str) -> bool:
+        """Whether a stored object still reads back as its digest (unreadable: no)."""
+        try:
+            return hash_file(path, drop_cache=True)[0] == sha256
+        except StoreError:
+            return False
+
     def _set_aside(self, damaged: Path) -> Path:
-        """Move a damaged object to ``corrupt/`` (never deleted: an auditor may ask)."""
+        """Keep a damaged object under ``corrupt/`` (never deleted: an auditor may ask).
+
+        Linked there, not moved: the object's name stays taken until the fresh
+        copy is renamed over it, so no crash leaves a clip without its object.
+        """
         aside_dir = makedirs_durable(self.root / "corrupt")
         aside = aside_dir / f"{damaged.name}.{time.time_ns()}"
-        os.replace(damaged, aside)
+        os.link(damaged, aside)
         fsync_dir(aside_dir)
-        fsync_dir(damaged.parent)
         return aside
 
     def discard(self, temp: Path) -> None:

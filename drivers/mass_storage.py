@@ -39,7 +39,7 @@ from agent.configschema import option
 from agent.errors import DeviceError
 from drivers import catalog as catalog_mod
 from drivers.base import Detector, Device, DeviceInfo, DriverSpec, Recording
-from drivers.paths import decode_name
+from drivers.paths import printable_name
 from drivers.volume import DockWatcher, VolumeDevice
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class MassStorageDevice(VolumeDevice):
         usb, entry = self.usb, self.entry
         serial = (usb.serial if usb is not None and usb.serial else "") or name_serial
         if not serial:
-            serial = VOLUME_SERIAL_PREFIX + decode_name(os.fsencode(self.root.name))[0]
+            serial = VOLUME_SERIAL_PREFIX + printable_name(os.fsencode(self.root.name))
         return DeviceInfo(
             serial=serial,
             vendor=entry.vendor if entry else (usb.manufacturer if usb else ""),

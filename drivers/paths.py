@@ -37,6 +37,15 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+def printable_name(raw: bytes) -> str:
+    """A name for the store and the log: decoded, with the raw bytes in hex when undecodable.
+
+    Replacement characters alone would make two undecodable names the same.
+    """
+    text, flags = decode_name(raw)
+    return f"{text} [{raw.hex()}]" if "name.undecodable" in flags else text
+
+
 def decode_name(raw: bytes) -> tuple[str, tuple[str, ...]]:
     """Decode one on-disk name; returns (text, flags).
 

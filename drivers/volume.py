@@ -35,7 +35,15 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from agent.errors import DeviceError
 from drivers.base import Device, DeviceInfo, Listing, Recording, Skipped
-from drivers.paths import decode_name, open_inside, open_root, os_error, parent_dir, unsafe_reason
+from drivers.paths import (
+    decode_name,
+    open_inside,
+    open_root,
+    os_error,
+    parent_dir,
+    printable_name,
+    unsafe_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +204,7 @@ class VolumeDevice:
     def handle(self) -> str:
         # Printable UTF-8 whatever bytes the mount point's name has (a label in a
         # camera's code page): the handle goes into the store and the custody log.
-        return decode_name(os.fsencode(self.root))[0]
+        return printable_name(os.fsencode(self.root))
 
     def identify(self) -> DeviceInfo:
         raise NotImplementedError

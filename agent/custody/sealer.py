@@ -29,7 +29,7 @@ from agent.custody.keys import (
 )
 from agent.custody.manifest import build_manifest
 from agent.durable import remove_stale_temps
-from agent.errors import ConfigError, StoreError
+from agent.errors import AgentError, ConfigError, StoreError
 from agent.store import ClipState, Store
 from agent.timeutil import now
 from agent.vault import Vault
@@ -124,11 +124,16 @@ class Custody:
     def seal_pending(self) -> int:
         """Seal every clip left ``copied`` (after a crash or between sessions)."""
         rows = self.store.clips(S.COPIED.value)
+        failed = 0
         for row in rows:
-            self.seal(row["clip_id"])
+            try:
+                self.seal(row["clip_id"])
+            except AgentError:
+                failed += 1  # one clip's failure does not hold back the others
+                log.exception("sealing clip %s failed; tried again later", row["clip_id"])
         if rows:
             self.checkpoint()
-        return len(rows)
+        return len(rows) - failed
 
     # --- checkpoints ---------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from agent.config import Config
-from agent.errors import AgentError, DeviceError
+from agent.errors import AgentError, DeviceError, DeviceGoneError
 from agent.offload import mtime_ms
 from agent.store import ClipState, Store
 from agent.timeutil import now, parse_rfc3339
@@ -51,9 +51,10 @@ def release_acknowledged(config: Config, store: Store, device: Device,
         with _RELEASING_LOCK:
             # Claimed under the lock purge checks: purge leaves a claimed clip alone until
             # its release is recorded.
-            if store.query_one(f"SELECT 1 FROM clips WHERE clip_id = ? AND {_AWAITING_RELEASE}",
-                               (row["clip_id"],)) is None:
-                continue
+            if row["clip_id"] in _RELEASING or store.query_one(
+                    f"SELECT 1 FROM clips WHERE clip_id = ? AND {_AWAITING_RELEASE}",
+                    (row["clip_id"],)) is None:
+                continue  # released, purged, or being released by another job
             _RELEASING.add(row["clip_id"])
         try:
             if _release_one(store, device, info, row):
@@ -109,6 +110,8 @@ GONE = "not on the camera any more"
 
 def _not_found(exc: BaseException) -> bool:
     """Whether a device error says the file is not there (ENOENT), not that reading failed."""
+    if isinstance(exc, DeviceGoneError):
+        return False  # the camera itself went away: its files say nothing
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, FileNotFoundError) or getattr(seen, "errno", None) == errno.ENOENT:

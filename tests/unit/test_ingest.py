@@ -158,3 +158,30 @@ def test_verify_reads_from_disk_and_hashes_every_byte(tmp_path: Path, size: int)
     path.write_bytes(data)
     assert hash_file(path, drop_cache=True) == (hashlib.sha256(data).hexdigest(), size)
     assert hash_file(path) == (hashlib.sha256(data).hexdigest(), size)
+
+
+def test_commit_replaces_an_existing_object_that_cannot_be_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.vault as vault_mod
+
+    vault = Vault(tmp_path / "vault")
+    data = b"evidence bytes"
+    digest = hashlib.sha256(data).hexdigest()
+    first = vault.temp_path("a")
+    first.write_bytes(data)
+    stored = vault.commit(first, digest)
+    real = vault_mod.hash_file
+
+    def eio(path: Path, **kwargs: object) -> tuple[str, int]:
+        if path == stored:
+            raise StoreError(f"cannot read {path}: Input/output error")
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vault_mod, "hash_file", eio)
+    second = vault.temp_path("b")
+    second.write_bytes(data)
+    asides: list[Path] = []
+    assert vault.commit(second, digest, on_repair=asides.append) == stored
+    (aside,) = asides
+    assert aside.parent == tmp_path / "vault" / "corrupt" and aside.name.startswith(digest)
+    assert stored.read_bytes() == data and not second.exists()

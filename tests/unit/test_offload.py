@@ -449,6 +449,8 @@ def test_a_clip_whose_sealing_fails_is_sealed_by_the_checkpoint_timer(
         assert [a["code"] for a in alerts] == ["seal.failed"]
         assert "is copied and verified but not sealed yet: database is locked" \
             in alerts[0]["message"]
+        # One clip failing again does not hold back the others.
+        assert custody.seal_pending() == 0
         # One tick of the checkpoint timer (its wait returns False once, then the stop).
         monkeypatch.setattr(custody, "seal", real_seal)
         ticks = iter([False, True])

@@ -265,3 +265,12 @@ def test_write_atomic_never_writes_through_a_planted_symlink(tmp_path: Path) -> 
     assert not target.is_symlink() and target.read_bytes() == b'{"serial": "X"}'
     remove_stale_temps(camera_dir)  # unlinks leftovers; a link goes, never its target
     assert victim.read_bytes() == b"precious"
+
+
+def test_undecodable_names_stay_distinct_for_the_store() -> None:
+    from drivers.paths import printable_name
+
+    assert printable_name("执法仪".encode("gbk")) == "执法仪"
+    assert printable_name(b"CAM_1") == "CAM_1"
+    a, b = printable_name(b"\xff\xfe"), printable_name(b"\xfe\xff")
+    assert a != b and a.endswith("[fffe]") and b.endswith("[feff]")

@@ -389,7 +389,7 @@ def test_an_io_error_on_the_camera_is_not_taken_for_a_finished_release(
         sealed: tuple[Config, Path]) -> None:
     import errno
 
-    from agent.errors import DeviceError
+    from agent.errors import DeviceError, DeviceGoneError
 
     config, cam = sealed
     store = Store(config.data_dir / "state.db", station_id=config.station.id)
@@ -408,6 +408,17 @@ def test_an_io_error_on_the_camera_is_not_taken_for_a_finished_release(
                 raise DeviceError(f"stat {rec.path!r}: I/O error") from exc
 
         device.stat = failing_stat  # type: ignore[method-assign]
+        released = release_acknowledged(config, store, device, device.identify())
+        assert released == []
+
+        def camera_gone(rec: Any) -> tuple[int, float]:
+            # The volume root vanished (unplugged): ENOENT, but about the camera.
+            try:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+            except OSError as exc:
+                raise DeviceGoneError("camera unplugged (volume root gone)") from exc
+
+        device.stat = camera_gone  # type: ignore[method-assign]
         released = release_acknowledged(config, store, device, device.identify())
     assert released == []
     assert store.clip(row["clip_id"])["state"] == "acknowledged"
