@@ -174,6 +174,7 @@ class MqttLink:
         self._ready = threading.Event()  # connected and subscribed
         self._wake = threading.Event()  # the drainer has something to look at
         self._stopping = threading.Event()
+        self._status_lock = threading.Lock()  # orders the birth and the offline status
         self._connection_seq = 0  # bumped by every ready connection
         self._network_seq = 0  # bumped by every accepted CONNACK (acks belong to it)
         self._fallback_pending = False
@@ -251,13 +252,14 @@ class MqttLink:
             if thread.name == "mqtt-drainer":
                 thread.join(timeout)
         client = self._client
-        if self.connected:
-            try:
-                info = client.publish(self.status_topic, self._status_payload("offline"),
-                                      qos=1, retain=True)
-                info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError) as exc:
-                log.warning("MQTT: could not publish the offline status: %s", exc)
+        with self._status_lock:  # after a birth being published, never before it
+            if self.connected:
+                try:
+                    info = client.publish(self.status_topic, self._status_payload("offline"),
+                                          qos=1, retain=True)
+                    info.wait_for_publish(timeout)
+                except (RuntimeError, ValueError) as exc:
+                    log.warning("MQTT: could not publish the offline status: %s", exc)
         client.disconnect()
         client.loop_stop()
         self._ready.clear()
@@ -402,15 +404,24 @@ class MqttLink:
         if refused:
             log.error("MQTT: the broker refused our subscriptions (%s); commands and acks "
                       "will not arrive", ", ".join(refused))
-        try:
-            self._publish(client, self.status_topic, self._status_payload("online"),
-                          qos=1, retain=True)
-        except TransportError as exc:
-            log.error("MQTT: cannot publish the birth status: %s", exc)
+        # The status reads the store, which a long transaction may hold for a while:
+        # built off this network thread, so keepalives and PUBACKs never wait for it.
+        threading.Thread(target=self._publish_birth, args=(client,), name="mqtt-birth",
+                         daemon=True).start()
         self._last_error = None
         self._connection_seq += 1
         self._ready.set()
         self._wake.set()
+
+    def _publish_birth(self, client: mqtt.Client) -> None:
+        payload = self._status_payload("online")
+        with self._status_lock:
+            if self._stopping.is_set():
+                return  # never an "online" after the "offline" of a clean stop
+            try:
+                self._publish(client, self.status_topic, payload, qos=1, retain=True)
+            except TransportError as exc:
+                log.error("MQTT: cannot publish the birth status: %s", exc)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this from inside its "except OSError" clause, so the

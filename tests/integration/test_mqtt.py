@@ -132,6 +132,25 @@ def test_birth_is_retained_online_with_status(links: Links, broker: Broker,
     assert status["at"].endswith("Z")
 
 
+def test_a_slow_status_never_holds_the_connection(links: Links, outbox: SqliteOutbox,
+                                                   platform: PlatformClient) -> None:
+    # The store is busy (a long checkpoint): building the birth status waits for it.
+    store_free = threading.Event()
+
+    def busy_status() -> dict[str, Any]:
+        store_free.wait(10)
+        return {"backlog": 0, "devices": []}
+
+    ids = add_events(outbox, 5)
+    links.connected(status_provider=busy_status)
+    try:
+        # Events still go out and their PUBACKs are handled meanwhile.
+        wait_until(lambda: outbox.backlog() == 0, what="events delivered while status waits")
+    finally:
+        store_free.set()
+    assert sorted(set(event_ids(platform))) == sorted(ids)
+
+
 _CHILD = """
 import json, sys, time
 from agent.sync.mqtt import MqttLink
