@@ -38,6 +38,10 @@ class DeviceGoneError(DeviceError):
     """The device disappeared (undocked or unmounted) while in use."""
 
 
+class RecordingMissingError(DeviceError):
+    """The device is there, but this recording is not (ENOENT): no I/O failure."""
+
+
 class IntegrityError(AgentError):
     """Data does not match what it claims: a hash, a signature, a proof."""
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.errors import DeviceError, DeviceGoneError
+from agent.errors import DeviceError, DeviceGoneError, RecordingMissingError
 
 # errno values that mean "the medium went away" rather than "this file is bad".
 GONE_ERRNOS = frozenset({errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE, errno.ENOMEDIUM})
@@ -110,10 +110,12 @@ def _shown(relpath: str | bytes) -> str:
 
 
 def os_error(exc: OSError, what: str) -> DeviceError:
-    """Convert an OSError met while using the device into DeviceError / DeviceGoneError."""
+    """Convert an OSError met while using the device into DeviceError and its kinds."""
     text = exc.strerror or str(exc)
     if exc.errno in GONE_ERRNOS:
         return DeviceGoneError(f"{what}: device gone ({text})")
+    if exc.errno == errno.ENOENT:
+        return RecordingMissingError(f"{what}: {text}")
     return DeviceError(f"{what}: {text}")
 
 

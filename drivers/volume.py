@@ -33,7 +33,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from agent.errors import DeviceError
+from agent.errors import DeviceError, RecordingMissingError
 from drivers.base import Device, DeviceInfo, Listing, Recording, Skipped
 from drivers.paths import (
     decode_name,
@@ -246,8 +246,8 @@ class VolumeDevice:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
-                    raise DeviceError(f"{recording.path!r} no longer exists on {self.root}"
-                                      ) from exc
+                    raise RecordingMissingError(f"{recording.path!r} no longer exists on "
+                                                f"{self.root}") from exc
                 raise os_error(exc, f"stat {recording.path!r} on {self.root}") from exc
         if not stat.S_ISREG(st.st_mode):
             raise DeviceError(f"{recording.path!r} on {self.root} is no longer a regular file")

@@ -16,7 +16,6 @@ Each deletion is a state change with its custody log entry and event.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import threading
@@ -25,7 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from agent.config import Config
-from agent.errors import AgentError, DeviceError, DeviceGoneError
+from agent.errors import AgentError, DeviceError, RecordingMissingError
 from agent.offload import mtime_ms
 from agent.store import ClipState, Store
 from agent.timeutil import now, parse_rfc3339
@@ -108,18 +107,6 @@ def _release_one(store: Store, device: Device, info: DeviceInfo, row: Any) -> bo
 GONE = "not on the camera any more"
 
 
-def _not_found(exc: BaseException) -> bool:
-    """Whether a device error says the file is not there (ENOENT), not that reading failed."""
-    if isinstance(exc, DeviceGoneError):
-        return False  # the camera itself went away: its files say nothing
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, FileNotFoundError) or getattr(seen, "errno", None) == errno.ENOENT:
-            return True
-        seen = seen.__cause__
-    return False
-
-
 def _release_started(store: Store, clip_id: str) -> bool:
     """Whether the last release attempt of the clip was started and did not fail."""
     row = store.query_one("SELECT kind FROM custody_log WHERE clip_id = ? AND kind IN "
@@ -148,10 +135,10 @@ def _same_file(device: Device, rec: Recording, sha256: str) -> str | None:
     """Why the file on the camera is not the acknowledged clip, or None if it is."""
     try:
         size, mtime = device.stat(rec)
-    except DeviceError as exc:
-        if _not_found(exc):
-            return f"{GONE} ({exc})"
-        return f"could not be checked on the camera: {exc}"  # an I/O error is not "gone"
+    except RecordingMissingError as exc:
+        return f"{GONE} ({exc})"
+    except DeviceError as exc:  # an I/O error, or the camera itself gone: not "deleted"
+        return f"could not be checked on the camera: {exc}"
     if size != rec.size or mtime_ms(mtime) != mtime_ms(rec.mtime):
         return f"changed on the camera since it was copied (size {rec.size} -> {size})"
     digest = hashlib.sha256()
