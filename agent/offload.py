@@ -386,8 +386,10 @@ class Offloader:
     def _store_copy(self, clip_id: str, temp: Any, sha256: str, size: int, info: DeviceInfo,
                     rec: Recording, *, last_attempt: bool) -> str:
         existed = self.vault.has(sha256)
+        repairs: list[Path] = []
 
         def repaired(aside: Path) -> None:
+            repairs.append(aside)
             self._alert(info.serial, "vault.repaired",
                         f"vault object {sha256} no longer held its bytes; the copy of clip "
                         f"{clip_id} ({rec.path}) replaced it, the damaged file is kept at "
@@ -397,7 +399,9 @@ class Offloader:
         verified = False
         if self.config.ingest.verify:
             try:
-                self.vault.verify(sha256)
+                if not existed or repairs:
+                    self.vault.verify(sha256)
+                # else: commit has just read the stored object back from the disk, intact.
                 verified = True
             except IntegrityError as exc:
                 if not existed:
