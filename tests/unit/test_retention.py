@@ -9,6 +9,8 @@ state and show that neither path deletes anything without a valid ack.
 from __future__ import annotations
 
 import ast
+import dataclasses
+import datetime as dt
 import hashlib
 import json
 import sqlite3
@@ -25,7 +27,9 @@ from agent.custody.keys import StationKey, keyid_of
 from agent.errors import AgentError
 from agent.store import STATES, Store
 from agent.sync.inbound import Inbound
+from agent.sync.mqtt import InboundMessage
 from agent.sync.retention import purge, release_acknowledged
+from agent.timeutil import rfc3339
 from agent.vault import Vault
 from tests.support.stations import camera, running_station, sim_devices
 
@@ -122,6 +126,27 @@ def _ack(key: StationKey, clip_id: str, sha256: str, station: str = "ST-0001") -
     return json.dumps(dsse.sign_envelope(dsse.ACK, canonicalize(payload), [key])).encode()
 
 
+def _status_command(key: StationKey, station_id: str, command_id: str, *,
+                    reply_to: str | None = None) -> InboundMessage:
+    """A signed ``status`` command, valid for ten minutes, as the broker delivers it."""
+    issued = dt.datetime.now(dt.UTC)
+    payload = {"id": command_id, "name": "status", "station_id": station_id,
+               "issued_at": rfc3339(issued),
+               "expires_at": rfc3339(issued + dt.timedelta(minutes=10)), "args": {},
+               "reply_to": reply_to or f"bwc/v1/stations/{station_id}/reply/ops",
+               "correlation_id": command_id}
+    return InboundMessage(
+        topic=f"bwc/v1/stations/{station_id}/cmd/status", name="status",
+        payload=json.dumps(dsse.sign_envelope(dsse.COMMAND, canonicalize(payload),
+                                              [key])).encode())
+
+
+def _events(store: Store) -> list[dict[str, Any]]:
+    """The platform events in the outbox, oldest first."""
+    return [json.loads(r["payload"]) for r in store.query(
+        "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY rowid")]
+
+
 def test_only_a_valid_ack_leads_to_release_and_purge(sealed: tuple[Config, Path]) -> None:
     config, cam = sealed
     platform_key, stranger = StationKey.generate(), StationKey.generate()
@@ -171,7 +196,6 @@ def test_only_a_valid_ack_leads_to_release_and_purge(sealed: tuple[Config, Path]
 def test_an_ack_is_settled_only_once_applied_even_when_the_store_fails(
         sealed: tuple[Config, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.errors import StoreError
-    from agent.sync.mqtt import InboundMessage
 
     config, _cam = sealed
     platform_key = StationKey.generate()
@@ -237,8 +261,7 @@ def test_purge_leaves_a_clip_alone_while_its_camera_copy_is_being_released(
     kinds = [r["kind"] for r in store.query("SELECT kind FROM custody_log ORDER BY seq")]
     # The clip purged while it waited for its camera is still released from it.
     assert (kinds.count("clip.released"), kinds.count("release.after_purge")) == (1, 1)
-    events = [json.loads(r["payload"]) for r in store.query(
-        "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY rowid")]
+    events = _events(store)
     assert len([e for e in events if e["type"] == "clip.released"]) == 2
 
 
@@ -253,8 +276,7 @@ def test_an_ack_that_overtakes_the_last_patch_response_still_reports_the_upload(
                       respond=lambda *a: None, commands={}, on_acknowledged=lambda _c: None)
     assert inbound.handle_ack(_ack(platform_key, clip["clip_id"], clip["sha256"])) == \
         clip["clip_id"]
-    events = [json.loads(r["payload"]) for r in store.query(
-        "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY rowid")]
+    events = _events(store)
     mine = [e["type"] for e in events if e["data"].get("clip_id") == clip["clip_id"]]
     assert mine[-2:] == ["clip.uploaded", "clip.acknowledged"]
 
@@ -430,10 +452,6 @@ def test_an_io_error_on_the_camera_is_not_taken_for_a_finished_release(
 
 def test_a_command_the_broker_delivers_again_is_answered_again_not_run_again(
         sealed: tuple[Config, Path]) -> None:
-    import datetime as dt
-
-    from agent.sync.mqtt import InboundMessage
-    from agent.timeutil import rfc3339
 
     config, _cam = sealed
     platform_key = StationKey.generate()
@@ -448,18 +466,10 @@ def test_a_command_the_broker_delivers_again_is_answered_again_not_run_again(
     inbound = Inbound(config, store, {keyid_of(platform_key.public_key): platform_key.public_key},
                       respond=lambda _t, _c, body: answers.append(json.loads(body)),
                       commands={"status": status}, on_acknowledged=lambda _c: None)
-    issued = dt.datetime.now(dt.UTC)
-    payload = {"id": "c0ffee00-0001", "name": "status", "station_id": config.station.id,
-               "issued_at": rfc3339(issued),
-               "expires_at": rfc3339(issued + dt.timedelta(minutes=10)), "args": {},
-               "reply_to": f"bwc/v1/stations/{config.station.id}/reply/ops",
-               "correlation_id": "c0ffee00-0001"}
-    raw = json.dumps(dsse.sign_envelope(dsse.COMMAND, canonicalize(payload),
-                                        [platform_key])).encode()
+    sent = _status_command(platform_key, config.station.id, "c0ffee00-0001")
 
     def message(*, dup: bool) -> InboundMessage:
-        return InboundMessage(topic=f"bwc/v1/stations/{config.station.id}/cmd/status",
-                              name="status", payload=raw, dup=dup)
+        return dataclasses.replace(sent, dup=dup)
 
     first = inbound.handle_command(message(dup=False))
     again = inbound.handle_command(message(dup=True))  # the broker's resend
@@ -469,8 +479,7 @@ def test_a_command_the_broker_delivers_again_is_answered_again_not_run_again(
     assert len(runs) == 1 and [a["ok"] for a in answers] == [True, True, False]
     kinds = [r["kind"] for r in store.query("SELECT kind FROM custody_log ORDER BY seq")]
     assert kinds[-3:] == ["command.accepted", "command.redelivered", "command.refused"]
-    events = [json.loads(r["payload"]) for r in store.query(
-        "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY rowid")]
+    events = _events(store)
     alerts = [e["data"]["code"] for e in events if e["type"] == "alert"]
     assert alerts == ["command.refused"]  # the resend is no alert, the replay is
 
@@ -479,11 +488,7 @@ def test_a_command_the_broker_delivers_again_is_answered_again_not_run_again(
         with store.transaction() as tx:
             tx.execute("UPDATE seen_commands SET expires_at = ? WHERE id = 'c0ffee00-0001'",
                        (rfc3339(dt.datetime.now(dt.UTC) - expired_for),))
-        fresh = dict(payload, id=command_id, correlation_id=command_id)
-        inbound.handle_command(InboundMessage(
-            topic=message(dup=False).topic, name="status",
-            payload=json.dumps(dsse.sign_envelope(dsse.COMMAND, canonicalize(fresh),
-                                                  [platform_key])).encode()))
+        inbound.handle_command(_status_command(platform_key, config.station.id, command_id))
         return store.query_one("SELECT 1 FROM seen_commands WHERE id = 'c0ffee00-0001'") \
             is not None
 
@@ -493,11 +498,7 @@ def test_a_command_the_broker_delivers_again_is_answered_again_not_run_again(
 
 def test_a_command_whose_answer_cannot_be_sent_is_handled_once(
         sealed: tuple[Config, Path]) -> None:
-    import datetime as dt
-
     from agent.errors import TransportError
-    from agent.sync.mqtt import InboundMessage
-    from agent.timeutil import rfc3339
 
     config, _cam = sealed
     platform_key = StationKey.generate()
@@ -512,17 +513,10 @@ def test_a_command_whose_answer_cannot_be_sent_is_handled_once(
     inbound = Inbound(config, store, {keyid_of(platform_key.public_key): platform_key.public_key},
                       respond=respond, commands={"status": lambda _a: {}},
                       on_acknowledged=lambda _c: None, settle=settled.append)
-    issued = dt.datetime.now(dt.UTC)
     prefix = f"bwc/v1/stations/{config.station.id}/reply/"
 
     def command(command_id: str, reply_to: str) -> InboundMessage:
-        payload = {"id": command_id, "name": "status", "station_id": config.station.id,
-                   "issued_at": rfc3339(issued), "args": {}, "reply_to": reply_to,
-                   "expires_at": rfc3339(issued + dt.timedelta(minutes=10))}
-        return InboundMessage(
-            topic=f"bwc/v1/stations/{config.station.id}/cmd/status", name="status",
-            payload=json.dumps(dsse.sign_envelope(dsse.COMMAND, canonicalize(payload),
-                                                  [platform_key])).encode())
+        return _status_command(platform_key, config.station.id, command_id, reply_to=reply_to)
 
     # A wildcard is a filter, not a topic: refused, and never published to.
     refused = inbound.handle_command(command("c-1", prefix + "#"))
