@@ -60,10 +60,23 @@ class MediaSection:
 class CustodySection:
     checkpoint_interval_s: int = option(300, min=5, max=86400,
                                         doc="Seconds between signed log checkpoints.")
-    case_id_pattern: str = option(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}",
+    # Letters and digits of any script (Chinese case numbers such as
+    # 内公(治)行罚决字〔2019〕123号), then also the punctuation case numbers use.
+    case_id_pattern: str = option(r"[^\W_][\w.:/#()（）〔〕［］【】\[\]-]{0,127}",
                                   doc="Regular expression every case ID must match.")
     credential_key_file: Path | None = option(
-        None, doc="Platform public key (PEM) that signs officer credentials.")
+        None, doc="Platform public key (PEM) that signs officer credentials and rosters.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfficersSection:
+    hold_release_until_verified: bool = option(
+        False, doc="Keep a clip on its camera (even once acknowledged) until its officer is "
+                   "verified.")
+    time_tolerance_s: float = option(
+        120.0, min=0, max=86400,
+        doc="Recording times (file name + duration, file time, dock time) further apart than "
+            "this flag the clip recorded.time_mismatch.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +124,7 @@ class Config:
     ingest: IngestSection
     media: MediaSection
     custody: CustodySection
+    officers: OfficersSection
     retention: RetentionSection
     platform: PlatformSection | None
     source: Path | None = None
@@ -125,6 +139,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "ingest": IngestSection,
     "media": MediaSection,
     "custody": CustodySection,
+    "officers": OfficersSection,
     "retention": RetentionSection,
     "platform": PlatformSection,
 }

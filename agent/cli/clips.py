@@ -9,6 +9,7 @@ from typing import Any
 from agent.cli.common import add_config_arg, human_size, load_config, open_store, print_json, table
 from agent.errors import ConfigError
 from agent.store import STATES
+from agent.tagging import cases_of
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +28,8 @@ def clip_record(row: Any) -> dict[str, Any]:
         "media": json.loads(row["media"]) if row["media"] else None,
         "recorded_start": row["recorded_start"], "important": bool(row["important"]),
         "officer_id": row["officer_id"] or None, "case_id": row["case_id"],
+        "officer_status": row["officer_status"], "credential_id": row["credential_id"],
+        "start_at": row["start_at"], "end_at": row["end_at"],
         "copied_at": row["copied_at"], "sealed_at": row["sealed_at"],
         "uploaded_at": row["uploaded_at"], "acknowledged_at": row["acknowledged_at"],
         "released_at": row["released_at"], "purged_at": row["purged_at"],
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--state: {args.state!r} is not a clip state ({', '.join(STATES)})")
     store = open_store(config)
     records = [clip_record(r) for r in store.clips(args.state)]
+    for record in records:
+        record["cases"] = list(cases_of(store, record["clip_id"]))
     if args.json:
         print_json({"clips": records})
         return 0
@@ -56,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
         [r["clip_id"], r["name"], human_size(r["size"]),
          r["sha256"] or "-", media_summary(r["media"]),
          r["state"] + (f" ({r['reason']})" if r["reason"] else ""),
-         ",".join(r["flags"]) or "-"]
+         f"{r['officer_id'] or '-'} {r['officer_status'] or '-'}",
+         ", ".join(r["cases"]) or "-", ",".join(r["flags"]) or "-"]
         for r in records
     ]
-    print(table(["CLIP", "NAME", "SIZE", "SHA-256", "MEDIA", "STATE", "FLAGS"], rows))
+    print(table(["CLIP", "NAME", "SIZE", "SHA-256", "MEDIA", "STATE", "OFFICER", "CASES",
+                 "FLAGS"], rows))
     print(f"{len(records)} clips; vault: {config.data_dir / 'vault'}")
     return 0

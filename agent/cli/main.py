@@ -14,12 +14,23 @@ import traceback
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import clips, config_cmd, export, keys, requeue, run, status, tag, verify
+from agent.cli import (
+    clips,
+    config_cmd,
+    export,
+    keys,
+    officers,
+    requeue,
+    run,
+    status,
+    tag,
+    verify,
+)
 from agent.errors import AgentError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-COMMANDS = (run, status, clips, tag, requeue, keys, config_cmd, export, verify)
+COMMANDS = (run, status, clips, tag, officers, requeue, keys, config_cmd, export, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

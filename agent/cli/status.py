@@ -7,6 +7,7 @@ from typing import Any
 
 from agent.cli.common import add_config_arg, human_size, load_config, open_store, print_json
 from agent.config import Config
+from agent.officers.status import officers_status, status_lines
 from agent.store import STATES, Store
 from agent.vault import disk_usage
 
@@ -36,6 +37,7 @@ def collect(config: Config, store: Store) -> dict[str, Any]:
         "sync": {"platform": config.platform is not None,
                  "outbox_pending": store.outbox_backlog(),
                  "last_ack": last_ack["at"] if last_ack else None},
+        "officers": officers_status(config, store),
     }
 
 
@@ -66,4 +68,6 @@ def run(args: argparse.Namespace) -> int:
               f"{info['sync']['last_ack'] or 'never'}")
     else:
         print("sync: no platform configured (local only)")
+    for line in status_lines(info["officers"]):
+        print(line)
     return 0

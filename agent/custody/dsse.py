@@ -1,7 +1,7 @@
 """DSSE v1 signature envelopes (secure-systems-lab/dsse, protocol.md and envelope.md).
 
 Every signed custody object (manifest, log checkpoint, platform ack, platform
-command, officer credential) travels as::
+command, officer credential, officer roster, case window) travels as::
 
     {"payloadType": "<type>", "payload": "<base64>",
      "signatures": [{"keyid": "<hex sha256 of the SPKI>", "sig": "<base64>"}]}
@@ -37,11 +37,14 @@ from agent.errors import IntegrityError
 
 __all__ = [
     "ACK",
+    "CASE_WINDOW",
     "CHECKPOINT",
     "COMMAND",
     "CREDENTIAL",
     "MANIFEST",
     "PAYLOAD_TYPES",
+    "ROSTER",
+    "ROSTER_UPDATE",
     "PublicKey",
     "Signer",
     "b64decode",
@@ -55,8 +58,12 @@ MANIFEST = "application/vnd.bwc.manifest.v1+json"
 CHECKPOINT = "application/vnd.bwc.checkpoint.v1+json"
 ACK = "application/vnd.bwc.ack.v1+json"
 COMMAND = "application/vnd.bwc.command.v1+json"
-CREDENTIAL = "application/vnd.bwc.credential.v1+json"
-PAYLOAD_TYPES = frozenset({MANIFEST, CHECKPOINT, ACK, COMMAND, CREDENTIAL})
+CREDENTIAL = "application/vnd.bwc.officer-credential.v1+json"
+ROSTER = "application/vnd.bwc.officer-roster.v1+json"
+ROSTER_UPDATE = "application/vnd.bwc.officer-roster-update.v1+json"
+CASE_WINDOW = "application/vnd.bwc.case-window.v1+json"
+PAYLOAD_TYPES = frozenset({MANIFEST, CHECKPOINT, ACK, COMMAND, CREDENTIAL, ROSTER, ROSTER_UPDATE,
+                           CASE_WINDOW})
 
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 

@@ -17,9 +17,15 @@ SCHEMA = "bwc.manifest/v1"
 
 
 def build_manifest(clip: sqlite3.Row, *, station_id: str, key_id: str,
-                   credential_id: str | None = None,
-                   officer_verified: bool = False) -> dict[str, Any]:
-    """The manifest of a clip, from its row only (identity as recorded at discovery)."""
+                   officer: dict[str, Any] | None = None,
+                   recorded: dict[str, Any] | None = None,
+                   flags: list[str] | None = None) -> dict[str, Any]:
+    """The manifest of a clip, from its row (identity as recorded at discovery).
+
+    ``officer``, ``recorded`` and ``flags`` are what sealing worked out about the
+    officer's credential and the corrected recording times (agent/officers/sealing.py);
+    without them the manifest says the officer is unverified and gives the camera's times.
+    """
     media = json.loads(clip["media"]) if clip["media"] else None
     return {
         "schema": SCHEMA,
@@ -39,15 +45,15 @@ def build_manifest(clip: sqlite3.Row, *, station_id: str, key_id: str,
             "firmware": clip["device_firmware"],
             "clock_offset_s": clip["clock_offset_s"],
         },
-        "officer": {
+        "officer": officer or {
             "id": clip["officer_id"] or None,
             "name": clip["officer_name"] or None,
             "unit_code": clip["unit_code"] or None,
             "unit_name": clip["unit_name"] or None,
-            "credential_id": credential_id,
-            "verified": officer_verified,
+            "credential_id": None,
+            "verified": False,
         },
-        "recorded": {
+        "recorded": recorded or {
             "start": clip["recorded_start"],
             "end": clip["recorded_end"],
             "important": bool(clip["important"]),
@@ -59,5 +65,5 @@ def build_manifest(clip: sqlite3.Row, *, station_id: str, key_id: str,
             "copied_at": clip["copied_at"],
             "verified": bool(clip["verified"]),
         },
-        "flags": json.loads(clip["flags"]),
+        "flags": flags if flags is not None else json.loads(clip["flags"]),
     }

@@ -30,6 +30,8 @@ from agent.custody.keys import (
 from agent.custody.manifest import build_manifest
 from agent.durable import remove_stale_temps
 from agent.errors import AgentError, ConfigError, StoreError
+from agent.officers import sealing
+from agent.officers.registry import Keys, load_keys
 from agent.store import ClipState, Store
 from agent.timeutil import now
 from agent.vault import Vault
@@ -49,6 +51,7 @@ class Custody:
         self.store = store
         self.vault = vault
         self.key: StationKey | None = None
+        self.credential_keys: Keys = {}
         self._seal_lock = threading.Lock()
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
@@ -83,6 +86,7 @@ class Custody:
             init_station_keys(self.config.data_dir, self.config.station.id)  # cert for the key
         self.key = StationKey.load(key_path)
         check_key_matches_certificate(self.key, load_certificate(cert_path))
+        self.credential_keys = load_keys(self.config.custody.credential_key_file)
         self._timer = threading.Thread(target=self._run_timer, name="checkpoint", daemon=True)
         self._timer.start()
 
@@ -109,16 +113,21 @@ class Custody:
             clip = tx.clip(clip_id)
             if clip["state"] != S.COPIED.value:
                 return None
+            facts = sealing.prepare(tx, clip, keys=self.credential_keys,
+                                    tolerance_s=self.config.officers.time_tolerance_s)
             manifest = build_manifest(clip, station_id=self.config.station.id,
-                                      key_id=self.key.keyid)
+                                      key_id=self.key.keyid, officer=facts.officer,
+                                      recorded=facts.recorded, flags=facts.flags)
             payload = canonicalize(manifest)
             envelope = dsse.sign_envelope(dsse.MANIFEST, payload, [self.key])
             manifest_sha = hashlib.sha256(payload).hexdigest()
             tx.transition(clip_id, S.SEALED, manifest=json.dumps(envelope), sealed_at=now(),
-                          log_body={"sha256": clip["sha256"], "manifest_sha256": manifest_sha})
+                          log_body={"sha256": clip["sha256"], "manifest_sha256": manifest_sha},
+                          **facts.columns())
             tx.event("clip.sealed", {"clip_id": clip_id, "sha256": clip["sha256"],
                                      "size": clip["size"], "important": bool(clip["important"]),
                                      "manifest": envelope})
+            sealing.after_seal(tx, clip, facts)
         return envelope
 
     def seal_pending(self) -> int:

@@ -133,4 +133,81 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE seen_commands ADD COLUMN response TEXT;
     """,
+    # 4: officers and cases.  Officer credentials and every signed roster message the
+    #    station accepted (kept, so what it believed at a dock can be shown later); the
+    #    roster it holds now; case windows from the platform; the cases each clip is in
+    #    (derived from its clip.tagged entries); each clip's officer binding and its
+    #    recording times corrected by the camera's clock offset.
+    """
+    CREATE TABLE officer_credentials (
+        credential_id  TEXT PRIMARY KEY,
+        officer_id     TEXT NOT NULL,
+        card_id        TEXT,
+        payload_sha256 TEXT NOT NULL,
+        envelope       TEXT NOT NULL,
+        received_at    TEXT NOT NULL
+    );
+    CREATE INDEX officer_credentials_card ON officer_credentials (card_id);
+    CREATE TABLE credential_cameras (
+        serial        TEXT NOT NULL,
+        credential_id TEXT NOT NULL,
+        PRIMARY KEY (serial, credential_id)
+    );
+    CREATE TABLE roster_messages (
+        kind         TEXT NOT NULL,
+        version      INTEGER NOT NULL,
+        base_version INTEGER,
+        issued_at    TEXT NOT NULL,
+        message      TEXT NOT NULL,
+        received_at  TEXT NOT NULL,
+        PRIMARY KEY (kind, version)
+    );
+    CREATE TABLE roster_entries (
+        credential_id  TEXT PRIMARY KEY,
+        officer_id     TEXT NOT NULL,
+        payload_sha256 TEXT,
+        revoked_at     TEXT,
+        revoke_reason  TEXT
+    );
+    CREATE INDEX roster_entries_officer ON roster_entries (officer_id);
+    CREATE TABLE case_windows (
+        window_id   TEXT NOT NULL,
+        revision    INTEGER NOT NULL,
+        officer_id  TEXT NOT NULL,
+        start_at    TEXT NOT NULL,
+        end_at      TEXT NOT NULL,
+        case_id     TEXT NOT NULL,
+        reference   TEXT,
+        withdrawn   INTEGER NOT NULL DEFAULT 0,
+        envelope    TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        PRIMARY KEY (window_id, revision)
+    );
+    CREATE INDEX case_windows_officer ON case_windows (officer_id);
+    CREATE TABLE clip_cases (
+        clip_id   TEXT NOT NULL,
+        case_id   TEXT NOT NULL,
+        tag_seq   INTEGER NOT NULL,
+        source    TEXT NOT NULL,
+        window_id TEXT,
+        PRIMARY KEY (clip_id, case_id)
+    );
+    CREATE INDEX clip_cases_case ON clip_cases (case_id);
+    CREATE INDEX clip_cases_window ON clip_cases (window_id);
+    ALTER TABLE clips ADD COLUMN credential_id TEXT;
+    ALTER TABLE clips ADD COLUMN roster_version INTEGER;
+    ALTER TABLE clips ADD COLUMN officer_status TEXT;
+    ALTER TABLE clips ADD COLUMN start_at TEXT;
+    ALTER TABLE clips ADD COLUMN end_at TEXT;
+    INSERT INTO clip_cases (clip_id, case_id, tag_seq, source)
+        SELECT clip_id, case_id,
+               COALESCE((SELECT MAX(seq) FROM custody_log
+                         WHERE custody_log.clip_id = clips.clip_id
+                           AND custody_log.kind = 'clip.tagged'), 0),
+               COALESCE((SELECT json_extract(body, '$.source') FROM custody_log
+                         WHERE custody_log.clip_id = clips.clip_id
+                           AND custody_log.kind = 'clip.tagged'
+                         ORDER BY seq DESC LIMIT 1), 'unknown')
+        FROM clips WHERE case_id IS NOT NULL
+    """,
 ]

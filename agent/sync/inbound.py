@@ -27,7 +27,7 @@ from agent.custody import dsse
 from agent.errors import AgentError, IntegrityError
 from agent.store import ClipState, Store
 from agent.sync.mqtt import InboundMessage
-from agent.tagging import tag_clip
+from agent.tagging import TagError, check_case_id, retag_clip, tag_clip, untag_clip
 from agent.timeutil import now, parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ class Inbound:
     def __init__(self, config: Config, store: Store, trusted: dict[str, Any],
                  respond: Responder, commands: dict[str, CommandHandler],
                  on_acknowledged: Callable[[str], None],
-                 settle: Callable[[InboundMessage], None] | None = None) -> None:
+                 settle: Callable[[InboundMessage], None] | None = None,
+                 messages: dict[str, Callable[[bytes], None]] | None = None) -> None:
         self.config = config
         self.store = store
         self.trusted = trusted
@@ -65,6 +66,8 @@ class Inbound:
         self.commands = commands
         self.on_acknowledged = on_acknowledged
         self.settle = settle  # tells the broker the message was handled
+        # Other platform messages by name (officer roster, case windows), handled like acks.
+        self.messages = dict(messages or {})
         self.queue: queue.Queue[InboundMessage | None] = queue.Queue()
         self._stopping = threading.Event()
         self.reply_prefix = f"bwc/v1/stations/{config.station.id}/reply/"
@@ -109,7 +112,9 @@ class Inbound:
         before it could be handled; unsettled, the broker delivers it again
         in the next session.
         """
-        if message.name != "ack":
+        handle: Callable[[bytes], object] | None = (
+            self.handle_ack if message.name == "ack" else self.messages.get(message.name))
+        if handle is None:
             # A command is answered once, whatever happens (its id is taken as seen
             # before it runs, so a second try would be refused as a replay).
             try:
@@ -120,7 +125,7 @@ class Inbound:
         attempt = 0
         while True:
             try:
-                self.handle_ack(message.payload)
+                handle(message.payload)
                 return True
             except AgentError as exc:
                 delay = min(30.0, 0.5 * 2 ** attempt)
@@ -310,21 +315,39 @@ class Inbound:
 
 
 def tag_command(config: Config, store: Store) -> CommandHandler:
+    """``tag``: add a case to clips; with ``remove: true`` take it off them; with
+    ``replaces: OLD`` correct case OLD into ``case_id`` (PROTOCOL.md section 6)."""
     def run(args: dict[str, Any]) -> dict[str, Any]:
-        case_id = args.get("case_id")
-        clips = args.get("clips")
-        if not isinstance(case_id, str) or not isinstance(clips, list):
-            raise Refused("tag needs args {case_id: string, clips: [clip_id, ...]}")
-        tagged, unknown = [], []
+        case_id, clips = args.get("case_id"), args.get("clips")
+        remove, replaces = args.get("remove", False), args.get("replaces")
+        if not isinstance(case_id, str) or not isinstance(clips, list) or not isinstance(
+                remove, bool) or not (replaces is None or isinstance(replaces, str)):
+            raise Refused("tag needs args {case_id: string, clips: [clip_id, ...]} (and "
+                          "optionally remove: boolean or replaces: string)")
+        if not remove:
+            check_case_id(case_id, config.custody.case_id_pattern)
+        tagged, unknown, unchanged = [], [], []
         for clip_id in clips:
             if not isinstance(clip_id, str) or store.query_one(
                     "SELECT 1 FROM clips WHERE clip_id = ?", (clip_id,)) is None:
                 unknown.append(clip_id)
                 continue
-            tag_clip(store, clip_id, case_id, pattern=config.custody.case_id_pattern,
-                     source="platform-command")
+            try:
+                if remove:
+                    untag_clip(store, clip_id, case_id, source="platform-command")
+                elif replaces is not None:
+                    retag_clip(store, clip_id, replaces, case_id,
+                               pattern=config.custody.case_id_pattern,
+                               source="platform-command")
+                elif tag_clip(store, clip_id, case_id, pattern=config.custody.case_id_pattern,
+                              source="platform-command") is None:
+                    unchanged.append(clip_id)
+                    continue
+            except TagError:
+                unchanged.append(clip_id)  # not in the case to remove or correct
+                continue
             tagged.append(clip_id)
-        return {"tagged": tagged, "unknown": unknown}
+        return {"tagged": tagged, "unknown": unknown, "unchanged": unchanged}
     return run
 
 

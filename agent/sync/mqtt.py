@@ -12,7 +12,8 @@ One ``MqttLink`` owns one paho-mqtt 2.x client and three threads:
 
 Topics, below ``<topic_prefix>/<station_id>/`` (DESIGN.md section 7):
 ``status`` (retained, QoS 1: birth on every connection, Last Will offline,
-offline again on a clean stop), ``cmd/+`` and ``ack`` (subscribed, QoS 1).
+offline again on a clean stop), ``cmd/+``, ``ack``, ``roster`` (retained),
+``roster/update`` and ``case-window`` (subscribed, QoS 1).
 
 Invariants:
 
@@ -65,7 +66,8 @@ _RC_UNSUPPORTED_PROTOCOL = 0x84
 
 @dataclass(frozen=True)
 class InboundMessage:
-    """A message from the platform: a command (``cmd/<name>``) or an acknowledgement (``ack``).
+    """A message from the platform: a command (``cmd/<name>``), an acknowledgement (``ack``),
+    or an officer message (``roster``, ``roster-update``, ``case-window``).
 
     ``response_topic`` and ``correlation_data`` are the MQTT 5 properties of
     the request (None over MQTT 3.1.1, where the payload carries reply_to and
@@ -159,6 +161,10 @@ class MqttLink:
         self.events_topic = f"{base}/events"
         self.ack_topic = f"{base}/ack"
         self._cmd_prefix = f"{base}/cmd/"
+        # Officer roster and case windows (PROTOCOL.md section 8): topic -> message name.
+        self._officer_topics = {f"{base}/roster": "roster",
+                                f"{base}/roster/update": "roster-update",
+                                f"{base}/case-window": "case-window"}
 
         # _flight_lock guards the in-flight maps.  The drainer holds it across
         # publish() so the acker never sees a PUBACK before its mid is
@@ -394,7 +400,8 @@ class MqttLink:
         # Messages the broker kept for us arrive right after CONNACK: tag them with this
         # connection, so that their acks are sent on it.
         self._network_seq += 1
-        client.subscribe([(f"{self._cmd_prefix}+", 1), (self.ack_topic, 1)])
+        client.subscribe([(f"{self._cmd_prefix}+", 1), (self.ack_topic, 1),
+                          *((topic, 1) for topic in self._officer_topics)])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reason_codes: list[ReasonCode], properties: Properties | None) -> None:
@@ -459,6 +466,8 @@ class MqttLink:
         topic = message.topic
         if topic == self.ack_topic:
             name = "ack"
+        elif topic in self._officer_topics:
+            name = self._officer_topics[topic]
         elif topic.startswith(self._cmd_prefix) and "/" not in topic[len(self._cmd_prefix):]:
             name = topic[len(self._cmd_prefix):]
         else:

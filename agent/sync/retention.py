@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.errors import AgentError, DeviceError, RecordingMissingError
+from agent.officers.policy import release_held
 from agent.offload import mtime_ms
 from agent.store import ClipState, Store
 from agent.timeutil import now, parse_rfc3339
@@ -47,6 +48,10 @@ def release_acknowledged(config: Config, store: Store, device: Device,
                        "ORDER BY clip_id", (info.serial,))
     released = []
     for row in rows:
+        held = release_held(config, row)
+        if held is not None:
+            log.info("clip %s stays on %s: %s", row["clip_id"], info.serial, held)
+            continue
         with _RELEASING_LOCK:
             # Claimed under the lock purge checks: purge leaves a claimed clip alone until
             # its release is recorded.

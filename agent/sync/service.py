@@ -20,6 +20,8 @@ from agent.config import Config
 from agent.custody.keys import keyid_of, load_certificate, load_public_key
 from agent.custody.sealer import Custody, key_paths
 from agent.errors import ConfigError
+from agent.officers.inbound import OfficerMessages
+from agent.officers.status import officers_status
 from agent.store import ClipState, Store
 from agent.sync.inbound import Inbound, tag_command
 from agent.sync.mqtt import MqttLink
@@ -75,12 +77,14 @@ class SyncService:
             check_private(self.platform.key_file, "platform.key_file")
         public = load_public_key(self.platform.platform_key_file)
         self.trusted: dict[str, Any] = {keyid_of(public): public}
+        officers = OfficerMessages(config, store, self.trusted)
         self.inbound = Inbound(config, store, self.trusted, self._respond, {
             "status": lambda _args: self.status(),
             "rescan": lambda _args: {"devices": self.station.rescan()},
             "tag": tag_command(config, store),
             "sync-clock": lambda _args: {"devices": self.station.sync_clocks()},
-        }, on_acknowledged=self._acknowledged, settle=self._settle)
+        }, on_acknowledged=self._acknowledged, settle=self._settle,
+            messages=officers.handlers())
         password = (read_secret(self.platform.password_file, "platform.password_file")
                     if self.platform.password_file else None)
         self.link = MqttLink(
@@ -193,6 +197,7 @@ class SyncService:
             "disk": disk_usage(self.config.data_dir),
             "outbox": self.outbox.backlog(),
             "last_sync": self._last_sync,
+            "officers": officers_status(self.config, self.store),
         }
 
     # --- batch mode ----------------------------------------------------------------------

@@ -188,7 +188,11 @@ _STR, _OPT_STR = ("string", (str,), False), ("string", (str,), True)
 _INT, _BOOL = ("integer", (int,), False), ("boolean", (bool,), False)
 _OPT_NUM, _OPT_OBJ = ("number", (int, float), True), ("object", (dict,), True)
 _LIST = ("array", (list,), False)
-_TIMES = {"file.mtime", "recorded.start", "recorded.end", "ingest.docked_at", "ingest.copied_at"}
+_TIMES = {"file.mtime", "recorded.start", "recorded.end", "ingest.docked_at", "ingest.copied_at",
+          "recorded.camera_start", "recorded.camera_end"}
+# Fields added to v1 after its first manifests: checked when present, not required.
+_LATER = {"officer.status", "officer.roster_version", "recorded.camera_start",
+          "recorded.camera_end", "recorded.time_source"}
 
 SCHEMA_FIELDS: dict[str, Any] = {
     "schema": _STR,
@@ -199,8 +203,10 @@ SCHEMA_FIELDS: dict[str, Any] = {
     "device": {"serial": _STR, "vendor": _STR, "model": _STR, "firmware": _STR,
                "clock_offset_s": _OPT_NUM},
     "officer": {"id": _OPT_STR, "name": _OPT_STR, "unit_code": _OPT_STR, "unit_name": _OPT_STR,
-                "credential_id": _OPT_STR, "verified": _BOOL},
-    "recorded": {"start": _OPT_STR, "end": _OPT_STR, "important": _BOOL},
+                "credential_id": _OPT_STR, "verified": _BOOL, "status": _OPT_STR,
+                "roster_version": ("integer", (int,), True)},
+    "recorded": {"start": _OPT_STR, "end": _OPT_STR, "important": _BOOL,
+                 "camera_start": _OPT_STR, "camera_end": _OPT_STR, "time_source": _OPT_STR},
     "case_id": _OPT_STR,
     "station": {"id": _STR, "key_id": _STR},
     "ingest": {"docked_at": _OPT_STR, "copied_at": _OPT_STR, "verified": _BOOL},
@@ -216,7 +222,8 @@ def _field_problems(value: Any, spec: Any, path: str, out: list[str], unknown: l
         for name, sub in spec.items():
             where = f"{path}.{name}" if path else name
             if name not in value:
-                out.append(f"manifest-field: {where} is missing")
+                if where not in _LATER:
+                    out.append(f"manifest-field: {where} is missing")
             else:
                 _field_problems(value[name], sub, where, out, unknown)
         unknown.extend(f"{path}.{k}" if path else k for k in value if k not in spec)

@@ -46,13 +46,17 @@ _RENEW_BEFORE = dt.timedelta(days=1)
 # config/mosquitto.conf carry the same): %u is the certificate CN.
 BROKER_ACL = """\
 # Stations (%u = certificate CN = station ID): write their own status, identity,
-# events and command replies; read their own commands and acknowledgements.
+# events and command replies; read their own commands, acknowledgements, officer
+# roster and case windows.
 pattern write bwc/v1/stations/%u/status
 pattern write bwc/v1/stations/%u/identity
 pattern write bwc/v1/stations/%u/events
 pattern write bwc/v1/stations/%u/reply/#
 pattern read bwc/v1/stations/%u/cmd/+
 pattern read bwc/v1/stations/%u/ack
+pattern read bwc/v1/stations/%u/roster
+pattern read bwc/v1/stations/%u/roster/update
+pattern read bwc/v1/stations/%u/case-window
 
 # The platform (certificate CN "platform"): everything below bwc/v1/.
 user platform

@@ -1,5 +1,8 @@
 """A whole development stand on loopback: PKI, mosquitto (TLS), the platform, station configs.
 
+Stations it configures trust the platform's credential key (``officers``), so
+the officer roster and case windows it publishes are checked as in production.
+
 Used by ``scripts/demo`` and the station-level integration tests, so both
 exercise the same real components: mosquitto with client certificates, the
 HTTPS tus server, signed acks and commands.
@@ -16,6 +19,7 @@ import time
 from pathlib import Path
 
 from agent.custody.keys import init_station_keys
+from scripts.devplatform.officers import OfficerAuthority
 from scripts.devplatform.pki import DevPki, make_dev_pki, write_mosquitto_conf
 from scripts.devplatform.platform import DevPlatform
 
@@ -47,6 +51,7 @@ class DevStand:
         self.broker: subprocess.Popen[bytes] | None = None
         self.platform = DevPlatform(self.dir / "platform", self.pki,
                                     broker_port=self.broker_port)
+        self.officers = OfficerAuthority(self.dir / "pki")
 
     # --- broker --------------------------------------------------------------------------
 
@@ -107,6 +112,9 @@ class DevStand:
 
             [devices.simulated]
             root = "{base_dir / 'sim'}"
+
+            [custody]
+            credential_key_file = "{self.officers.pub_path}"
 
             [platform]
             mqtt_url = "mqtts://127.0.0.1:{self.broker_port}"

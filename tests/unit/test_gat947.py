@@ -478,6 +478,9 @@ def test_station_offloads_and_seals_a_gat947_camera(
         assert manifest["officer"]["name"] == OFFICER
         assert manifest["officer"]["unit_name"] == UNIT
         assert manifest["officer"]["unit_code"] == UNIT_CODE
-        assert manifest["recorded"]["start"] == start
+        # By the camera's clock, and corrected by the offset measured at the dock.
+        assert manifest["recorded"]["camera_start"] == start
+        corrected = parse_rfc3339(manifest["recorded"]["start"]).timestamp()
+        assert abs(corrected - (parse_rfc3339(start).timestamp() + 600.0)) < 5.0
         assert manifest["recorded"]["important"] is important
         assert "clock.skew" in manifest["flags"]
