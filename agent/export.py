@@ -45,6 +45,7 @@ from agent.custody.keys import StationKey, certificate_keyid
 from agent.custody.sealer import Custody, key_paths
 from agent.durable import fsync_dir, makedirs_durable
 from agent.errors import ConfigError, IntegrityError, StoreError
+from agent.officers.bundle import bundle_files
 from agent.store import ClipState, Store
 from agent.store.db import LogEntry
 from agent.timeutil import uuid7
@@ -102,7 +103,10 @@ def select_clips(store: Store, *, clip_refs: Sequence[str] = (), case_id: str | 
             raise ConfigError(f"cannot export: {len(unknown)} clip id(s) not found on this "
                               "station (see `bwc-agent clips`)", unknown)
     elif case_id is not None:
-        rows = store.query("SELECT * FROM clips WHERE case_id = ? ORDER BY clip_id", (case_id,))
+        # The clips in the case now (after every addition, removal and correction).
+        rows = store.query("SELECT clips.* FROM clips JOIN clip_cases ON clip_cases.clip_id = "
+                           "clips.clip_id WHERE clip_cases.case_id = ? ORDER BY clip_id",
+                           (case_id,))
         if not rows:
             raise ConfigError(f"cannot export: no clip is tagged with case {case_id!r}")
     else:
@@ -189,6 +193,9 @@ def export_bundle(config: Config, store: Store, vault: Vault, clips: Sequence[sq
         writer.write(layout.STATION_CERT, cert_pem)
         for name, data in chain:
             writer.write(f"{layout.CERTS_DIR}/{name}", data)
+        officers = bundle_files(config, store, clips, entries)
+        for rel, data in officers.files:
+            writer.write(rel, data)
         # The worked example in the README: the entry that seals the first clip.
         mine = [e for e in entries if e.clip_id == clip_ids[0]]
         example = next((e for e in mine if e.kind == "clip.sealed"), mine[0])
@@ -196,7 +203,8 @@ def export_bundle(config: Config, store: Store, vault: Vault, clips: Sequence[sq
             station_id=config.station.id, keyid=certificate_keyid(cert),
             clip_id=clip_ids[0], clip_path=writer.clip_paths[clip_ids[0]],
             entry_line=entries.index(example) + 1, entry_seq=example.seq, entry_kind=example.kind,
-            leaf_hash=leaves[example.seq - 1].hex(), clips=len(clips)).encode())
+            leaf_hash=leaves[example.seq - 1].hex(), clips=len(clips)).encode()
+            + officers.readme.encode())
         writer.finish(config.station.id, clips=len(clips), checkpoint_size=size)
         _rename_into_place(tmp, out)
     except BaseException:

@@ -22,12 +22,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="station certificate, for a clip file and its manifest")
     parser.add_argument("--trust", metavar="CA.pem",
                         help="platform CA certificate(s) the station certificate must chain to")
+    parser.add_argument("--officer-key", metavar="PEM",
+                        help="the platform's credential key that officer credentials and "
+                             "rosters must be signed with")
     parser.add_argument("--json", action="store_true", help="machine-readable report")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = verify_paths(args.paths, cert=args.cert, trust=args.trust)
+    report = verify_paths(args.paths, cert=args.cert, trust=args.trust,
+                          officer_key=args.officer_key)
     if args.json:
         print_json(report.as_dict())
     else:

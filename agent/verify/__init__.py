@@ -53,7 +53,8 @@ def _is_manifest(path: Path) -> bool:
 
 def verify_paths(paths: Sequence[str | os.PathLike[str]], *,
                  cert: str | os.PathLike[str] | None = None,
-                 trust: str | os.PathLike[str] | None = None) -> Report:
+                 trust: str | os.PathLike[str] | None = None,
+                 officer_key: str | os.PathLike[str] | None = None) -> Report:
     """Verify every target named by ``paths``; ConfigError if one cannot be understood."""
     if not paths:
         raise ConfigError("give at least one bundle, data directory, or clip and manifest")
@@ -92,7 +93,8 @@ def verify_paths(paths: Sequence[str | os.PathLike[str]], *,
         if kind == "data_dir":
             verify_data_dir(args[0], report, anchors)
         elif kind == "bundle":
-            verify_bundle(args[0], report, anchors)
+            verify_bundle(args[0], report, anchors,
+                          Path(officer_key) if officer_key is not None else None)
         else:
             verify_clip_file(args[0], args[1], args[2], report, anchors)
     return report

@@ -52,8 +52,14 @@ from agent.verify.report import Report
 
 
 def verify_bundle(root: Path, report: Report,
-                  trust: Sequence[x509.Certificate] | None = None) -> None:
-    _BundleCheck(root, report, trust).run()
+                  trust: Sequence[x509.Certificate] | None = None,
+                  officer_key: Path | None = None) -> None:
+    from agent.officers.audit import verify_officers  # it reads agent.verify's layout
+
+    check = _BundleCheck(root, report, trust)
+    check.run()
+    # Officers and cases (credentials, rosters, case windows, tags): agent/officers/audit.py.
+    verify_officers(root, report, check.source, check.entries, officer_key)
 
 
 class _BundleCheck:

@@ -8,7 +8,8 @@ and no general finding is a problem.  Warnings never fail a verification.
 JSON form (stable)::
 
     {"ok": bool,
-     "clips": [{"clip_id", "name", "ok", "problems": [...], "source", "state"}],
+     "clips": [{"clip_id", "name", "ok", "problems": [...], "source", "state",
+                "officer": {...} or null, "cases": [...]}],
      "problems": [...], "warnings": [...],
      "targets": [{"path", "kind"}]}
 """
@@ -26,6 +27,9 @@ class ClipResult:
     source: str = ""
     state: str | None = None
     problems: list[str] = field(default_factory=list)
+    # Who recorded it and for which cases (agent/officers/audit.py), where known.
+    officer: dict[str, Any] | None = None
+    cases: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -37,7 +41,8 @@ class ClipResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"clip_id": self.clip_id, "name": self.name, "ok": self.ok,
-                "problems": list(self.problems), "source": self.source, "state": self.state}
+                "problems": list(self.problems), "source": self.source, "state": self.state,
+                "officer": self.officer, "cases": list(self.cases)}
 
 
 @dataclass
@@ -89,6 +94,8 @@ class Report:
                 verdict = "OK" if c.ok else "FAILED: " + "; ".join(c.problems)
                 state = f" [{c.state}]" if c.state else ""
                 lines.append(f"  {c.clip_id}  {c.name or '?'}{state}: {verdict}")
+                if c.officer is not None or c.cases:
+                    lines.append("      " + _officer_line(c.officer, c.cases))
         lines.extend(f"problem: {p}" for p in self.problems)
         lines.extend(f"warning: {w}" for w in self.warnings)
         failed = sum(1 for c in self.clips if not c.ok)
@@ -98,3 +105,18 @@ class Report:
             lines.append(f"NOT VERIFIED: {failed} of {len(self.clips)} clip(s) failed, "
                          f"{len(self.problems)} general problem(s)")
         return "\n".join(lines)
+
+
+def _officer_line(officer: dict[str, Any] | None, cases: list[str]) -> str:
+    """``officer 000001 张三, credential C-1: valid; cases: A, B`` for one clip."""
+    text = "officer -"
+    if officer is not None:
+        text = f"officer {officer.get('id') or '-'}"
+        if officer.get("name"):
+            text += f" {officer['name']}"
+        if officer.get("credential_id"):
+            text += f", credential {officer['credential_id']}"
+        text += f": {officer.get('status')}"
+        if officer.get("revoked_since"):
+            text += f" (revoked since {officer['revoked_since']['revoked_at']})"
+    return f"{text}; cases: {', '.join(cases) or 'none'}"

@@ -17,7 +17,6 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

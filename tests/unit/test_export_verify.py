@@ -401,7 +401,8 @@ def test_readme_commands_work_by_hand(bundle: Path) -> None:
 def test_readme_consistency_check_catches_a_forked_checkpoint(
         sealed_station: SealedStation, bundle: Path) -> None:
     script = _readme_script(bundle)
-    step7 = script[script.index("python3 - <<'EOF'\nimport base64, hashlib, json, sys\nnode"):]
+    start = script.index("python3 - <<'EOF'\nimport base64, hashlib, json, sys\nnode")
+    step7 = script[start:script.index("\nEOF\n", start) + 5]
     clean = _bash(step7, bundle)
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.count(": True") == 2
