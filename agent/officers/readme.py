@@ -14,10 +14,13 @@ _CREDENTIAL = """\
 
 8. The officer's credential is signed by the platform's credential key
 ---------------------------------------------------------------------
-The manifest of clip {clip_id} names credential {credential_id} of officer
-{officer_id} (manifest officer.credential_id and officer.status).  The
-credential key the station trusted is officers/credential-key.pem; compare
-its key id with the platform's record:
+The manifest of clip
+  {clip_id}
+names credential
+  {credential_id}
+of officer {officer_id} (officer.credential_id, officer.status).  The credential
+key the station trusted is officers/credential-key.pem; compare its key id
+with the platform's record:
 $ K=officers/credential-key.pem
 $ openssl pkey -pubin -in "$K" -outform DER | sha256sum
 => {credential_keyid}  -
@@ -51,9 +54,9 @@ EOF
 9. The roster the station held lists the credential, unrevoked
 --------------------------------------------------------------
 officers/rosters.jsonl holds signed roster messages (snapshots and updates)
-by version; the station sealed the clip holding roster version
-{roster_version}.  Line {roster_line} is the message that lists credential
-{credential_id}; check its signature as in step 8:
+by version; the station sealed the clip holding roster version {roster_version}.
+Line {roster_line} is the message that lists the credential; check its
+signature as in step 8:
 $ sed -n '{roster_line}p' officers/rosters.jsonl > "$W/roster-line.json"
 $ python3 -c 'import json,sys; json.dump(json.load(open(sys.argv[1]))["message"]["envelope"], open(sys.argv[2], "w"))' "$W/roster-line.json" "$W/roster.dsse.json"
 $ python3 -c "$J" "$W/roster.dsse.json" payload | openssl base64 -d -A > "$W/roster.json"
@@ -88,8 +91,11 @@ _TAG = """\
 
 10. The case tag is in the signed log
 -------------------------------------
-Line {tag_line} of custody/entries.jsonl is log entry {tag_seq}: it puts clip
-{tag_clip_id} in case {case_id} (kind clip.tagged, source {tag_source}).
+Line {tag_line} of custody/entries.jsonl is log entry {tag_seq} (clip.tagged,
+source {tag_source}): it puts clip
+  {tag_clip_id}
+in case
+  {case_id}
 Removals and corrections are later entries whose refers_to names the entry
 they undo; cases/ lists, per case, the clips in it and their entries.
 $ sed -n '{tag_line}p' custody/entries.jsonl | tr -d '\\n' > "$W/tag.json"

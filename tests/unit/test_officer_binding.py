@@ -14,10 +14,13 @@ import pytest
 from agent.cli.main import main
 from agent.config import Config
 from agent.custody import dsse
+from agent.custody.jcs import canonicalize
 from agent.custody.keys import StationKey
-from agent.store import Store
+from agent.store import ClipState, Store
+from agent.sync.inbound import Inbound
+from agent.sync.retention import release_acknowledged
 from scripts.devplatform.officers import OfficerAuthority, revocation
-from tests.support.stations import camera, running_station
+from tests.support.stations import camera, running_station, sim_devices
 
 NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -145,7 +148,8 @@ def test_a_roster_that_arrives_later_verifies_earlier_clips_and_holds_release(
         officer_station: Callable[..., tuple[Config, Path]], authority: OfficerAuthority,
         tmp_path: Path) -> None:
     config, config_path = officer_station("[officers]\nhold_release_until_verified = true\n")
-    camera(config, clips=2, serial="SIM0010", officer_id="000010")
+    cam = camera(config, clips=2, serial="SIM0010", officer_id="000010")
+    platform_key = StationKey.generate()
     with running_station(config) as station:
         assert station.run_once().ok
         store = station.store
@@ -155,22 +159,39 @@ def test_a_roster_that_arrives_later_verifies_earlier_clips_and_holds_release(
         assert all({"officer.unverified", "officer.no_roster"} <= set(manifest_of(r)["flags"])
                    for r in rows)
         assert [a["code"] for a in alerts(store)] == ["officer.no_roster"] * 2
-        from agent.officers.policy import release_held
-        assert all(release_held(config, r) for r in rows)
+        # The platform acknowledges both (a real signed ack through the real handler).
+        with store.transaction() as tx:
+            for row in rows:
+                tx.transition(row["clip_id"], ClipState.UPLOADING)
+                tx.transition(row["clip_id"], ClipState.UPLOADED)
+        inbound = Inbound(config, store, {platform_key.keyid: platform_key.public_key},
+                          respond=lambda *a: None, commands={}, on_acknowledged=lambda c: None)
+        for row in rows:
+            assert inbound.handle_ack(_ack(platform_key, row["clip_id"], row["sha256"]))
+        device = sim_devices(station)[0]
+        # Acknowledged, but whose it is is still open: it stays on the camera.
+        assert release_acknowledged(config, store, device, device.identify()) == []
+        assert len([p for p in cam.rglob("*") if p.suffix in (".MP4", ".AVI")]) == 2
 
-    credential = authority.credential("000010", "吴十")
-    assert import_roster(config_path, authority.snapshot(3, [credential]), tmp_path) == 0
-    store = Store(config.data_dir / "state.db", station_id="ST-0001")
-    rows = store.clips()
-    assert {r["officer_status"] for r in rows} == {"valid"}
-    from agent.officers.policy import release_held
-    assert not any(release_held(config, r) for r in rows)
-    verified = [json.loads(r["body"]) for r in store.query(
-        "SELECT body FROM custody_log WHERE kind = 'officer.verified'")]
+        credential = authority.credential("000010", "吴十")
+        assert import_roster(config_path, authority.snapshot(3, [credential]), tmp_path) == 0
+        rows = store.clips()
+        assert {r["officer_status"] for r in rows} == {"valid"}
+        assert sorted(release_acknowledged(config, store, device, device.identify())) == \
+            sorted(r["clip_id"] for r in rows)
+        assert [p for p in cam.rglob("*") if p.suffix in (".MP4", ".AVI")] == []
+        verified = [json.loads(r["body"]) for r in store.query(
+            "SELECT body FROM custody_log WHERE kind = 'officer.verified'")]
     assert len(verified) == 2 and {v["roster_version"] for v in verified} == {3}
     assert {v["was"] for v in verified} == {"no-roster"}
     # The sealed manifests keep what the station knew when it sealed them.
     assert all(manifest_of(r)["officer"]["verified"] is False for r in rows)
+
+
+def _ack(key: StationKey, clip_id: str, sha256: str) -> bytes:
+    payload = {"clip_id": clip_id, "sha256": sha256, "station_id": "ST-0001",
+               "stored_at": "2026-11-28T00:00:00.000Z", "location": "s3://evidence/x"}
+    return json.dumps(dsse.sign_envelope(dsse.ACK, canonicalize(payload), [key])).encode()
 
 
 def test_roster_messages_refused_and_updates_applied(
