@@ -29,7 +29,7 @@ from typing import Any
 
 from agent.custody import dsse
 from agent.custody.keys import keyid_of, load_public_key
-from agent.errors import IntegrityError
+from agent.errors import ConfigError, IntegrityError
 from agent.officers.credentials import Credential, CredentialError, Revocation, parse_credential
 from agent.officers.roster import (
     MAX_MESSAGE_BYTES,
@@ -50,7 +50,10 @@ def load_keys(path: Path | None) -> Keys:
     """The credential key (custody.credential_key_file) as a trusted-key map; {} if unset."""
     if path is None:
         return {}
-    key = load_public_key(path)
+    try:
+        key = load_public_key(path)
+    except ConfigError as exc:
+        raise ConfigError(f"custody.credential_key_file: {exc}") from None
     return {keyid_of(key): key}
 
 
