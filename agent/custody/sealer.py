@@ -1,8 +1,10 @@
 """Sealing and checkpoints: the station's signature on each clip and on the log.
 
-Sealing a clip is one transaction: the signed manifest is stored, the clip
-moves ``copied → sealed``, the custody log gets a ``clip.sealed`` entry (with
-the manifest's digest) and the platform event is queued.  A crash before the
+Sealing a clip is one transaction: the officer binding and the corrected
+recording times are worked out (agent/officers/sealing.py), the signed
+manifest is stored, the clip moves ``copied → sealed``, the custody log gets
+a ``clip.sealed`` entry (with the manifest's digest), the platform event is
+queued, and then the binding's alert and the case windows' tags follow.  A crash before the
 commit leaves the clip ``copied``; start-up seals it again.  A crash after it
 leaves it sealed; nothing is sealed twice (the transition is refused).
 

@@ -124,7 +124,7 @@ def test_roster_and_case_windows_reach_the_station_before_and_after_the_dock(
         _wait("forged window refused", lambda: _log(config, "case_window.refused"))
         # The platform's tag command, with the Chinese case number, and a correction.
         response = stand.platform.send_command("ST-0001", "tag", {
-            "case_id": "CASE-LI-2", "replaces": "CASE-LI", "clips": [li_clip["clip_id"]]})
+            "case_id": CHINESE, "replaces": "CASE-LI", "clips": [li_clip["clip_id"]]})
         assert response["ok"] is True and response["result"]["tagged"] == [li_clip["clip_id"]]
         stand.platform.flush()
         _wait("every event delivered", lambda: station.sync.outbox.backlog() == 0)
@@ -137,7 +137,11 @@ def test_roster_and_case_windows_reach_the_station_before_and_after_the_dock(
     by_window = {(t["clip_id"], t["window_id"]) for t in tagged if t.get("window_id")}
     zhang_clips = {c for c, row in clips.items() if row["officer_id"] == "000001"}
     assert by_window == {(c, "W-1") for c in zhang_clips} | {(li_clip["clip_id"], "W-2")}
-    assert tagged[-1]["action"] == "correct" and tagged[-1]["source"] == "platform-command"
+    assert (tagged[-1]["action"], tagged[-1]["case_id"], tagged[-1]["previous_case_id"],
+            tagged[-1]["source"]) == ("correct", CHINESE, "CASE-LI", "platform-command")
+    cases = {r["clip_id"]: r["case_id"] for r in _db(config).execute(
+        "SELECT clip_id, case_id FROM clip_cases")}
+    assert cases == {c: CHINESE for c in clips}
     # What the platform received.
     events = stand.platform.events("ST-0001")
     seen = [e["data"] for e in events if e["type"] == "clip.tagged"]
