@@ -50,8 +50,17 @@ class IngestSection:
 
 @dataclass(frozen=True, kw_only=True)
 class MediaSection:
-    probe: bool = option(True, doc="Probe each clip with OpenCV (container, codec, size...).")
-    decode_check: bool = option(True, doc="Decode frames near the end to catch truncated files.")
+    probe: bool = option(True, doc="Probe each clip with FFmpeg (PyAV): streams, durations, "
+                                   "damage (docs/FORMATS.md, media).")
+    decode_check: bool = option(True, doc="Decode a sample of each clip (small clips whole), "
+                                          "not only demux it.")
+    # scripts/bench probe: ~1-2 s per GiB of 1080p H.264/HEVC on a 2-core station; the
+    # deadline is for files that make FFmpeg spin, far above any honest file's time.
+    probe_timeout_s: float = option(60.0, min=5, max=3600,
+                                    doc="Probe deadline per GiB of clip (never less than "
+                                        "one GiB's); the probe is killed after it.")
+    probe_memory_mib: int = option(1536, min=256, max=16384,
+                                   doc="Address-space limit of the probe's process (MiB).")
     max_clock_skew_s: float = option(300.0, min=0,
                                      doc="Device clock offset above which clips are flagged.")
 

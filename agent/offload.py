@@ -421,7 +421,7 @@ class Offloader:
                               verified=int(verified),
                               log_body={"sha256": sha256, "duplicate_of": dup["clip_id"]})
             return "duplicate"
-        media_info, flags = self._probe(final)
+        media_info, flags = self._probe(final, clip_id, rec.name)
         row = self.store.clip(clip_id)
         offset = row["clock_offset_s"]
         all_flags = sorted(set(json.loads(row["flags"])) | set(flags)
@@ -439,10 +439,14 @@ class Offloader:
                           "flags": all_flags})
         return "copied"
 
-    def _probe(self, path: Any) -> tuple[dict[str, Any] | None, list[str]]:
-        if not self.config.media.probe:
+    def _probe(self, path: Path, clip_id: str,
+               name: str) -> tuple[dict[str, Any] | None, list[str]]:
+        cfg = self.config.media
+        if not cfg.probe:
             return None, []
-        info = media.probe(path, decode_check=self.config.media.decode_check)
+        info = media.probe(path, decode_check=cfg.decode_check, clip_id=clip_id, name=name,
+                           timeout_per_gib_s=cfg.probe_timeout_s,
+                           memory_mib=cfg.probe_memory_mib)
         return info.to_dict(), media.flags_for(info)
 
     # --- helpers -------------------------------------------------------------------------
