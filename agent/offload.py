@@ -36,6 +36,7 @@ from agent.errors import (
     StoreError,
 )
 from agent.ingest import copy_to_vault
+from agent.media.queue import ProbeQueue
 from agent.store import ClipState, Store
 from agent.timeutil import now, parse_rfc3339, rfc3339, uuid7
 from agent.vault import Vault
@@ -100,6 +101,8 @@ class Offloader:
         self.stopping = stopping or threading.Event()
         self._serial_locks: dict[str, threading.Lock] = {}
         self._serial_locks_guard = threading.Lock()
+        # Copied clips are probed here while the session copies the next recording.
+        self.probes = ProbeQueue()
 
     # --- the session ---------------------------------------------------------------------
 
@@ -125,7 +128,8 @@ class Offloader:
         try:
             if self.before_listing is not None:
                 self.before_listing(device, info)
-            self._ingest_all(device, info, dock_id, report)
+            with self.probes.batch():  # the session ends once its clips are probed
+                self._ingest_all(device, info, dock_id, report)
         except DeviceGoneError as exc:
             report.errors.append(f"device removed: {exc}")
             log.warning("%s removed during offload: %s", info.serial, exc)
@@ -295,20 +299,9 @@ class Offloader:
         retries = self.config.ingest.change_retries
         for attempt in range(retries + 1):
             last = attempt == retries
-            outcome = self._copy_once(device, info, clip_id, rec, last_attempt=last)
+            outcome = self._copy_once(device, info, clip_id, rec, report, last_attempt=last)
             if outcome == "copied":
-                report.copied.append(clip_id)
-                if self.after_copy is not None:
-                    try:
-                        self.after_copy(clip_id)
-                    except AgentError as exc:
-                        # The copy is safe and verified in the vault; only sealing failed
-                        # (a busy store).  The checkpoint timer seals copied clips again.
-                        self._alert(info.serial, "seal.failed",
-                                    f"clip {clip_id} ({rec.path}) is copied and verified but "
-                                    f"not sealed yet: {exc.diagnostics()}; sealing is tried "
-                                    "again within custody.checkpoint_interval_s")
-                return
+                return  # recorded and sealed by _probe_and_record, on the probe worker
             if outcome == "duplicate":
                 report.duplicates.append(clip_id)
                 return
@@ -318,7 +311,7 @@ class Offloader:
             # "retry": the file changed or a read failed; try again.
 
     def _copy_once(self, device: Device, info: DeviceInfo, clip_id: str, rec: Recording,
-                   *, last_attempt: bool) -> str:
+                   report: DockReport, *, last_attempt: bool) -> str:
         ingest = self.config.ingest
         with self.store.transaction() as tx:
             attempts = int(tx.clip(clip_id)["copy_attempts"]) + 1
@@ -368,7 +361,7 @@ class Offloader:
             self.vault.commit(temp, result.sha256)
             self._quarantine(clip_id, reason, result.sha256)
             return "quarantined"
-        return self._store_copy(clip_id, temp, result.sha256, result.size, info, rec,
+        return self._store_copy(clip_id, temp, result.sha256, result.size, info, rec, report,
                                 last_attempt=last_attempt)
 
     def _note_change_since_listing(self, clip_id: str, rec: Recording,
@@ -384,7 +377,7 @@ class Offloader:
                 "mtime": [rfc3339(row["mtime_ms"] / 1000), rfc3339(current[1])]})
 
     def _store_copy(self, clip_id: str, temp: Any, sha256: str, size: int, info: DeviceInfo,
-                    rec: Recording, *, last_attempt: bool) -> str:
+                    rec: Recording, report: DockReport, *, last_attempt: bool) -> str:
         existed = self.vault.has(sha256)
         repairs: list[Path] = []
 
@@ -421,6 +414,38 @@ class Offloader:
                               verified=int(verified),
                               log_body={"sha256": sha256, "duplicate_of": dup["clip_id"]})
             return "duplicate"
+        with self.store.transaction() as tx:
+            # Known before the probe ends, so a second copy of the same bytes is a duplicate.
+            tx.update_clip(clip_id, sha256=sha256)
+        self.probes.submit(lambda: self._probe_and_record(clip_id, final, sha256, size,
+                                                          verified, info, rec, report))
+        return "copied"
+
+    def _probe_and_record(self, clip_id: str, final: Path, sha256: str, size: int,
+                          verified: bool, info: DeviceInfo, rec: Recording,
+                          report: DockReport) -> None:
+        """Probe the vault copy, record the clip copied with its media facts, then seal it."""
+        try:
+            self._record_copied(clip_id, final, sha256, size, verified, rec)
+        except AgentError as exc:
+            report.errors.append(f"{rec.path}: {exc}")
+            self._alert(info.serial, "ingest.failed", f"{rec.path}: {exc.diagnostics()}")
+            self._reset_if_copying(clip_id, f"ingest failed: {exc}")
+            return
+        report.copied.append(clip_id)
+        if self.after_copy is not None:
+            try:
+                self.after_copy(clip_id)
+            except AgentError as exc:
+                # The copy is safe and verified in the vault; only sealing failed
+                # (a busy store).  The checkpoint timer seals copied clips again.
+                self._alert(info.serial, "seal.failed",
+                            f"clip {clip_id} ({rec.path}) is copied and verified but "
+                            f"not sealed yet: {exc.diagnostics()}; sealing is tried "
+                            "again within custody.checkpoint_interval_s")
+
+    def _record_copied(self, clip_id: str, final: Path, sha256: str, size: int,
+                       verified: bool, rec: Recording) -> None:
         media_info, flags = self._probe(final, clip_id, rec.name)
         row = self.store.clip(clip_id)
         offset = row["clock_offset_s"]
@@ -437,7 +462,6 @@ class Offloader:
                 flags=json.dumps(all_flags), recorded_end=recorded_end,
                 log_body={"sha256": sha256, "size": size, "verified": verified,
                           "flags": all_flags})
-        return "copied"
 
     def _probe(self, path: Path, clip_id: str,
                name: str) -> tuple[dict[str, Any] | None, list[str]]:
