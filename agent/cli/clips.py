@@ -39,11 +39,16 @@ def clip_record(row: Any) -> dict[str, Any]:
 def media_summary(media: dict[str, Any] | None) -> str:
     if not media:
         return "-"
-    if not media.get("width"):
-        return f"{media.get('container', '?')} (no video)"
-    text = (f"{media.get('container')} {media.get('codec')} {media['width']}x{media['height']}"
-            f" {media.get('fps', 0):g}fps {media.get('duration_s', 0):.1f}s")
-    return text if media.get("decodable") else text + " UNDECODABLE"
+    kind = media.get("kind", "video" if media.get("width") else "audio")
+    text = f"{media.get('container', '?')} {media.get('codec') or '-'}"
+    if kind in ("video", "photo"):
+        text += f" {media.get('width')}x{media.get('height')}"
+    if kind == "video":
+        text += f" {media.get('fps', 0):g}fps"
+    if kind in ("video", "audio"):
+        text += f" {media.get('duration_s', 0):.1f}s"
+    verdict = media.get("verdict", "ok" if media.get("decodable") else "undecodable")
+    return text if verdict == "ok" else f"{text} {verdict.upper()}"
 
 
 def run(args: argparse.Namespace) -> int:
