@@ -7,6 +7,8 @@ upload: a tus upload over HTTPS to the development tus server (or, with
         --server node, to the official @tus/server), against `curl` sending
         the same bytes to the same server in one PATCH.
 verify: `bwc-agent verify`-style hashing of a clip against `openssl dgst -sha256`.
+probe:  the media probe's seconds per GiB on H.264 and HEVC files against
+        `ffprobe -count_packets` (scripts/bench_probe.py).
 
 Peak RSS is measured in a child process that does only the measured work.
 """
@@ -176,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     ver = sub.add_parser("verify", help="verify hashing vs openssl dgst")
     ver.add_argument("--size-gib", type=float, default=1.0)
     ver.add_argument("--workdir", type=Path, default=OUT / "verify")
+    pro = sub.add_parser("probe", help="media probe vs ffprobe -count_packets, s/GiB")
+    pro.add_argument("--size-gib", type=float, default=1.0)
+    pro.add_argument("--repeat", type=int, default=5, help="runs per contender; medians")
+    pro.add_argument("--cold", action="store_true",
+                     help="drop the page cache before every run (root only)")
+    pro.add_argument("--workdir", type=Path, default=OUT / "probe")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.what == "ingest":
@@ -186,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.bench_upload import bench_upload
         result = bench_upload(args.size_gib, args.workdir, args.chunk_mib, args.repeat,
                               args.server)
+    elif args.what == "probe":
+        from scripts.bench_probe import bench_probe
+        result = bench_probe(args.size_gib, args.workdir, args.repeat, args.cold)
     else:
         from scripts.bench_upload import bench_verify
         result = bench_verify(args.size_gib, args.workdir)
