@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scripts.benchmarks import GIB, ROOT, drop_caches
+from scripts.bench_common import GIB, ROOT, drop_caches
 
 SEGMENT_S = 30
 ENCODERS = {

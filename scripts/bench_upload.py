@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scripts.bench_common import make_source
+
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024 ** 3
 
@@ -45,8 +47,6 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "sha256": digest,
 
 
 def _source(workdir: Path, size: int) -> Path:
-    from scripts.benchmarks import make_source
-
     src = workdir / f"src-{size}.bin"
     make_source(src, size)
     return src

@@ -17,144 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import shutil
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench-run"
-GIB = 1024 ** 3
-
-
-def drop_caches() -> bool:
-    """Drop the page cache so every run reads from the disk (root only)."""
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def make_source(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size == size:
-        return
-    block = os.urandom(16 * 1024 * 1024)
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, len(block))
-            f.write(block[:n])
-            left -= n
-            # Vary the content so no layer can de-duplicate blocks.
-            block = block[1:] + block[:1]
-
-
-def timed(cmd: str) -> float:
-    drop_caches()
-    start = time.perf_counter()
-    subprocess.run(["bash", "-c", cmd], check=True)
-    return time.perf_counter() - start
-
-
-def child_rss_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-
-
-AGENT_INGEST = r"""
-import json, os, resource, sys, time
-from pathlib import Path
-from agent.ingest import copy_to_vault
-from agent.vault import Vault
-src, vault_dir = sys.argv[1], Path(sys.argv[2])
-chunk_kib, depth = int(sys.argv[3]), int(sys.argv[4])
-vault = Vault(vault_dir)
-temp = vault.temp_path("bench")
-t0 = time.perf_counter()
-with open(src, "rb", buffering=0) as f:
-    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    result = copy_to_vault(f, temp, chunk_size=chunk_kib * 1024, queue_chunks=depth)
-vault.commit(temp, result.sha256)
-t1 = time.perf_counter()
-vault.verify(result.sha256, drop_cache=True)
-t2 = time.perf_counter()
-print(json.dumps({"copy_s": t1 - t0, "verify_s": t2 - t1, "sha256": result.sha256,
-                  "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-"""
-
-
-def bench_ingest(sizes_gib: list[float], workdir: Path, chunk_kib: int, depth: int,
-                 repeat: int) -> dict[str, Any]:
-    results: dict[str, Any] = {"chunk_kib": chunk_kib, "queue_chunks": depth, "repeat": repeat,
-                               "drop_caches": drop_caches(), "runs": []}
-    for size_gib in sizes_gib:
-        size = int(size_gib * GIB)
-        src = workdir / f"src-{size_gib:g}G.bin"
-        make_source(src, size)
-        dst = workdir / "dst.bin"
-        vault_dir = workdir / "vault"
-
-        def clean(dst: Path = dst, vault_dir: Path = vault_dir) -> None:
-            dst.unlink(missing_ok=True)
-            shutil.rmtree(vault_dir, ignore_errors=True)
-
-        samples: dict[str, list[float]] = {"cp": [], "sha": [], "ossl": [], "copy": [],
-                                           "verify": [], "rss": []}
-        for _ in range(repeat):
-            # Interleaved, so that drift in the disk's speed hits every contender alike.
-            clean()
-            samples["cp"].append(timed(f"cp {src} {dst} && sync"))
-            clean()
-            samples["sha"].append(timed(f"cp {src} {dst} && sync && sha256sum {dst} >/dev/null"))
-            clean()
-            samples["ossl"].append(
-                timed(f"cp {src} {dst} && sync && openssl dgst -sha256 {dst} >/dev/null"))
-            clean()
-            drop_caches()
-            proc = subprocess.run(
-                [sys.executable, "-c", AGENT_INGEST, str(src), str(vault_dir), str(chunk_kib),
-                 str(depth)], check=True, capture_output=True, text=True, cwd=ROOT)
-            agent_run = json.loads(proc.stdout)
-            samples["copy"].append(agent_run["copy_s"])
-            samples["verify"].append(agent_run["verify_s"])
-            samples["rss"].append(agent_run["peak_rss_kib"])
-            clean()
-        # This machine's disk is shared and noisy (the same copy varies 2x between runs):
-        # medians are the headline, minimums (each contender's best run) the steadier view.
-        cp_sync, cp_sync_sha, cp_sync_ossl = (statistics.median(samples[k])
-                                              for k in ("cp", "sha", "ossl"))
-        agent = {"copy_s": statistics.median(samples["copy"]),
-                 "verify_s": statistics.median(samples["verify"]),
-                 "peak_rss_kib": max(samples["rss"])}
-        best = {k: min(v) for k, v in samples.items() if k != "rss"}
-        run = {
-            "size_gib": size_gib,
-            "cp_sync_s": round(cp_sync, 3),
-            "cp_sync_sha256sum_s": round(cp_sync_sha, 3),
-            "cp_sync_openssl_s": round(cp_sync_ossl, 3),
-            "agent_copy_s": round(agent["copy_s"], 3),
-            "agent_verify_s": round(agent["verify_s"], 3),
-            "agent_total_s": round(agent["copy_s"] + agent["verify_s"], 3),
-            "agent_peak_rss_mib": round(agent["peak_rss_kib"] / 1024, 1),
-            "copy_vs_cp_sync": round(agent["copy_s"] / cp_sync, 3),
-            "total_vs_cp_sync_openssl": round((agent["copy_s"] + agent["verify_s"])
-                                              / cp_sync_ossl, 3),
-            "agent_copy_mib_s": round(size / agent["copy_s"] / 2**20, 1),
-            "best_copy_vs_cp_sync": round(best["copy"] / best["cp"], 3),
-            "best_total_vs_cp_sync_openssl": round((best["copy"] + best["verify"])
-                                                   / best["ossl"], 3),
-            "samples_s": {k: [round(x, 3) for x in v] for k, v in samples.items()
-                          if k != "rss"},
-        }
-        results["runs"].append(run)
-        print(json.dumps(run), flush=True)
-    return results
+from scripts.bench_common import OUT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.what == "ingest":
+        from scripts.bench_ingest import bench_ingest
         sizes = [float(s) for s in args.sizes.split(",")]
         result = bench_ingest(sizes, args.workdir, args.chunk_kib, args.queue_chunks,
                               args.repeat)
