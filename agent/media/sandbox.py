@@ -5,8 +5,11 @@ demuxer spin, allocate without end, or crash; inside the agent any of those
 would stall or kill the daemon.  So each probe runs in a child process
 (agent/media/child.py) that limits its own address space and CPU time before
 it reads the file, and the parent kills it (its whole process group) at the
-deadline.  The cost, measured by ``scripts/bench probe``: about 0.1 s of
-process start and imports per clip, against seconds of copying per clip.
+deadline.  The cost, measured by ``scripts/bench probe``: about 0.25 s of
+process start and imports per clip (median; the probe itself takes 0.4 s on
+a 6 s 720p clip and 6-11 s on a 1 GiB 1080p clip), against seconds of
+copying per clip.  In-process, neither the deadline nor the memory limit
+could be enforced: FFmpeg's C code does not yield to Python.
 
 The child gets the file as an inherited descriptor opened here without
 following symlinks, never its path or name.  Its output is read from a

@@ -117,6 +117,10 @@ class _Judgement:
         elif rd.stopped:
             self.verdict = "unchecked"
             self.issues.append(f"unchecked: {rd.stopped}")
+        if rd.decode_mode == "sampled" and self.anchor is not None and \
+                not self.anchor.decoded_packets:
+            self.issues.append(f"unchecked: stream {self.anchor.index} has no keyframe to "
+                               "start decoding from; nothing was decoded")
 
     def rel(self, t: float | None) -> float | None:
         return None if t is None else t - self.origin

@@ -16,8 +16,12 @@ from tests.support.stations import camera, running_station
 
 def _hold(queue: ProbeQueue, gate: threading.Event, holding: threading.Event) -> None:
     """Occupy the probe worker until ``gate`` opens: every probe queues behind this job."""
+    def job() -> None:
+        holding.set()
+        gate.wait(30)
+
     with queue.batch():
-        queue.submit(lambda: (holding.set(), gate.wait(30)) and None)
+        queue.submit(job)
 
 
 def test_copies_go_on_while_the_probe_worker_is_busy(
