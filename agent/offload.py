@@ -1,12 +1,11 @@
 """A dock session: identify a docked device, register its recordings, copy each into the vault.
 
-One worker thread owns a device for the whole session.  For each recording:
+One worker thread owns a device for the whole session, which is these steps:
 
-    discovered ─▶ copying ─▶ copied ─▶ (sealed, by the custody sealer)
-                   │  ├──▶ discovered   device removed mid-copy: partial discarded,
-                   │  │                 resumes on the next dock
-                   │  ├──▶ duplicate    the same bytes are already in the vault
-                   │  └──▶ quarantined  kept changing after retries, or unreadable
+    identify ─▶ record the dock ─▶ release what the platform acknowledged
+      ─▶ list and screen (agent/listing.py) ─▶ register each recording
+      ─▶ copy each into the vault (agent/clipcopy.py; probed and sealed beside the
+         next copy) ─▶ set the clock ─▶ save the report
 
 A recording already known (same device serial, path, size and mtime) is not
 copied again, unless it was quarantined before it was sealed: then the next
@@ -20,68 +19,28 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from agent import media
+from agent.alerts import Alerts
+from agent.clipcopy import ClipCopier, mtime_ms, reset_if_copying
 from agent.config import Config
-from agent.errors import (
-    AgentError,
-    Cancelled,
-    DeviceError,
-    DeviceGoneError,
-    IntegrityError,
-    StoreError,
-)
-from agent.ingest import copy_to_vault
+from agent.dockreport import DockReport
+from agent.errors import AgentError, Cancelled, DeviceError, DeviceGoneError
+from agent.listing import report_skipped, screen
 from agent.media.queue import ProbeQueue
 from agent.store import ClipState, Store
 from agent.timeutil import now, parse_rfc3339, rfc3339, uuid7
 from agent.vault import Vault
-from drivers.base import Device, DeviceInfo, Recording, Skipped
-from drivers.paths import unsafe_reason
+from drivers.base import Device, DeviceInfo, Recording
+
+__all__ = ["DockReport", "Offloader", "device_body", "mtime_ms"]
 
 log = logging.getLogger(__name__)
 S = ClipState
-
-
-@dataclass
-class DockReport:
-    """What happened during one dock session: shown to people, stored with the dock."""
-
-    handle: str
-    serial: str = ""
-    model: str = ""
-    officer_id: str = ""
-    docked_at: str = field(default_factory=now)
-    recordings: int = 0
-    new: int = 0
-    already_ingested: int = 0
-    copied: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
-    quarantined: list[str] = field(default_factory=list)
-    interrupted: list[str] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    unreadable: list[dict[str, str]] = field(default_factory=list)  # may hide recordings
-    errors: list[str] = field(default_factory=list)
-    clock_offset_s: float | None = None
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.errors or self.quarantined or self.interrupted or self.unreadable)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-# Skip reasons (drivers/volume.py) that mean "could not look", not "not a recording".
-UNREADABLE_REASONS = ("unreadable directory", "cannot stat")
-
-
-def mtime_ms(value: float) -> int:
-    return round(value * 1000)
 
 
 class Offloader:
@@ -95,55 +54,63 @@ class Offloader:
         self.config = config
         self.store = store
         self.vault = vault
-        self.after_copy = after_copy
         self.before_listing = before_listing
         self.make_room = make_room
         self.stopping = stopping or threading.Event()
-        self._serial_locks: dict[str, threading.Lock] = {}
-        self._serial_locks_guard = threading.Lock()
+        self.alerts = Alerts(store)
         # Copied clips are probed here while the session copies the next recording.
         self.probes = ProbeQueue()
+        self.copier = ClipCopier(config, store, vault, self.alerts, self._probe, self.probes,
+                                 after_copy=after_copy, stopping=self.stopping)
+        self._serial_locks: dict[str, threading.Lock] = {}
+        self._serial_locks_guard = threading.Lock()
 
     # --- the session ---------------------------------------------------------------------
 
     def offload(self, device: Device) -> DockReport:
         report = DockReport(handle=device.handle)
+        info = self._identify(device, report)
+        if info is None:
+            return report
+        with self._one_session_per_camera(info.serial):
+            dock_id = self._record_dock(device, info, report)
+            try:
+                self._release_acknowledged(device, info)
+                todo = self._list_and_register(device, info, dock_id, report)
+                with self.probes.batch():  # the session ends once its clips are probed
+                    self._copy_all(device, info, todo, report)
+            except DeviceGoneError as exc:
+                report.errors.append(f"device removed: {exc}")
+                log.warning("%s removed during offload: %s", info.serial, exc)
+            except Cancelled as exc:
+                report.errors.append(str(exc))
+            except DeviceError as exc:
+                report.errors.append(str(exc))
+                self.alerts.send(info.serial, "device.error", str(exc))
+            if not report.errors and device.present():
+                self._sync_clock(device, info)
+            self._save_report(dock_id, report)
+        return report
+
+    def _identify(self, device: Device, report: DockReport) -> DeviceInfo | None:
         try:
             info = device.identify()
         except AgentError as exc:
             report.errors.append(f"identify failed: {exc}")
-            self._alert(None, "device.unidentified", f"{device.handle}: {exc}")
-            return report
+            self.alerts.send(None, "device.unidentified", f"{device.handle}: {exc}")
+            return None
         report.serial, report.model, report.officer_id = info.serial, info.model, info.officer_id
         report.clock_offset_s = _clock_offset(info)
+        return info
+
+    @contextmanager
+    def _one_session_per_camera(self, serial: str) -> Iterator[None]:
         # One session per camera, whatever handle it came under: a camera re-plugged while
         # its old mount lingers shows up twice, and two sessions would copy the same clips.
         with self._serial_locks_guard:
-            serial_lock = self._serial_locks.setdefault(info.serial, threading.Lock())
+            serial_lock = self._serial_locks.setdefault(serial, threading.Lock())
         with serial_lock:
-            return self._session(device, info, report)
-
-    def _session(self, device: Device, info: DeviceInfo, report: DockReport) -> DockReport:
-        dock_id = self._record_dock(device, info, report)
-        try:
-            if self.before_listing is not None:
-                self.before_listing(device, info)
-            with self.probes.batch():  # the session ends once its clips are probed
-                self._ingest_all(device, info, dock_id, report)
-        except DeviceGoneError as exc:
-            report.errors.append(f"device removed: {exc}")
-            log.warning("%s removed during offload: %s", info.serial, exc)
-        except Cancelled as exc:
-            report.errors.append(str(exc))
-        except DeviceError as exc:
-            report.errors.append(str(exc))
-            self._alert(info.serial, "device.error", str(exc))
-        if not report.errors and device.present():
-            self._sync_clock(device, info, report)
-        with self.store.transaction() as tx:
-            tx.execute("UPDATE docks SET report = ? WHERE id = ?",
-                       (json.dumps(report.as_dict(), ensure_ascii=False), dock_id))
-        return report
+            yield
 
     def _record_dock(self, device: Device, info: DeviceInfo, report: DockReport) -> int:
         at = report.docked_at
@@ -172,43 +139,27 @@ class Offloader:
             tx.event("device.docked", body)
         return dock_id
 
-    def _ingest_all(self, device: Device, info: DeviceInfo, dock_id: int,
-                    report: DockReport) -> None:
-        listing = device.recordings()
-        recordings = []
-        for rec in listing.recordings:
-            # Defence in depth: a driver should never list these, and the name is never
-            # used as a local path, but such an entry is reported rather than copied.
-            reason = unsafe_reason(rec.path)
-            if reason is not None:
-                listing.skipped.append(Skipped(rec.path, f"unsafe name: {reason}"))
-            else:
-                recordings.append(rec)
-        report.recordings = len(recordings)
-        report.skipped = [{"path": s.path, "reason": s.reason} for s in listing.skipped]
-        if listing.skipped:
-            with self.store.transaction() as tx:
-                tx.log("device.skipped", None, {"serial": info.serial, "entries": report.skipped})
-            for s in listing.skipped:
-                log.warning("%s: skipped %r: %s", info.serial, s.path, s.reason)
-        # Symlinks, special files and other types are skipped on purpose; an entry that
-        # could not be read at all may hold recordings nobody else will see: say so.
-        report.unreadable = [entry for entry in report.skipped
-                             if entry["reason"].startswith(UNREADABLE_REASONS)]
-        if report.unreadable:
-            shown = "; ".join(f"{e['path']}: {e['reason']}" for e in report.unreadable[:10])
-            more = len(report.unreadable) - 10
-            self._alert(info.serial, "device.unreadable",
-                        f"{len(report.unreadable)} "
-                        f"{'entry' if len(report.unreadable) == 1 else 'entries'} on "
-                        f"{info.serial} could not be read and may hold recordings: {shown}"
-                        + (f" (and {more} more)" if more > 0 else ""))
+    def _release_acknowledged(self, device: Device, info: DeviceInfo) -> None:
+        if self.before_listing is not None:
+            self.before_listing(device, info)
+
+    def _list_and_register(self, device: Device, info: DeviceInfo, dock_id: int,
+                           report: DockReport) -> list[tuple[str, Recording]]:
+        """List the device, report what is skipped; the clips to copy, in copy order."""
+        screened = screen(device.recordings())
+        report.recordings = len(screened.recordings)
+        report.skipped, report.unreadable = screened.skipped, screened.unreadable
+        report_skipped(self.store, self.alerts, info, screened)
         todo: list[tuple[str, Recording]] = []
         # Important clips first: if the officer undocks early, those are already safe.
-        for rec in sorted(recordings, key=lambda r: (not r.important, r.path)):
+        for rec in sorted(screened.recordings, key=lambda r: (not r.important, r.path)):
             clip_id = self._register(info, rec, dock_id, report)
             if clip_id is not None:
                 todo.append((clip_id, rec))
+        return todo
+
+    def _copy_all(self, device: Device, info: DeviceInfo, todo: list[tuple[str, Recording]],
+                  report: DockReport) -> None:
         for index, (clip_id, rec) in enumerate(todo):
             if self.stopping.is_set():
                 report.errors.append(f"agent stopping: {len(todo) - index} recordings left "
@@ -217,15 +168,16 @@ class Offloader:
             if not self._room_for(rec, info, report):
                 return
             try:
-                self._copy_with_retries(device, info, clip_id, rec, report)
+                self.copier.copy(device, info, clip_id, rec, report)
             except (DeviceError, Cancelled):
                 raise
             except AgentError as exc:
                 # The station's side failed (vault disk, database): say so, keep the clip
                 # discoverable, and go on with the next one.
                 report.errors.append(f"{rec.path}: {exc}")
-                self._alert(info.serial, "ingest.failed", f"{rec.path}: {exc.diagnostics()}")
-                self._reset_if_copying(clip_id, f"ingest failed: {exc}")
+                self.alerts.send(info.serial, "ingest.failed",
+                                 f"{rec.path}: {exc.diagnostics()}")
+                reset_if_copying(self.store, clip_id, f"ingest failed: {exc}")
 
     def _register(self, info: DeviceInfo, rec: Recording, dock_id: int,
                   report: DockReport) -> str | None:
@@ -289,182 +241,12 @@ class Offloader:
                    f"{self.config.ingest.min_free_mb} MB (ingest.min_free_mb); ingest stopped, "
                    f"the recordings stay on {info.serial}")
         report.errors.append(message)
-        self._alert(info.serial, "disk.full", message)
+        self.alerts.send(info.serial, "disk.full", message)
         return False
-
-    # --- one clip ------------------------------------------------------------------------
-
-    def _copy_with_retries(self, device: Device, info: DeviceInfo, clip_id: str,
-                           rec: Recording, report: DockReport) -> None:
-        retries = self.config.ingest.change_retries
-        for attempt in range(retries + 1):
-            last = attempt == retries
-            outcome = self._copy_once(device, info, clip_id, rec, report, last_attempt=last)
-            if outcome == "copied":
-                return  # recorded and sealed by _probe_and_record, on the probe worker
-            if outcome == "duplicate":
-                report.duplicates.append(clip_id)
-                return
-            if outcome == "quarantined":
-                report.quarantined.append(clip_id)
-                return
-            # "retry": the file changed or a read failed; try again.
-
-    def _copy_once(self, device: Device, info: DeviceInfo, clip_id: str, rec: Recording,
-                   report: DockReport, *, last_attempt: bool) -> str:
-        ingest = self.config.ingest
-        with self.store.transaction() as tx:
-            attempts = int(tx.clip(clip_id)["copy_attempts"]) + 1
-            tx.transition(clip_id, S.COPYING, copy_attempts=attempts,
-                          log_body={"attempt": attempts})
-        temp = self.vault.temp_path(clip_id)
-        self.vault.discard(temp)  # a leftover from an earlier attempt in this process
-        try:
-            before = device.stat(rec)
-            self._note_change_since_listing(clip_id, rec, before)
-            with device.open(rec) as stream:
-                result = copy_to_vault(stream, temp, chunk_size=ingest.chunk_kib * 1024,
-                                       queue_chunks=ingest.queue_chunks, cancel=self.stopping)
-            after = device.stat(rec)
-        except DeviceGoneError as exc:
-            self.vault.discard(temp)
-            self._back_to_discovered(clip_id, f"device removed during copy: {exc}")
-            raise
-        except Cancelled:
-            self.vault.discard(temp)
-            self._back_to_discovered(clip_id, "agent stopping; copied again at the next dock")
-            raise
-        except DeviceError as exc:
-            self.vault.discard(temp)
-            if last_attempt:
-                self._quarantine(clip_id, f"unreadable on the device: {exc}", None)
-                return "quarantined"
-            self._back_to_discovered(clip_id, f"read failed, retrying: {exc}")
-            return "retry"
-        except AgentError:
-            self.vault.discard(temp)
-            raise
-        changed = [
-            what for what, ok in (
-                (f"{result.size} bytes read of {before[0]}", result.size == before[0]),
-                (f"size {before[0]} -> {after[0]} during the copy", after[0] == before[0]),
-                ("mtime changed during the copy", mtime_ms(after[1]) == mtime_ms(before[1])),
-            ) if not ok
-        ]
-        if changed:
-            reason = "file changed while being copied: " + "; ".join(changed)
-            if not last_attempt:
-                self.vault.discard(temp)
-                self._back_to_discovered(clip_id, reason + "; retrying")
-                return "retry"
-            # Keep what was read: it is evidence too.  The clip is quarantined with it.
-            self.vault.commit(temp, result.sha256)
-            self._quarantine(clip_id, reason, result.sha256)
-            return "quarantined"
-        return self._store_copy(clip_id, temp, result.sha256, result.size, info, rec, report,
-                                last_attempt=last_attempt)
-
-    def _note_change_since_listing(self, clip_id: str, rec: Recording,
-                                   current: tuple[int, float]) -> None:
-        """A file that changed between listing and copy is copied as it is now, and logged."""
-        row = self.store.clip(clip_id)
-        if (row["size"], row["mtime_ms"]) == (current[0], mtime_ms(current[1])):
-            return
-        with self.store.transaction() as tx:
-            tx.update_clip(clip_id, size=current[0], mtime_ms=mtime_ms(current[1]))
-            tx.log("clip.changed_on_device", clip_id, {
-                "size": [row["size"], current[0]],
-                "mtime": [rfc3339(row["mtime_ms"] / 1000), rfc3339(current[1])]})
-
-    def _store_copy(self, clip_id: str, temp: Any, sha256: str, size: int, info: DeviceInfo,
-                    rec: Recording, report: DockReport, *, last_attempt: bool) -> str:
-        existed = self.vault.has(sha256)
-        repairs: list[Path] = []
-
-        def repaired(aside: Path) -> None:
-            repairs.append(aside)
-            self._alert(info.serial, "vault.repaired",
-                        f"vault object {sha256} no longer held its bytes; the copy of clip "
-                        f"{clip_id} ({rec.path}) replaced it, the damaged file is kept at "
-                        f"{aside}")
-
-        final = self.vault.commit(temp, sha256, on_repair=repaired)
-        verified = False
-        if self.config.ingest.verify:
-            try:
-                if not existed or repairs:
-                    self.vault.verify(sha256)
-                # else: commit has just read the stored object back from the disk, intact.
-                verified = True
-            except IntegrityError as exc:
-                if not existed:
-                    self.vault.remove(sha256)
-                self._alert(info.serial, "vault.verify_failed", str(exc))
-                if last_attempt:
-                    self._quarantine(clip_id, f"vault copy failed verification: {exc}", None)
-                    return "quarantined"
-                self._back_to_discovered(clip_id, f"vault copy failed verification: {exc}")
-                return "retry"
-        dup = self.store.query_one(
-            "SELECT clip_id FROM clips WHERE sha256 = ? AND clip_id != ? AND state != ?",
-            (sha256, clip_id, S.DUPLICATE.value))
-        if dup is not None:
-            with self.store.transaction() as tx:
-                tx.transition(clip_id, S.DUPLICATE, sha256=sha256, copied_at=now(),
-                              verified=int(verified),
-                              log_body={"sha256": sha256, "duplicate_of": dup["clip_id"]})
-            return "duplicate"
-        with self.store.transaction() as tx:
-            # Known before the probe ends, so a second copy of the same bytes is a duplicate.
-            tx.update_clip(clip_id, sha256=sha256)
-        self.probes.submit(lambda: self._probe_and_record(clip_id, final, sha256, size,
-                                                          verified, info, rec, report))
-        return "copied"
-
-    def _probe_and_record(self, clip_id: str, final: Path, sha256: str, size: int,
-                          verified: bool, info: DeviceInfo, rec: Recording,
-                          report: DockReport) -> None:
-        """Probe the vault copy, record the clip copied with its media facts, then seal it."""
-        try:
-            self._record_copied(clip_id, final, sha256, size, verified, rec)
-        except AgentError as exc:
-            report.errors.append(f"{rec.path}: {exc}")
-            self._alert(info.serial, "ingest.failed", f"{rec.path}: {exc.diagnostics()}")
-            self._reset_if_copying(clip_id, f"ingest failed: {exc}")
-            return
-        report.copied.append(clip_id)
-        if self.after_copy is not None:
-            try:
-                self.after_copy(clip_id)
-            except AgentError as exc:
-                # The copy is safe and verified in the vault; only sealing failed
-                # (a busy store).  The checkpoint timer seals copied clips again.
-                self._alert(info.serial, "seal.failed",
-                            f"clip {clip_id} ({rec.path}) is copied and verified but "
-                            f"not sealed yet: {exc.diagnostics()}; sealing is tried "
-                            "again within custody.checkpoint_interval_s")
-
-    def _record_copied(self, clip_id: str, final: Path, sha256: str, size: int,
-                       verified: bool, rec: Recording) -> None:
-        media_info, flags = self._probe(final, clip_id, rec.name)
-        row = self.store.clip(clip_id)
-        offset = row["clock_offset_s"]
-        all_flags = sorted(set(json.loads(row["flags"])) | set(flags)
-                           | set(clock_flags(offset, self.config.media.max_clock_skew_s)))
-        recorded_end = None
-        if rec.recorded_start and media_info and media_info.get("duration_s"):
-            start = parse_rfc3339(rec.recorded_start).timestamp()
-            recorded_end = rfc3339(start + float(media_info["duration_s"]))
-        with self.store.transaction() as tx:
-            tx.transition(
-                clip_id, S.COPIED, sha256=sha256, copied_at=now(), verified=int(verified),
-                media=json.dumps(media_info) if media_info is not None else None,
-                flags=json.dumps(all_flags), recorded_end=recorded_end,
-                log_body={"sha256": sha256, "size": size, "verified": verified,
-                          "flags": all_flags})
 
     def _probe(self, path: Path, clip_id: str,
                name: str) -> tuple[dict[str, Any] | None, list[str]]:
+        """The one place the media module is called: the manifest's ``media`` and flags."""
         cfg = self.config.media
         if not cfg.probe:
             return None, []
@@ -473,42 +255,7 @@ class Offloader:
                            memory_mib=cfg.probe_memory_mib)
         return info.to_dict(), media.flags_for(info)
 
-    # --- helpers -------------------------------------------------------------------------
-
-    def _back_to_discovered(self, clip_id: str, reason: str) -> None:
-        log.warning("clip %s: %s", clip_id, reason)
-        with self.store.transaction() as tx:
-            tx.transition(clip_id, S.DISCOVERED, log_body={"reason": reason})
-
-    def _reset_if_copying(self, clip_id: str, reason: str) -> None:
-        try:
-            with self.store.transaction() as tx:
-                if tx.clip(clip_id)["state"] == S.COPYING.value:
-                    tx.transition(clip_id, S.DISCOVERED, log_body={"reason": reason})
-        except StoreError:
-            log.exception("clip %s stays copying; start-up recovery resets it", clip_id)
-
-    def _quarantine(self, clip_id: str, reason: str, sha256: str | None) -> None:
-        log.error("clip %s quarantined: %s", clip_id, reason)
-        with self.store.transaction() as tx:
-            fields: dict[str, Any] = {"reason": reason}
-            if sha256 is not None:
-                fields.update(sha256=sha256, copied_at=now())
-            tx.transition(clip_id, S.QUARANTINED, log_body={"reason": reason, "sha256": sha256},
-                          **fields)
-            tx.event("alert", {"code": "clip.quarantined", "clip_id": clip_id,
-                               "message": reason})
-
-    def _alert(self, serial: str | None, code: str, message: str) -> None:
-        log.error("%s: %s", code, message)
-        try:
-            with self.store.transaction() as tx:
-                tx.log("alert", None, {"code": code, "serial": serial, "message": message})
-                tx.event("alert", {"code": code, "serial": serial, "message": message})
-        except StoreError:
-            log.exception("could not record alert %s", code)
-
-    def _sync_clock(self, device: Device, info: DeviceInfo, report: DockReport) -> None:
+    def _sync_clock(self, device: Device, info: DeviceInfo) -> None:
         try:
             offset = device.sync_clock(time.time())
         except AgentError as exc:
@@ -518,6 +265,11 @@ class Offloader:
             return
         with self.store.transaction() as tx:
             tx.log("device.clock_synced", None, {"serial": info.serial, "offset_s": offset})
+
+    def _save_report(self, dock_id: int, report: DockReport) -> None:
+        with self.store.transaction() as tx:
+            tx.execute("UPDATE docks SET report = ? WHERE id = ?",
+                       (json.dumps(report.as_dict(), ensure_ascii=False), dock_id))
 
 
 def device_body(info: DeviceInfo) -> dict[str, Any]:
@@ -532,9 +284,3 @@ def _clock_offset(info: DeviceInfo) -> float | None:
         return round(parse_rfc3339(info.clock).timestamp() - time.time(), 3)
     except ValueError:
         return None
-
-
-def clock_flags(offset: float | None, max_skew_s: float) -> list[str]:
-    if offset is not None and abs(offset) > max_skew_s:
-        return ["clock.skew"]
-    return []
