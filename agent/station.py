@@ -204,11 +204,10 @@ class Station:
     def _start_detectors(self) -> None:
         self.detectors = self._make_detectors()
         for detector in self.detectors:
+            # start() reports the devices docked already, once each (the Detector
+            # contract): scanning again here would start a second session for each.
             detector.start(self._on_dock, self.undock)
             self._stops.append(detector.stop)
-        for detector in self.detectors:
-            for device in detector.scan():
-                self.dock(device)
         timer = threading.Thread(target=self._resume_timer, name="resume", daemon=True)
         timer.start()
         self._stops.append(lambda: timer.join(timeout=5))
