@@ -6,6 +6,7 @@ import argparse
 
 from agent.cli.common import add_config_arg, load_config
 from agent.custody.keys import init_station_keys, keyid_of, load_certificate
+from agent.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,7 +21,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_init(args: argparse.Namespace) -> int:
     config = load_config(args)
-    key_path, cert_path = init_station_keys(config.data_dir, config.station.id, force=args.force)
+    try:
+        key_path, cert_path = init_station_keys(config.data_dir, config.station.id,
+                                                force=args.force)
+    except OSError as exc:
+        # The configured data directory is where the station's identity lives: one it
+        # cannot write (read-only mount, wrong owner) is for the installer to fix.
+        where = exc.filename or config.data_dir
+        raise ConfigError(
+            f"station.data_dir: cannot write {where}: {exc.strerror or exc}; the data "
+            f"directory {config.data_dir} must be writable by the user running bwc-agent "
+            f"(mount it read-write or fix its owner, or set station.data_dir in "
+            f"{args.config} to a writable directory)") from exc
     cert = load_certificate(cert_path)
     print(f"station key:  {key_path} (mode 0600)")
     print(f"certificate:  {cert_path}")

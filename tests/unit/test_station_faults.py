@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from agent.config import Config
 from agent.station import Station
+from tests.conftest import write_station_config
+from tests.support.filesystems import tmpfs
 from tests.support.stations import camera
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_camera_docked_before_the_start_gets_one_session(
@@ -39,3 +46,17 @@ def test_a_camera_docked_before_the_start_gets_one_session(
     finally:
         station.stop()
     assert docks == 1
+
+
+def test_keys_init_on_a_read_only_data_directory_says_what_to_fix(tmp_path: Path) -> None:
+    config = write_station_config(tmp_path)
+    with tmpfs(tmp_path / "data", readonly=True):
+        result = subprocess.run(
+            [sys.executable, "-m", "agent.cli.main", "keys", "init", "--config", str(config)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("bwc-agent: error: station.data_dir: cannot write ")
+    assert str(tmp_path / "data" / "keys") in line and "Read-only file system" in line
+    assert "writable" in line
