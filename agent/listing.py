@@ -17,11 +17,12 @@ from agent.alerts import Alerts
 from agent.store import Store
 from drivers.base import DeviceInfo, Listing, Recording, Skipped
 from drivers.paths import unsafe_reason
+from drivers.walk import TOO_DEEP, TOO_MANY, UNREADABLE_DIR
 
 log = logging.getLogger(__name__)
 
-# Skip reasons (drivers/volume.py) that mean "could not look", not "not a recording".
-UNREADABLE_REASONS = ("unreadable directory", "cannot stat")
+# Skip reasons (drivers/walk.py) that mean "could not look", not "not a recording".
+UNREADABLE_REASONS = (UNREADABLE_DIR, "cannot stat", TOO_DEEP, TOO_MANY)
 SHOWN_UNREADABLE = 10
 
 

@@ -1,9 +1,6 @@
-"""A camera volume as a directory tree: listing it, a Device over it, watching for docks.
+"""A camera volume as a directory tree: a Device over it, watching for docks.
 
-:func:`walk` lists a volume without trusting it: directories are opened by
-file descriptor with O_NOFOLLOW, so a symlink swapped in during the walk
-cannot redirect it; symlinks and special files are reported, never
-followed or opened; other file systems mounted inside are not entered.
+:func:`walk` (drivers/walk.py) lists a volume without trusting it.
 Everything that is not ingested is reported in ``Listing.skipped`` with a
 reason (except the identity files a driver names in ``ignore``).
 
@@ -19,7 +16,6 @@ a docked device is an entry directly below a watched root.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
@@ -34,144 +30,13 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from agent.errors import DeviceError, RecordingMissingError
-from drivers.base import Device, DeviceInfo, Listing, Recording, Skipped
-from drivers.paths import (
-    decode_name,
-    open_inside,
-    open_root,
-    os_error,
-    parent_dir,
-    printable_name,
-    unsafe_reason,
-)
+from drivers.base import Device, DeviceInfo, Listing, Recording
+from drivers.paths import open_inside, os_error, parent_dir, printable_name
+from drivers.walk import walk
+
+__all__ = ["DockWatcher", "VolumeDevice", "walk"]
 
 log = logging.getLogger(__name__)
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-@dataclasses.dataclass
-class _Walk:
-    root: Path
-    root_dev: int
-    extensions: frozenset[str]
-    ignore: frozenset[bytes]
-    listing: Listing
-    raw: dict[str, bytes]
-
-
-def _extension(name: str) -> str:
-    _, dot, ext = name.rpartition(".")
-    return ext.lower() if dot else ""
-
-
-def walk(
-    root: Path,
-    extensions: Iterable[str],
-    ignore: Iterable[str] = (),
-    raw_paths: dict[str, bytes] | None = None,
-) -> Listing:
-    """List the recordings below ``root`` whose extension (case-insensitive) is in ``extensions``.
-
-    ``ignore`` names root-level files left out silently (a driver's identity
-    file).  ``raw_paths``, if given, is filled with decoded path -> raw
-    on-disk relative path.  Order is deterministic: depth first, entries
-    sorted by their raw names.
-    """
-    state = _Walk(
-        root=root,
-        root_dev=0,
-        extensions=frozenset(e.lower().lstrip(".") for e in extensions),
-        ignore=frozenset(os.fsencode(n) for n in ignore),
-        listing=Listing(),
-        raw=raw_paths if raw_paths is not None else {},
-    )
-    fd = open_root(root)
-    try:
-        state.root_dev = os.fstat(fd).st_dev
-        _walk_dir(state, fd, b"", "", ())
-    finally:
-        os.close(fd)
-    return state.listing
-
-
-def _walk_dir(state: _Walk, fd: int, raw_prefix: bytes, prefix: str,
-              flags: tuple[str, ...]) -> None:
-    try:
-        with os.scandir(fd) as it:
-            entries = sorted(it, key=lambda e: os.fsencode(e.name))
-    except OSError as exc:
-        if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE):
-            raise os_error(exc, f"listing {state.root}") from exc
-        state.listing.skipped.append(
-            Skipped(prefix.rstrip("/") or ".", f"unreadable directory: {exc.strerror}"))
-        return
-    for entry in entries:
-        raw_name = os.fsencode(entry.name)
-        if not raw_prefix and raw_name in state.ignore:
-            continue
-        text, name_flags = decode_name(raw_name)
-        path = prefix + text
-        raw_path = raw_prefix + raw_name
-        all_flags = tuple(dict.fromkeys(flags + name_flags))
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE):
-                raise os_error(exc, f"listing {state.root}") from exc
-            state.listing.skipped.append(Skipped(path, f"cannot stat: {exc.strerror}"))
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            state.listing.skipped.append(Skipped(path, "symlink, not followed"))
-            continue
-        reason = unsafe_reason(path)
-        if reason is not None:
-            state.listing.skipped.append(Skipped(path, f"unsafe name: {reason}"))
-            continue
-        if path in state.raw:
-            # Two raw names decoded to the same text (e.g. both undecodable):
-            # keep both, the later one under a name that shows its bytes.
-            path = f"{path} [{raw_name.hex()}]"
-            all_flags = (*all_flags, "name.collision")
-        if stat.S_ISDIR(st.st_mode):
-            if st.st_dev != state.root_dev:
-                state.listing.skipped.append(
-                    Skipped(path, "another file system mounted here, not entered"))
-                continue
-            _enter(state, fd, entry.name, (raw_path, path), all_flags)
-        elif stat.S_ISREG(st.st_mode):
-            if _extension(text) not in state.extensions:
-                state.listing.skipped.append(Skipped(path, "not a recording type"))
-                continue
-            state.raw[path] = raw_path
-            state.listing.recordings.append(
-                Recording(path=path, size=st.st_size, mtime=st.st_mtime, name_flags=all_flags))
-        else:
-            state.listing.skipped.append(Skipped(path, "special file"))
-
-
-def _enter(state: _Walk, parent_fd: int, name: str, where: tuple[bytes, str],
-           flags: tuple[str, ...]) -> None:
-    raw_path, path = where
-    try:
-        sub = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as exc:
-        if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE):
-            raise os_error(exc, f"listing {state.root}") from exc
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped since it was listed
-            reason = "changed while listed (no longer a directory), not entered"
-        else:
-            reason = f"unreadable directory: {exc.strerror}"
-        state.listing.skipped.append(Skipped(path, reason))
-        return
-    try:
-        if os.fstat(sub).st_dev != state.root_dev:  # swapped for a mount since the scan
-            state.listing.skipped.append(
-                Skipped(path, "another file system mounted here, not entered"))
-            return
-        _walk_dir(state, sub, raw_path + b"/", path + "/", flags)
-    finally:
-        os.close(sub)
 
 
 def _fsync_quietly(dir_fd: int) -> None:

@@ -87,8 +87,9 @@ class FuseFat:
         if shutil.which("fusefat") is None or not os.path.exists("/dev/fuse"):
             pytest.skip("fusefat or /dev/fuse is not available")
         self.point.mkdir(parents=True, exist_ok=True)
-        options = ["-o", "rw+"] if self.writable else []
-        # -f: the daemon stays in the foreground, so its pid is ours to kill.
+        options = ["-o", "rw+" if self.writable else "ro"]
+        # -f: the daemon stays in the foreground, so its pid is ours to kill (it then
+        # prints a debug trace, which nobody reads).
         proc = subprocess.Popen(["fusefat", "-f", *options, str(self.image), str(self.point)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -127,3 +128,58 @@ def fusefat(image: Path, point: Path, *, writable: bool = False) -> Iterator[Fus
         yield mounted
     finally:
         mounted.unmount()
+
+
+def copy_tree_into(source: Path, target: Path) -> None:
+    """Copy files and directories (contents only: FAT keeps no modes or owners)."""
+    for path in sorted(source.rglob("*")):
+        dest = target / path.relative_to(source)
+        if path.is_dir():
+            dest.mkdir(exist_ok=True)
+        else:
+            shutil.copyfile(path, dest)
+
+
+def loop_first_directory(image: Path) -> None:
+    """Corrupt a FAT12/16 image: its first directory (cluster 2) is made to contain itself.
+
+    The first subdirectory of the directory at cluster 2 gets cluster 2 as its
+    start: ``<first>/<sub>`` is ``<first>`` again, as on a damaged card.  Use an
+    image on which the first thing created was that directory, then its subdirectory.
+    """
+    data = bytearray(image.read_bytes())
+    sector = int.from_bytes(data[0x0B:0x0D], "little")
+    per_cluster = data[0x0D]
+    reserved = int.from_bytes(data[0x0E:0x10], "little")
+    fats, fat_size = data[0x10], int.from_bytes(data[0x16:0x18], "little")
+    root_entries = int.from_bytes(data[0x11:0x13], "little")
+    assert fat_size, "FAT12/16 only"
+    data_start = (reserved + fats * fat_size) * sector + root_entries * 32
+    first = data_start  # cluster 2
+    subdirs = []
+    for offset in range(first, first + per_cluster * sector, 32):
+        entry = data[offset:offset + 32]
+        if entry[0] == 0:
+            break
+        attr = entry[11]
+        if entry[0] == 0xE5 or attr == 0x0F or entry[:1] == b".":
+            continue  # deleted, long-name slot, "." or ".."
+        if attr & 0x10:
+            subdirs.append(offset)
+    assert subdirs, "no subdirectory in the first directory"
+    data[subdirs[0] + 26:subdirs[0] + 28] = (2).to_bytes(2, "little")
+    image.write_bytes(bytes(data))
+
+
+@contextlib.contextmanager
+def bind_mount(source: Path, point: Path) -> Iterator[Path]:
+    """``source`` bind-mounted at ``point`` (same file system, same inodes)."""
+    _need_root("a bind mount")
+    result = subprocess.run(["mount", "--bind", str(source), str(point)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {result.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        _unmount(point)

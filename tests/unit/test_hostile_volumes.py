@@ -1,0 +1,94 @@
+"""Camera volumes that misbehave: dead FUSE daemons, deep trees and loops, hard links, odd names.
+
+Each camera here is a real file system or a real directory tree; the
+station runs its real driver code over it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.config import Config
+from drivers.simcam import make_camera
+from drivers.walk import MAX_DEPTH, TOO_DEEP, walk
+from tests.support.filesystems import (
+    bind_mount,
+    copy_tree_into,
+    fat_image,
+    fusefat,
+    loop_first_directory,
+)
+from tests.support.stations import camera, running_station
+
+
+def _deep_tree(top: Path, depth: int, name: bytes = b"d") -> bytes:
+    """``depth`` nested directories below ``top`` (made by descriptor: no path-length limit)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        leaf = os.open(b"DEEP.MP4", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"never reached")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    return b"/".join([name] * depth)
+
+
+def test_a_tree_too_deep_to_walk_is_reported_and_the_rest_is_offloaded(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    _deep_tree(cam / "DCIM", 700)
+    with running_station(config) as station:
+        summary = station.run_once()
+        assert station.store is not None
+        alerts = [json.loads(r["body"]) for r in station.store.query(
+            "SELECT body FROM custody_log WHERE kind = 'alert'")]
+    (report,) = summary.reports
+    assert len(report.copied) == 1 and not summary.ok
+    deep = "DCIM/" + "/".join(["d"] * MAX_DEPTH)
+    assert report.unreadable == [{
+        "path": deep, "reason": f"directory too deep: more than {MAX_DEPTH} levels below "
+                                "the volume root, not entered"}]
+    assert [a["code"] for a in alerts] == ["device.unreadable"]
+    assert deep in alerts[0]["message"]
+
+
+def test_a_directory_loop_on_a_corrupt_fat_card_ends_and_the_rest_is_offloaded(
+        station_config: Callable[..., Config], tmp_path: Path) -> None:
+    config = station_config()
+    template = make_camera(tmp_path / "template", serial="LOOP001", clips=2, seconds=0.5,
+                           width=160, height=120, fps=10.0)
+    image = fat_image(tmp_path / "camera.img")
+    point = config.devices["simulated"].root / "LOOP001"
+    with fusefat(image, point, writable=True):
+        (point / "LOOPDIR").mkdir()  # cluster 2 on the fresh image, its SUB cluster 3
+        (point / "LOOPDIR" / "SUB").mkdir()
+        copy_tree_into(template, point)
+    loop_first_directory(image)  # LOOPDIR/SUB is LOOPDIR again
+    with fusefat(image, point):
+        assert (point / "LOOPDIR" / "SUB" / "SUB" / "SUB").is_dir()  # the card loops
+        with running_station(config) as station:
+            summary = station.run_once()
+    (report,) = summary.reports
+    assert len(report.copied) == 2 and not summary.ok
+    assert report.unreadable == [{"path": "LOOPDIR/" + "/".join(["SUB"] * MAX_DEPTH),
+                                  "reason": TOO_DEEP}]
+
+
+def test_a_directory_seen_twice_is_not_entered_twice(tmp_path: Path) -> None:
+    volume = tmp_path / "vol"
+    (volume / "DCIM" / "BACK").mkdir(parents=True)
+    (volume / "DCIM" / "A.MP4").write_bytes(b"clip")
+    with bind_mount(volume, volume / "DCIM" / "BACK"):  # the root again, one level down
+        listing = walk(volume, {"mp4"})
+    assert [r.path for r in listing.recordings] == ["DCIM/A.MP4"]
+    assert [(s.path, s.reason) for s in listing.skipped] == [
+        ("DCIM/BACK", "directory loop: the same directory as ., not entered")]
