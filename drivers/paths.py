@@ -31,7 +31,10 @@ from typing import BinaryIO
 from agent.errors import DeviceError, DeviceGoneError, RecordingMissingError
 
 # errno values that mean "the medium went away" rather than "this file is bad".
-GONE_ERRNOS = frozenset({errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE, errno.ENOMEDIUM})
+# ENOTCONN and ECONNABORTED are what a FUSE or network volume gives once its
+# daemon died or its connection was aborted: the camera is as gone as an unplugged one.
+GONE_ERRNOS = frozenset({errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE, errno.ENOMEDIUM,
+                         errno.ENOTCONN, errno.ECONNABORTED})
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
@@ -209,6 +212,11 @@ class _GuardedRaw(io.RawIOBase):
         if not self.closed:
             try:
                 os.close(self._fd)
+            except OSError:
+                # Read only: nothing is lost.  Linux frees the descriptor even when close
+                # reports an error (a FUSE volume whose daemon died says ENOTCONN); the
+                # reads before it have already said whether the device is gone.
+                pass
             finally:
                 super().close()
 

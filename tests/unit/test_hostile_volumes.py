@@ -11,7 +11,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from agent.config import Config
+from agent.errors import DeviceGoneError
+from drivers.base import Recording
 from drivers.simcam import make_camera
 from drivers.walk import MAX_DEPTH, TOO_DEEP, walk
 from tests.support.filesystems import (
@@ -21,7 +25,41 @@ from tests.support.filesystems import (
     fusefat,
     loop_first_directory,
 )
-from tests.support.stations import camera, running_station
+from tests.support.stations import FaultyDevice, camera, running_station, sim_devices
+
+
+def test_a_camera_whose_fuse_daemon_dies_mid_copy_is_taken_as_removed(
+        station_config: Callable[..., Config], tmp_path: Path) -> None:
+    config = station_config("[ingest]\nchunk_kib = 64\n")
+    template = make_camera(tmp_path / "template", serial="FUSE001", clips=1, seconds=0.5,
+                           width=160, height=120, fps=10.0)
+    (template / "DCIM" / "BIG.MP4").write_bytes(os.urandom(8 * 1024 * 1024))
+    image = fat_image(tmp_path / "camera.img", size_mb=32)
+    point = config.devices["simulated"].root / "FUSE001"
+    with fusefat(image, point, writable=True):
+        copy_tree_into(template, point)
+    with fusefat(image, point) as fat:
+        killed: list[int] = []
+
+        def daemon_dies(rec: Recording, done: int) -> None:
+            if rec.path.endswith("BIG.MP4") and done >= 256 * 1024 and not killed:
+                killed.append(done)
+                fat.kill()  # the FUSE driver crashed: ENOTCONN from now on
+
+        with running_station(config) as station:
+            (device,) = sim_devices(station)
+            future = station.dock(FaultyDevice(device, on_read=daemon_dies))
+            assert future is not None
+            report = future.result(timeout=60)
+            assert station.store is not None
+            states = {r["path"]: r["state"] for r in station.store.clips()}
+            with pytest.raises(DeviceGoneError):  # and so is a later listing
+                device.recordings()
+    assert killed, "the copy reached the point where the daemon dies"
+    assert [e for e in report.errors if e.startswith("device removed")], report.errors
+    assert report.quarantined == [] and len(report.copied) == 1
+    assert states.pop("DCIM/BIG.MP4") == "discovered"  # copied again at the next dock
+    assert set(states.values()) == {"sealed"}
 
 
 def _deep_tree(top: Path, depth: int, name: bytes = b"d") -> bytes:
