@@ -30,12 +30,14 @@ class DockReport:
     interrupted: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     unreadable: list[dict[str, str]] = field(default_factory=list)  # may hide recordings
+    refused: list[dict[str, str]] = field(default_factory=list)  # left on the camera
     errors: list[str] = field(default_factory=list)
     clock_offset_s: float | None = None
 
     @property
     def failed(self) -> bool:
-        return bool(self.errors or self.quarantined or self.interrupted or self.unreadable)
+        return bool(self.errors or self.quarantined or self.interrupted or self.unreadable
+                    or self.refused)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

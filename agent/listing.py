@@ -17,20 +17,21 @@ from agent.alerts import Alerts
 from agent.store import Store
 from drivers.base import DeviceInfo, Listing, Recording, Skipped
 from drivers.paths import unsafe_reason
-from drivers.walk import TOO_DEEP, TOO_MANY, UNREADABLE_DIR
+from drivers.walk import REFUSED, TOO_DEEP, TOO_MANY, UNREADABLE_DIR
 
 log = logging.getLogger(__name__)
 
 # Skip reasons (drivers/walk.py) that mean "could not look", not "not a recording".
 UNREADABLE_REASONS = (UNREADABLE_DIR, "cannot stat", TOO_DEEP, TOO_MANY)
-SHOWN_UNREADABLE = 10
+SHOWN = 10  # entries named in an alert
 
 
 @dataclass
 class Screened:
     recordings: list[Recording]
     skipped: list[dict[str, str]]
-    unreadable: list[dict[str, str]]
+    unreadable: list[dict[str, str]]  # could not be looked at: may hide recordings
+    refused: list[dict[str, str]]  # recordings not read on purpose (several hard links)
 
 
 def screen(listing: Listing) -> Screened:
@@ -48,7 +49,8 @@ def screen(listing: Listing) -> Screened:
     # Symlinks, special files and other types are skipped on purpose; an entry that
     # could not be read at all may hold recordings nobody else will see: say so.
     unreadable = [entry for entry in skipped if entry["reason"].startswith(UNREADABLE_REASONS)]
-    return Screened(recordings, skipped, unreadable)
+    refused = [entry for entry in skipped if entry["reason"].endswith(REFUSED)]
+    return Screened(recordings, skipped, unreadable, refused)
 
 
 def report_skipped(store: Store, alerts: Alerts, info: DeviceInfo, screened: Screened) -> None:
@@ -61,9 +63,22 @@ def report_skipped(store: Store, alerts: Alerts, info: DeviceInfo, screened: Scr
             log.warning("%s: skipped %r: %s", info.serial, s["path"], s["reason"])
     unreadable = screened.unreadable
     if unreadable:
-        shown = "; ".join(f"{e['path']}: {e['reason']}" for e in unreadable[:SHOWN_UNREADABLE])
-        more = len(unreadable) - SHOWN_UNREADABLE
+        shown = "; ".join(f"{e['path']}: {e['reason']}" for e in unreadable[:SHOWN])
         alerts.send(info.serial, "device.unreadable",
-                    f"{len(unreadable)} {'entry' if len(unreadable) == 1 else 'entries'} on "
-                    f"{info.serial} could not be read and may hold recordings: {shown}"
-                    + (f" (and {more} more)" if more > 0 else ""))
+                    f"{_entries(len(unreadable))} on {info.serial} could not be read and may "
+                    f"hold recordings: {shown}{_more(len(unreadable))}")
+    refused = screened.refused
+    if refused:
+        shown = "; ".join(e["path"] for e in refused[:SHOWN])
+        alerts.send(info.serial, "device.hard_links",
+                    f"{_entries(len(refused))} on {info.serial} with several hard links, "
+                    "which a camera's FAT or exFAT never has, refused and left on the camera "
+                    f"(check the camera volume): {shown}{_more(len(refused))}")
+
+
+def _entries(count: int) -> str:
+    return f"{count} {'entry' if count == 1 else 'entries'}"
+
+
+def _more(count: int) -> str:
+    return f" (and {count - SHOWN} more)" if count > SHOWN else ""

@@ -149,6 +149,7 @@ class Offloader:
         screened = screen(device.recordings())
         report.recordings = len(screened.recordings)
         report.skipped, report.unreadable = screened.skipped, screened.unreadable
+        report.refused = screened.refused
         report_skipped(self.store, self.alerts, info, screened)
         todo: list[tuple[str, Recording]] = []
         # Important clips first: if the officer undocks early, those are already safe.

@@ -32,7 +32,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from agent.errors import DeviceError, RecordingMissingError
 from drivers.base import Device, DeviceInfo, Listing, Recording
 from drivers.paths import open_inside, os_error, parent_dir, printable_name
-from drivers.walk import walk
+from drivers.walk import HARD_LINKS, walk
 
 __all__ = ["DockWatcher", "VolumeDevice", "walk"]
 
@@ -102,7 +102,13 @@ class VolumeDevice:
         return raw
 
     def open(self, recording: Recording) -> BinaryIO:
-        return open_inside(self.root, self._raw_path(recording))
+        stream = open_inside(self.root, self._raw_path(recording))
+        links = os.fstat(stream.fileno()).st_nlink
+        if links > 1:  # swapped for a link since it was listed (drivers/walk.py)
+            stream.close()
+            raise DeviceError(f"refusing {recording.path!r} on {self.root}: it has {links} "
+                              f"{HARD_LINKS}")
+        return stream
 
     def stat(self, recording: Recording) -> tuple[int, float]:
         raw = self._raw_path(recording)

@@ -7,7 +7,9 @@ other entry with a reason.  The volume may be hostile or corrupt, so:
   to its parent, and every entry is stat'ed through that descriptor: a
   symlink swapped in during the walk cannot redirect it;
 * symlinks and special files are reported, never followed or opened; other
-  file systems mounted inside are not entered;
+  file systems mounted inside are not entered; a recording with several hard
+  links is refused (a camera's FAT or exFAT has none: it is a link to
+  something else, maybe a station secret) and left where it is;
 * the walk is a loop over an explicit stack, never a recursion, so no tree
   can exhaust the interpreter's stack; it goes at most :data:`MAX_DEPTH`
   directories below the root (a corrupt FAT can hold a directory loop that
@@ -45,6 +47,10 @@ MAX_ENTRIES = 500_000
 TOO_DEEP = (f"directory too deep: more than {MAX_DEPTH} levels below the volume root, "
             "not entered")
 TOO_MANY = f"listing stopped: more than {MAX_ENTRIES} entries on the volume"
+# A camera's FAT or exFAT has no hard links: a recording with several is not the camera's
+# (a link to a station file planted in the tree), and it is never read.
+REFUSED = "refused, left on the camera"
+HARD_LINKS = f"hard links (a camera's FAT or exFAT has none): {REFUSED}"
 UNREADABLE_DIR = "unreadable directory"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -178,6 +184,9 @@ def _entry(state: _Walk, parent: _Dir, raw_name: bytes) -> _Dir | None:
     if stat.S_ISREG(st.st_mode):
         if _extension(text) not in state.extensions:
             state.skip(path, "not a recording type")
+            return None
+        if st.st_nlink > 1:
+            state.skip(path, f"{st.st_nlink} {HARD_LINKS}")
             return None
         state.raw[path] = raw_path
         state.listing.recordings.append(

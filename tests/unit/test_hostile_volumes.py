@@ -6,6 +6,7 @@ station runs its real driver code over it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config
-from agent.errors import DeviceGoneError
+from agent.errors import DeviceError, DeviceGoneError
 from drivers.base import Recording
 from drivers.simcam import make_camera
+from drivers.volume import VolumeDevice
 from drivers.walk import MAX_DEPTH, TOO_DEEP, walk
 from tests.support.filesystems import (
     bind_mount,
@@ -26,6 +28,10 @@ from tests.support.filesystems import (
     loop_first_directory,
 )
 from tests.support.stations import FaultyDevice, camera, running_station, sim_devices
+
+
+class Plain(VolumeDevice):
+    """A VolumeDevice with no identity of its own."""
 
 
 def test_a_camera_whose_fuse_daemon_dies_mid_copy_is_taken_as_removed(
@@ -130,3 +136,44 @@ def test_a_directory_seen_twice_is_not_entered_twice(tmp_path: Path) -> None:
     assert [r.path for r in listing.recordings] == ["DCIM/A.MP4"]
     assert [(s.path, s.reason) for s in listing.skipped] == [
         ("DCIM/BACK", "directory loop: the same directory as ., not entered")]
+
+
+def test_a_file_with_several_hard_links_is_refused_with_an_alert(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    with running_station(config):
+        pass  # first start: the station makes its key
+    key = config.data_dir / "keys" / "station.key"
+    os.link(key, cam / "DCIM" / "KEY.MP4")  # a link to the station key, inside the camera
+    with running_station(config) as station:
+        summary = station.run_once()
+        assert station.store is not None
+        paths = {r["path"] for r in station.store.clips()}
+        alerts = [json.loads(r["body"]) for r in station.store.query(
+            "SELECT body FROM custody_log WHERE kind = 'alert'")]
+    (report,) = summary.reports
+    assert "DCIM/KEY.MP4" not in paths and len(report.copied) == 1
+    assert report.refused == [{"path": "DCIM/KEY.MP4",
+                               "reason": "2 hard links (a camera's FAT or exFAT has none): "
+                                         "refused, left on the camera"}]
+    assert not summary.ok  # something on the camera was not offloaded
+    assert [a["code"] for a in alerts] == ["device.hard_links"]
+    assert "DCIM/KEY.MP4" in alerts[0]["message"]
+    key_sha = hashlib.sha256(key.read_bytes()).hexdigest()
+    assert not list((config.data_dir / "vault").rglob(key_sha))
+    assert (cam / "DCIM" / "KEY.MP4").exists()
+
+
+def test_a_recording_swapped_for_a_hard_link_after_listing_is_not_read(tmp_path: Path) -> None:
+    volume = tmp_path / "vol"
+    (volume / "DCIM").mkdir(parents=True)
+    (volume / "DCIM" / "A.MP4").write_bytes(b"clip")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"station secret")
+    device = Plain(volume, {"mp4"})
+    (rec,) = device.recordings().recordings
+    (volume / "DCIM" / "A.MP4").unlink()
+    os.link(secret, volume / "DCIM" / "A.MP4")
+    with pytest.raises(DeviceError, match="2 hard links"):
+        device.open(rec)
