@@ -2,9 +2,11 @@
 
 Everything here treats a device's names as untrusted data:
 
-* :func:`decode_name` turns on-disk bytes into text (UTF-8, else GBK as
-  Chinese cameras write, else UTF-8 with replacement) and says which
-  fallback it used, so the manifest can carry the flag.
+* :func:`stored_name` turns on-disk bytes into the name the station stores
+  (UTF-8, else GBK as Chinese cameras write; ``%``, backslashes, control
+  characters and undecodable bytes escaped as ``%XX``), from which the bytes
+  can always be recovered, and says how, so the manifest can carry the flags;
+  :func:`decode_name` gives a name for people (handles, messages).
 * :func:`unsafe_reason` refuses relative paths that could name something
   outside the volume or confuse a reader (absolute, ``..``, NUL, control
   characters, backslashes).
@@ -66,6 +68,71 @@ def decode_name(raw: bytes) -> tuple[str, tuple[str, ...]]:
         return raw.decode("utf-8", errors="replace"), ("name.undecodable",)
 
 
+def stored_name(raw: bytes, encoding: str | None = None) -> tuple[str, str | None,
+                                                                 tuple[str, ...]]:
+    """The name an on-disk name is stored under: (text, the path's encoding after it, flags).
+
+    ``encoding`` is that of the path's directories so far (None while they are
+    all ASCII): a name is decoded in it, else as UTF-8 then GBK while the path
+    has none, else not at all.  The text is then escaped (:func:`escape`), so
+    it is safe in a path (no backslash, no control character) and the exact
+    bytes can always be recovered (docs/FORMATS.md section 1).  Flags:
+    ``name.gbk`` (the path is GBK), ``name.undecodable`` (bytes that are not
+    text in the path's encoding are escaped), ``name.escaped`` (the text has
+    ``%XX`` escapes).
+    """
+    flags: tuple[str, ...] = ()
+    for candidate in ("utf-8", "gbk"):
+        if encoding not in (None, candidate):
+            continue
+        try:
+            text = raw.decode(candidate)
+        except UnicodeDecodeError:
+            continue
+        if not raw.isascii():
+            encoding = candidate
+        break
+    else:
+        text, flags = _undecoded(raw), ("name.undecodable",)
+    if encoding == "gbk":
+        flags = ("name.gbk", *flags)
+    escaped = escape(text)
+    if escaped != text:
+        flags = (*flags, "name.escaped")
+    return escaped, encoding, flags
+
+
+def escaped_bytes(raw: bytes) -> str:
+    """``raw`` with every byte outside printable ASCII escaped: never equal to a decoded name.
+
+    For two on-disk names that decode alike (UTF-8 and GBK bytes of the same text).
+    """
+    return escape(_undecoded(raw))
+
+
+def escape(text: str) -> str:
+    """``%``, backslash and control characters as ``%XX``; undecodable bytes too.
+
+    Undecodable bytes arrive as the lone surrogates U+DC80..U+DCFF
+    (``surrogateescape``); each stands for one byte.
+    """
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in "%\\" or code < 0x20 or code == 0x7F:
+            out.append(f"%{code:02X}")
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"%{code - 0xDC00:02X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _undecoded(raw: bytes) -> str:
+    # ASCII stays text; every other byte becomes a lone surrogate, escaped as %XX.
+    return raw.decode("ascii", errors="surrogateescape")
+
+
 def unsafe_reason(relpath: str) -> str | None:
     """Why ``relpath`` (decoded, '/'-separated) is not a safe path inside a volume, or None."""
     if not relpath:
@@ -93,13 +160,14 @@ def _raw_components(relpath: str | bytes) -> list[bytes]:
         if reason is not None:
             raise DeviceError(f"refusing path {relpath!r} on the device: {reason}")
         return [os.fsencode(p) for p in relpath.split("/")]
-    # Raw bytes: only structural checks.  A backslash byte may be the second
-    # byte of a GBK character, so backslashes are judged on decoded text only.
+    # Raw bytes, as a listing read them: only structural checks.  Any other byte is
+    # a name's (a backslash may be the second byte of a GBK character, a camera may
+    # write a newline): each component goes to openat() alone, never to a shell.
     shown = relpath.decode("utf-8", errors="replace")
     if not relpath or relpath.startswith(b"/"):
         raise DeviceError(f"refusing path {shown!r} on the device: empty or absolute path")
-    if any(b < 0x20 or b == 0x7F for b in relpath):
-        raise DeviceError(f"refusing path {shown!r} on the device: control byte in name")
+    if b"\0" in relpath:
+        raise DeviceError(f"refusing path {shown!r} on the device: NUL byte in name")
     parts = relpath.split(b"/")
     if any(p in (b"", b".", b"..") for p in parts):
         raise DeviceError(f"refusing path {shown!r} on the device: empty, '.' or '..' component")

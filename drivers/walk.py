@@ -18,6 +18,10 @@ other entry with a reason.  The volume may be hostile or corrupt, so:
   :data:`MAX_ENTRIES` entries in all.  What it does not enter is reported,
   and a directory not entered because of a bound is reported as one that
   could not be read (it may hold recordings);
+* a name is stored as :func:`drivers.paths.stored_name` gives it: text
+  that is safe in a path and from which the exact bytes are recovered (two
+  raw names of one directory never get the same stored name), so a
+  recording is never left on the camera for its name alone;
 * entries are handled depth first, sorted by their raw names, so a
   listing is deterministic.
 
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drivers.base import Listing, Recording, Skipped
-from drivers.paths import GONE_ERRNOS, decode_name, open_root, os_error, unsafe_reason
+from drivers.paths import GONE_ERRNOS, escaped_bytes, open_root, os_error, stored_name
 
 # Camera firmware writes DCIM/100MEDIA/<file> or Record/<yyyy>/<mm>/<dd>/<file>:
 # a handful of levels.  Sixteen is far beyond any camera, and near enough to end a
@@ -64,8 +68,10 @@ class _Dir:
     raw_prefix: bytes  # raw path of the directory below the root, with a trailing '/'
     prefix: str  # the same, as text
     flags: tuple[str, ...]  # name flags every entry below inherits
+    encoding: str | None  # of the names on its path (drivers.paths.stored_name)
     depth: int  # 0 for the root
     pending: list[bytes] = field(default_factory=list)  # reverse order: pop() gives the next
+    taken: set[str] = field(default_factory=set)  # stored names given in this directory
 
 
 @dataclass
@@ -97,7 +103,7 @@ def walk(
     """List the recordings below ``root`` whose extension (case-insensitive) is in ``extensions``.
 
     ``ignore`` names root-level files left out silently (a driver's identity
-    file).  ``raw_paths``, if given, is filled with decoded path -> raw
+    file).  ``raw_paths``, if given, is filled with stored path -> raw
     on-disk relative path.  Order is deterministic: depth first, entries
     sorted by their raw names.  Raises DeviceGoneError if the volume goes away.
     """
@@ -115,7 +121,7 @@ def walk(
         st = os.fstat(fd)
         state.root_dev = st.st_dev
         state.seen[(st.st_dev, st.st_ino)] = "."
-        top = _Dir(fd, b"", "", (), 0)
+        top = _Dir(fd, b"", "", (), None, 0)
         stack.append(top)
         _read_names(state, top)
         while stack:
@@ -153,8 +159,14 @@ def _entry(state: _Walk, parent: _Dir, raw_name: bytes) -> _Dir | None:
     """Look at one entry of ``parent``; returns the directory to list next, if it is one."""
     if not parent.raw_prefix and raw_name in state.ignore:
         return None
-    text, name_flags = decode_name(raw_name)
-    path = parent.prefix + text
+    name, encoding, name_flags = stored_name(raw_name, parent.encoding)
+    if name in parent.taken:
+        # Another raw name of this directory was stored as the same text (the UTF-8
+        # and the GBK bytes of one name): this one is stored with its bytes escaped.
+        name, name_flags = escaped_bytes(raw_name), ("name.collision", "name.escaped")
+        encoding = parent.encoding
+    parent.taken.add(name)
+    path = parent.prefix + name
     raw_path = parent.raw_prefix + raw_name
     flags = tuple(dict.fromkeys(parent.flags + name_flags))
     try:
@@ -167,22 +179,13 @@ def _entry(state: _Walk, parent: _Dir, raw_name: bytes) -> _Dir | None:
     if stat.S_ISLNK(st.st_mode):
         state.skip(path, "symlink, not followed")
         return None
-    reason = unsafe_reason(path)
-    if reason is not None:
-        state.skip(path, f"unsafe name: {reason}")
-        return None
-    if path in state.raw:
-        # Two raw names decoded to the same text (e.g. both undecodable):
-        # keep both, the later one under a name that shows its bytes.
-        path = f"{path} [{raw_name.hex()}]"
-        flags = (*flags, "name.collision")
     if stat.S_ISDIR(st.st_mode):
         if st.st_dev != state.root_dev:
             state.skip(path, "another file system mounted here, not entered")
             return None
-        return _enter(state, parent, raw_name, (raw_path, path), flags)
+        return _enter(state, parent, raw_name, (raw_path, path), (flags, encoding))
     if stat.S_ISREG(st.st_mode):
-        if _extension(text) not in state.extensions:
+        if _extension(name) not in state.extensions:
             state.skip(path, "not a recording type")
             return None
         if st.st_nlink > 1:
@@ -197,8 +200,9 @@ def _entry(state: _Walk, parent: _Dir, raw_name: bytes) -> _Dir | None:
 
 
 def _enter(state: _Walk, parent: _Dir, raw_name: bytes, where: tuple[bytes, str],
-           flags: tuple[str, ...]) -> _Dir | None:
+           names: tuple[tuple[str, ...], str | None]) -> _Dir | None:
     raw_path, path = where
+    flags, encoding = names
     if parent.depth >= MAX_DEPTH:
         state.skip(path, TOO_DEEP)
         return None
@@ -213,7 +217,7 @@ def _enter(state: _Walk, parent: _Dir, raw_name: bytes, where: tuple[bytes, str]
             reason = f"{UNREADABLE_DIR}: {exc.strerror}"
         state.skip(path, reason)
         return None
-    directory = _Dir(fd, raw_path + b"/", path + "/", flags, parent.depth + 1)
+    directory = _Dir(fd, raw_path + b"/", path + "/", flags, encoding, parent.depth + 1)
     try:
         st = os.fstat(fd)
         if st.st_dev != state.root_dev:  # swapped for a mount since the scan

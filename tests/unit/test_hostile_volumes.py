@@ -6,6 +6,7 @@ station runs its real driver code over it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from tests.support.filesystems import (
     fusefat,
     loop_first_directory,
 )
+from tests.support.names import name_bytes
 from tests.support.stations import FaultyDevice, camera, running_station, sim_devices
 
 
@@ -177,3 +179,36 @@ def test_a_recording_swapped_for_a_hard_link_after_listing_is_not_read(tmp_path:
     os.link(secret, volume / "DCIM" / "A.MP4")
     with pytest.raises(DeviceError, match="2 hard links"):
         device.open(rec)
+
+
+def test_a_recording_with_an_odd_name_is_offloaded_and_its_manifest_keeps_the_bytes(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    (clip,) = (cam / "DCIM").rglob("*.MP4")
+    odd = {b"EVENT\n1.MP4": b"one", b"A\\B.MP4": b"two", b"\xff\xfe.MP4": b"three",
+           b"\xfe\xff.MP4": b"four"}
+    for raw, extra in odd.items():
+        with open(os.fsencode(cam / "DCIM") + b"/" + raw, "wb") as f:
+            f.write(clip.read_bytes() + extra)
+    with running_station(config) as station:
+        summary = station.run_once()
+        assert station.store is not None
+        rows = station.store.clips()
+    assert summary.ok, summary.failures
+    assert summary.reports[0].skipped == []
+    manifests = {}
+    for row in rows:
+        assert row["state"] == "sealed"
+        envelope = json.loads(row["manifest"])
+        manifest = json.loads(base64.b64decode(envelope["payload"]))
+        manifests[manifest["file"]["path"]] = manifest
+    expected = {"DCIM/EVENT%0A1.MP4": b"EVENT\n1.MP4", "DCIM/A%5CB.MP4": b"A\\B.MP4",
+                "DCIM/%FF%FE.MP4": b"\xff\xfe.MP4", "DCIM/%FE%FF.MP4": b"\xfe\xff.MP4"}
+    for path, raw in expected.items():
+        manifest = manifests[path]
+        assert manifest["file"]["name"] == path.split("/")[1]
+        assert "name.escaped" in manifest["flags"]
+        assert name_bytes(path, tuple(manifest["flags"])) == b"DCIM/" + raw
+        sha = hashlib.sha256(clip.read_bytes() + odd[raw]).hexdigest()
+        assert manifest["file"]["digests"]["sha256"] == sha

@@ -12,6 +12,7 @@ from agent.errors import DeviceError, DeviceGoneError
 from drivers.base import Recording
 from drivers.paths import decode_name, guarded_stream, open_inside, os_error, unsafe_reason
 from drivers.volume import VolumeDevice, walk
+from tests.support.names import name_bytes
 
 GBK_NAME = "执法记录_0001.MP4"
 GBK_BYTES = GBK_NAME.encode("gbk")
@@ -172,28 +173,73 @@ def test_walk_decodes_gbk_names_and_device_opens_them(volume: Path) -> None:
     assert device.stat(rec) == (14, os.stat(raw_dir + b"/" + GBK_BYTES).st_mtime)
 
 
+def _make(directory: Path | bytes, raw: bytes, content: bytes | None = None) -> None:
+    with open(os.fsencode(directory) + b"/" + raw, "wb") as f:
+        f.write(raw if content is None else content)
+
+
+def test_every_name_a_file_system_allows_is_listed_and_its_bytes_kept(tmp_path: Path) -> None:
+    names = [bytes([b]) + b".mp4" for b in range(1, 256) if b != ord("/")]
+    names += [b"\xff\xfex.mp4", b"\xfe\xffx.mp4", "录像%.mp4".encode(), GBK_BYTES,
+              "录像\n.mp4".encode("gbk"), b"a\\b\\..\\c.mp4", b"%41.mp4"]
+    for raw in names:
+        _make(tmp_path, raw)
+    device = Plain(tmp_path, {"mp4"})
+    listing = device.recordings()
+    assert listing.skipped == []
+    recs = listing.recordings
+    assert len(recs) == len(names) == len({r.path for r in recs})
+    for rec in recs:
+        assert unsafe_reason(rec.path) is None, rec.path
+        with device.open(rec) as stream:
+            raw = stream.read()
+        assert name_bytes(rec.path, rec.name_flags) == raw, (rec.path, rec.name_flags)
+
+
+def test_unsafe_and_undecodable_names_are_escaped(tmp_path: Path) -> None:
+    for raw in (b"bad\\name.mp4", b"tab\tname.mp4", b"new\nline.mp4", b"100%.mp4",
+                b"\xff\xfex.mp4", b"ok.mp4"):
+        _make(tmp_path, raw)
+    listing = walk(tmp_path, {"mp4"})
+    assert {r.path: r.name_flags for r in listing.recordings} == {
+        "%FF%FEx.mp4": ("name.undecodable", "name.escaped"),
+        "100%25.mp4": ("name.escaped",),
+        "bad%5Cname.mp4": ("name.escaped",),
+        "new%0Aline.mp4": ("name.escaped",),
+        "ok.mp4": (),
+        "tab%09name.mp4": ("name.escaped",),
+    }
+
+
 def test_walk_keeps_names_that_decode_alike_apart(tmp_path: Path) -> None:
-    for raw in (b"\xff\xfex.mp4", b"\xfe\xffx.mp4"):
-        with open(os.fsencode(tmp_path) + b"/" + raw, "wb") as f:
-            f.write(raw)
+    # The same text from UTF-8 bytes and from GBK bytes: the later one (by raw bytes)
+    # is stored with its bytes escaped.
+    for raw in ("录像.mp4".encode(), "录像.mp4".encode("gbk")):
+        _make(tmp_path, raw)
     device = Plain(tmp_path, {"mp4"})
     recs = device.recordings().recordings
-    assert len(recs) == 2 and len({r.path for r in recs}) == 2
-    assert "name.collision" in recs[1].name_flags
-    contents = set()
+    assert [(r.path, r.name_flags) for r in recs] == [
+        ("录像.mp4", ("name.gbk",)),  # GBK bytes sort first: decoded
+        ("%E5%BD%95%E5%83%8F.mp4", ("name.collision", "name.escaped")),
+    ]
     for rec in recs:
         with device.open(rec) as stream:
-            contents.add(stream.read())
-    assert contents == {b"\xff\xfex.mp4", b"\xfe\xffx.mp4"}
+            assert name_bytes(rec.path, rec.name_flags) == stream.read()
 
 
-def test_walk_reports_unsafe_names(tmp_path: Path) -> None:
-    (tmp_path / "bad\\name.mp4").write_bytes(b"x")
-    (tmp_path / "tab\tname.mp4").write_bytes(b"x")
-    listing = walk(tmp_path, {"mp4"})
-    assert listing.recordings == []
-    assert {s.reason for s in listing.skipped} == {"unsafe name: backslash in name",
-                                                   "unsafe name: control character in name"}
+def test_a_name_is_decoded_in_the_encoding_of_its_directory(tmp_path: Path) -> None:
+    gbk_dir = os.fsencode(tmp_path) + b"/" + "证据".encode("gbk")
+    os.mkdir(gbk_dir)
+    _make(gbk_dir, "录像.mp4".encode())  # UTF-8 inside a GBK directory
+    _make(gbk_dir, GBK_BYTES)
+    device = Plain(tmp_path, {"mp4"})
+    recs = device.recordings().recordings
+    assert len(recs) == 2
+    for rec in recs:
+        assert "name.gbk" in rec.name_flags
+        with device.open(rec) as stream:
+            raw_name = stream.read()
+        assert name_bytes(rec.path, rec.name_flags) == "证据".encode("gbk") + b"/" + raw_name
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
