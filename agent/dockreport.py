@@ -28,6 +28,8 @@ class DockReport:
     duplicates: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
+    # Entries not ingested: their number, and the first few (a camera may hold 100,000).
+    skipped_count: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
     unreadable: list[dict[str, str]] = field(default_factory=list)  # may hide recordings
     refused: list[dict[str, str]] = field(default_factory=list)  # left on the camera

@@ -30,7 +30,7 @@ from agent.clipcopy import ClipCopier, mtime_ms, reset_if_copying
 from agent.config import Config
 from agent.dockreport import DockReport
 from agent.errors import AgentError, Cancelled, DeviceError, DeviceGoneError
-from agent.listing import report_skipped, screen
+from agent.listing import SHOWN, report_skipped, screen
 from agent.media.queue import ProbeQueue
 from agent.store import ClipState, Store
 from agent.timeutil import now, parse_rfc3339, rfc3339, uuid7
@@ -148,8 +148,9 @@ class Offloader:
         """List the device, report what is skipped; the clips to copy, in copy order."""
         screened = screen(device.recordings())
         report.recordings = len(screened.recordings)
-        report.skipped, report.unreadable = screened.skipped, screened.unreadable
-        report.refused = screened.refused
+        report.skipped_count = len(screened.skipped)
+        report.skipped = screened.skipped[:SHOWN]
+        report.unreadable, report.refused = screened.unreadable[:SHOWN], screened.refused[:SHOWN]
         report_skipped(self.store, self.alerts, info, screened)
         todo: list[tuple[str, Recording]] = []
         # Important clips first: if the officer undocks early, those are already safe.

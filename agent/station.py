@@ -320,7 +320,7 @@ class Station:
             self.custody.checkpoint()  # a signed checkpoint after each burst of seals
         log.info("offload of %s done: %d new, %d copied, %d already ingested, %d quarantined,"
                  " %d skipped", report.serial or device.handle, report.new, len(report.copied),
-                 report.already_ingested, len(report.quarantined), len(report.skipped))
+                 report.already_ingested, len(report.quarantined), report.skipped_count)
         return report
 
     def _submit(self, device: Device, job: Callable[[Device], Any]) -> Future[Any] | None:

@@ -32,7 +32,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from agent.errors import DeviceError, RecordingMissingError
 from drivers.base import Device, DeviceInfo, Listing, Recording
 from drivers.paths import open_inside, os_error, parent_dir, printable_name
-from drivers.walk import HARD_LINKS, walk
+from drivers.walk import NO_HARD_LINKS, walk
 
 __all__ = ["DockWatcher", "VolumeDevice", "walk"]
 
@@ -107,7 +107,7 @@ class VolumeDevice:
         if links > 1:  # swapped for a link since it was listed (drivers/walk.py)
             stream.close()
             raise DeviceError(f"refusing {recording.path!r} on {self.root}: it has {links} "
-                              f"{HARD_LINKS}")
+                              f"hard links ({NO_HARD_LINKS})")
         return stream
 
     def stat(self, recording: Recording) -> tuple[int, float]:

@@ -54,7 +54,7 @@ TOO_MANY = f"listing stopped: more than {MAX_ENTRIES} entries on the volume"
 # A camera's FAT or exFAT has no hard links: a recording with several is not the camera's
 # (a link to a station file planted in the tree), and it is never read.
 REFUSED = "refused, left on the camera"
-HARD_LINKS = f"hard links (a camera's FAT or exFAT has none): {REFUSED}"
+NO_HARD_LINKS = "a camera's FAT or exFAT has none"
 UNREADABLE_DIR = "unreadable directory"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -189,7 +189,7 @@ def _entry(state: _Walk, parent: _Dir, raw_name: bytes) -> _Dir | None:
             state.skip(path, "not a recording type")
             return None
         if st.st_nlink > 1:
-            state.skip(path, f"{st.st_nlink} {HARD_LINKS}")
+            state.skip(path, f"hard links: {st.st_nlink} ({NO_HARD_LINKS}), {REFUSED}")
             return None
         state.raw[path] = raw_path
         state.listing.recordings.append(

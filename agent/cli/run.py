@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{report.serial or report.handle}: {report.recordings} recordings, "
                   f"{len(report.copied)} copied, {report.already_ingested} already ingested, "
                   f"{len(report.duplicates)} duplicates, {len(report.quarantined)} quarantined, "
-                  f"{len(report.skipped)} skipped" +
+                  f"{report.skipped_count} skipped" +
                   (f"; errors: {'; '.join(report.errors)}" if report.errors else ""))
         for failure in summary.failures:
             print(f"failed: {failure}", file=sys.stderr)

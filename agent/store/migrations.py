@@ -210,4 +210,9 @@ MIGRATIONS: list[str] = [
                          ORDER BY seq DESC LIMIT 1), 'unknown')
         FROM clips WHERE case_id IS NOT NULL
     """,
+    # 5: the digest of what each camera held that was not ingested at its last dock, so
+    #    an unchanged camera is not reported again at every dock.
+    """
+    ALTER TABLE devices ADD COLUMN skipped_sha256 TEXT;
+    """,
 ]

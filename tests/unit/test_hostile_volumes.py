@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config
+from agent.custody.jcs import canonicalize
 from agent.errors import DeviceError, DeviceGoneError
 from drivers.base import Recording
 from drivers.simcam import make_camera
@@ -157,7 +159,7 @@ def test_a_file_with_several_hard_links_is_refused_with_an_alert(
     (report,) = summary.reports
     assert "DCIM/KEY.MP4" not in paths and len(report.copied) == 1
     assert report.refused == [{"path": "DCIM/KEY.MP4",
-                               "reason": "2 hard links (a camera's FAT or exFAT has none): "
+                               "reason": "hard links: 2 (a camera's FAT or exFAT has none), "
                                          "refused, left on the camera"}]
     assert not summary.ok  # something on the camera was not offloaded
     assert [a["code"] for a in alerts] == ["device.hard_links"]
@@ -212,3 +214,52 @@ def test_a_recording_with_an_odd_name_is_offloaded_and_its_manifest_keeps_the_by
         assert name_bytes(path, tuple(manifest["flags"])) == b"DCIM/" + raw
         sha = hashlib.sha256(clip.read_bytes() + odd[raw]).hexdigest()
         assert manifest["file"]["digests"]["sha256"] == sha
+
+
+def test_a_flood_of_files_that_are_not_recordings_is_summarised_once(
+        station_config: Callable[..., Config], caplog: pytest.LogCaptureFixture) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    junk = cam / "JUNK"
+    junk.mkdir()
+    for i in range(3000):
+        (junk / f"F{i:05d}.TXT").write_bytes(b"")
+    os.symlink("/etc/passwd", junk / "LINK.MP4")
+    expected = sorted([(f"JUNK/F{i:05d}.TXT", "not a recording type") for i in range(3000)]
+                      + [("JUNK/LINK.MP4", "symlink, not followed")])
+    digest = hashlib.sha256(canonicalize(
+        [{"path": p, "reason": r} for p, r in expected])).hexdigest()
+    with running_station(config) as station:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            first = station.run_once()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            second = station.run_once()  # the same camera, unchanged
+        warnings_again = [r.getMessage() for r in caplog.records
+                          if r.levelno >= logging.WARNING]
+        (junk / "F99999.TXT").write_bytes(b"")
+        station.run_once()
+        assert station.store is not None
+        entries = [r["body"] for r in station.store.query(
+            "SELECT body FROM custody_log WHERE kind = 'device.skipped' ORDER BY seq")]
+        reports = [r["report"] for r in station.store.query("SELECT report FROM docks")]
+    assert first.ok and second.ok
+    assert len(entries) == 2  # the unchanged second dock adds none
+    body = json.loads(entries[0])
+    assert len(entries[0]) < 4096
+    assert body == {"serial": "SIM0001", "count": 3001,
+                    "by_reason": {"not a recording type": 3000, "symlink, not followed": 1},
+                    "first": [{"path": p, "reason": r} for p, r in expected[:20]],
+                    "sha256": digest}
+    assert json.loads(entries[1])["count"] == 3002
+    assert all(len(r) < 8192 for r in reports)
+    skipped_lines = [w for w in warnings if "not ingested" in w]
+    assert skipped_lines == ["SIM0001: 3001 entries not ingested (not a recording type: "
+                             "3000, symlink, not followed: 1); first: JUNK/F00000.TXT "
+                             "(not a recording type), JUNK/F00001.TXT (not a recording "
+                             "type), JUNK/F00002.TXT (not a recording type)"]
+    assert len(warnings) < 5
+    assert [w for w in warnings_again if "not ingested" in w] == []
+    assert first.reports[0].skipped_count == 3001

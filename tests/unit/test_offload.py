@@ -126,7 +126,7 @@ def test_symlinks_and_special_files_are_skipped_and_reported(
             r["name"] not in ("LINK.MP4", "PIPE.MP4") for r in store.clips())
         entry = store.query_one("SELECT body FROM custody_log WHERE kind = 'device.skipped'")
         assert entry is not None
-        skipped = {e["path"]: e["reason"] for e in json.loads(entry["body"])["entries"]}
+        skipped = {e["path"]: e["reason"] for e in json.loads(entry["body"])["first"]}
     assert skipped["DCIM/LINK.MP4"].startswith("symlink")
     assert skipped["DCIM/ROOTDIR"].startswith("symlink")
     assert skipped["DCIM/PIPE.MP4"].startswith("special file")
