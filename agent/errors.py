@@ -42,6 +42,14 @@ class RecordingMissingError(DeviceError):
     """The device is there, but this recording is not (ENOENT): no I/O failure."""
 
 
+class RecordingChangedError(DeviceError):
+    """What the device holds under a recording's name is not that recording any more.
+
+    Other bytes, size or mtime, another type (a symlink, a FIFO), or another
+    file swapped in under the name: never deleted.
+    """
+
+
 class IntegrityError(AgentError):
     """Data does not match what it claims: a hash, a signature, a proof."""
 

@@ -100,8 +100,17 @@ class Device(Protocol):
         """Set the device clock if supported; return the measured offset in seconds."""
         ...
 
-    def release(self, recording: Recording) -> None:
-        """Delete the recording from the device (only after a platform ack)."""
+    def release(self, recording: Recording, *, sha256: str,
+                before_delete: Callable[[], None] | None = None) -> None:
+        """Delete the recording from the device (only after a platform ack).
+
+        Only if the file there is still ``recording`` (size, mtime) and its bytes
+        hash to ``sha256``, checked on the very file that is deleted: a file swapped
+        in under the name meanwhile is never deleted.  ``before_delete`` runs
+        after the check, just before the deletion (the caller records that it
+        starts).  Raises RecordingMissingError, RecordingChangedError, or
+        DeviceError / DeviceGoneError (nothing was deleted, or the caller cannot know).
+        """
         ...
 
     def present(self) -> bool:
@@ -120,7 +129,8 @@ class Detector(Protocol):
     def start(self, on_dock: DockCallback, on_undock: UndockCallback) -> None: ...
 
     def scan(self) -> list[Device]:
-        """Devices docked right now (used at start-up and by ``run --once``)."""
+        """Devices docked right now (used by ``run --once`` and rescans; ``start``
+        reports the devices docked already itself)."""
         ...
 
     def stop(self) -> None: ...

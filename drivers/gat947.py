@@ -162,8 +162,9 @@ class Gat947Device:
     def stat(self, recording: Recording) -> tuple[int, float]:
         return self.storage().stat(recording)
 
-    def release(self, recording: Recording) -> None:
-        self.storage().release(recording)
+    def release(self, recording: Recording, *, sha256: str,
+                before_delete: Callable[[], None] | None = None) -> None:
+        self.storage().release(recording, sha256=sha256, before_delete=before_delete)
 
     def _entries(self) -> list[str]:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -29,7 +30,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from agent.errors import DeviceError, RecordingMissingError
+from agent.errors import DeviceError, RecordingChangedError, RecordingMissingError
 from drivers.base import Device, DeviceInfo, Listing, Recording
 from drivers.paths import open_inside, os_error, parent_dir, printable_name
 from drivers.walk import NO_HARD_LINKS, walk
@@ -47,6 +48,62 @@ def _fsync_quietly(dir_fd: int) -> None:
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
+
+
+_RELEASE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+HASH_BLOCK = 4 * 1024 * 1024
+
+
+def _open_for_release(dir_fd: int, name: bytes, where: str) -> int:
+    try:
+        return os.open(name, _RELEASE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RecordingChangedError(f"{where} is now a symlink, not the recording "
+                                        "(never followed, never deleted)") from exc
+        if exc.errno == errno.ENOENT:
+            raise RecordingMissingError(f"{where} no longer exists") from exc
+        raise os_error(exc, f"opening {where} to check it") from exc
+
+
+def _check_held(st: os.stat_result, recording: Recording, root_dev: int, where: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise RecordingChangedError(f"{where} is no longer a regular file (never deleted)")
+    if st.st_dev != root_dev:
+        raise RecordingChangedError(f"{where} is on another file system (never deleted)")
+    if st.st_nlink > 1:
+        raise RecordingChangedError(f"{where} has {st.st_nlink} hard links ({NO_HARD_LINKS})")
+    if st.st_size != recording.size or round(st.st_mtime * 1000) != round(
+            recording.mtime * 1000):
+        raise RecordingChangedError(f"changed on the camera since it was copied "
+                                    f"(size {recording.size} -> {st.st_size})")
+
+
+def _hash(fd: int, where: str) -> str:
+    os.set_blocking(fd, True)
+    digest = hashlib.sha256()
+    try:
+        while block := os.read(fd, HASH_BLOCK):
+            digest.update(block)
+    except OSError as exc:
+        raise os_error(exc, f"re-reading {where} for the check") from exc
+    return digest.hexdigest()
+
+
+def _unlink_if_same(dir_fd: int, name: bytes, held: os.stat_result, where: str) -> None:
+    """Unlink ``name`` if it still names the held file (same st_dev and st_ino)."""
+    try:
+        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise RecordingChangedError(
+                f"{where} was replaced on the camera while it was checked (another file "
+                "under its name now): nothing deleted")
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise RecordingMissingError(f"cannot delete {where}: it no longer exists") from exc
+        raise os_error(exc, f"deleting {where}") from exc
+    _fsync_quietly(dir_fd)
 
 
 class VolumeDevice:
@@ -127,22 +184,34 @@ class VolumeDevice:
     def sync_clock(self, now: float) -> float | None:
         return None
 
-    def release(self, recording: Recording) -> None:
-        """Unlink the recording (never a symlink target, never a non-regular file)."""
+    def release(self, recording: Recording, *, sha256: str,
+                before_delete: Callable[[], None] | None = None) -> None:
+        """Unlink the recording if, and only if, it is the file that hashes to ``sha256``.
+
+        The file is opened through its directory's descriptor without following
+        a link or blocking on a FIFO, checked (regular, on the volume, one link,
+        the recording's size and mtime), hashed from that descriptor and kept
+        open; after ``before_delete``, its name must still lead to the same
+        st_dev and st_ino (fstatat, no link followed) just before unlinkat.
+        Anything swapped in under the name at any point is left alone
+        (RecordingChangedError).
+        """
         raw = self._raw_path(recording)
-        with parent_dir(self.root, raw) as (dir_fd, name, _dev):
+        where = f"{recording.path!r} on {self.root}"
+        with parent_dir(self.root, raw) as (dir_fd, name, root_dev):
+            fd = _open_for_release(dir_fd, name, where)
             try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode):
-                    raise DeviceError(f"refusing to delete {recording.path!r} on {self.root}: "
-                                      "not a regular file")
-                os.unlink(name, dir_fd=dir_fd)
-                _fsync_quietly(dir_fd)
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:
-                    raise DeviceError(f"cannot delete {recording.path!r} on {self.root}: "
-                                      "it no longer exists") from exc
-                raise os_error(exc, f"deleting {recording.path!r} on {self.root}") from exc
+                held = os.fstat(fd)
+                _check_held(held, recording, root_dev, where)
+                digest = _hash(fd, where)
+                if digest != sha256:
+                    raise RecordingChangedError(f"bytes on the camera hash to {digest}, not "
+                                                f"the acknowledged {sha256}")
+                if before_delete is not None:
+                    before_delete()
+                _unlink_if_same(dir_fd, name, held, where)
+            finally:
+                os.close(fd)
         with self._lock:
             self._raw.pop(recording.path, None)
         log.info("released %s from %s", recording.path, self.root)

@@ -4,8 +4,9 @@ Both require a valid platform acknowledgement first — the clip's state says
 so (``acknowledged`` is reached only through :mod:`agent.sync.inbound`):
 
 * release (``retention.release = "after-ack"``): the dock worker that owns the
-  camera deletes an acknowledged clip from it, after checking the file there
-  still has the same size, mtime and SHA-256 as what was sealed;
+  camera deletes an acknowledged clip from it; the driver deletes only the
+  very file it has just found to have the same size, mtime and SHA-256 as
+  what was sealed (``Device.release``);
 * purge: the local vault copy of a released (or, with ``release = "never"``,
   acknowledged) clip is removed after ``retention.keep_days``, or earlier,
   oldest acknowledgement first, while free space is under
@@ -16,7 +17,6 @@ Each deletion is a state change with its custody log entry and event.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -34,7 +34,6 @@ from drivers.base import Device, DeviceInfo, Recording
 
 log = logging.getLogger(__name__)
 S = ClipState
-HASH_BLOCK = 4 * 1024 * 1024
 
 
 def release_acknowledged(config: Config, store: Store, device: Device,
@@ -78,30 +77,33 @@ _RELEASING_LOCK = threading.Lock()
 
 def _release_one(store: Store, device: Device, info: DeviceInfo, row: Any) -> bool:
     """Release one acknowledged clip from the camera; True if it is released now."""
+    clip_id = row["clip_id"]
     rec = Recording(path=row["path"], size=row["size"], mtime=row["mtime_ms"] / 1000)
-    problem = _same_file(device, rec, row["sha256"])
-    if problem is not None and problem.startswith(GONE) and _release_started(store,
-                                                                             row["clip_id"]):
+    problem = _precheck(device, rec)
+    if problem is not None and problem.startswith(GONE) and _release_started(store, clip_id):
         # A crash came between the deletion and its record: finish the record.
         _record_release(store, row, info, recovered=True)
         return True
     if problem is not None:
-        log.warning("clip %s not released from %s: %s", row["clip_id"], info.serial, problem)
-        with store.transaction() as tx:
-            tx.log("release.skipped", row["clip_id"], {"reason": problem})
+        _log_release(store, clip_id, "release.skipped", problem, info)
         return False
-    with store.transaction() as tx:
-        # Logged before the deletion, so a crash in between is recognised later.
-        tx.log("release.started", row["clip_id"], {"device_serial": info.serial,
-                                                   "path": row["path"]})
+    started: list[bool] = []
+
+    def before_delete() -> None:
+        # Logged after the check and before the deletion, so a crash in between is
+        # recognised later.
+        with store.transaction() as tx:
+            tx.log("release.started", clip_id, {"device_serial": info.serial,
+                                                "path": row["path"]})
+        started.append(True)
+
     try:
-        device.release(rec)
+        device.release(rec, sha256=row["sha256"], before_delete=before_delete)
     except BaseException as exc:
         # Recorded whatever the error, so the next dock never takes this file's absence
         # for a deletion that happened.
-        log.error("clip %s: release from %s failed: %s", row["clip_id"], info.serial, exc)
-        with store.transaction() as tx:
-            tx.log("release.failed", row["clip_id"], {"reason": str(exc)})
+        _log_release(store, clip_id, "release.failed" if started else "release.skipped",
+                     str(exc), info)
         if isinstance(exc, DeviceError):
             return False
         raise
@@ -109,14 +111,20 @@ def _release_one(store: Store, device: Device, info: DeviceInfo, row: Any) -> bo
     return True
 
 
+def _log_release(store: Store, clip_id: str, kind: str, reason: str, info: DeviceInfo) -> None:
+    log.warning("clip %s not released from %s: %s", clip_id, info.serial, reason)
+    with store.transaction() as tx:
+        tx.log(kind, clip_id, {"reason": reason})
+
+
 GONE = "not on the camera any more"
 
 
 def _release_started(store: Store, clip_id: str) -> bool:
-    """Whether the last release attempt of the clip was started and did not fail."""
+    """Whether the last release attempt of the clip was started and did not end otherwise."""
     row = store.query_one("SELECT kind FROM custody_log WHERE clip_id = ? AND kind IN "
-                          "('release.started', 'release.failed') ORDER BY seq DESC LIMIT 1",
-                          (clip_id,))
+                          "('release.started', 'release.failed', 'release.skipped') "
+                          "ORDER BY seq DESC LIMIT 1", (clip_id,))
     return row is not None and row["kind"] == "release.started"
 
 
@@ -136,8 +144,12 @@ def _record_release(store: Store, row: Any, info: DeviceInfo, *, recovered: bool
         tx.event("clip.released", {"clip_id": row["clip_id"], **body})
 
 
-def _same_file(device: Device, rec: Recording, sha256: str) -> str | None:
-    """Why the file on the camera is not the acknowledged clip, or None if it is."""
+def _precheck(device: Device, rec: Recording) -> str | None:
+    """Why the camera's file is not worth hashing (gone, unreadable, changed), or None.
+
+    Cheap (a stat by name); the check that counts is made by ``Device.release``
+    on the file it deletes.
+    """
     try:
         size, mtime = device.stat(rec)
     except RecordingMissingError as exc:
@@ -146,15 +158,6 @@ def _same_file(device: Device, rec: Recording, sha256: str) -> str | None:
         return f"could not be checked on the camera: {exc}"
     if size != rec.size or mtime_ms(mtime) != mtime_ms(rec.mtime):
         return f"changed on the camera since it was copied (size {rec.size} -> {size})"
-    digest = hashlib.sha256()
-    try:
-        with device.open(rec) as stream:
-            while block := stream.read(HASH_BLOCK):
-                digest.update(block)
-    except (DeviceError, OSError) as exc:
-        return f"could not be re-read for the check: {exc}"
-    if digest.hexdigest() != sha256:
-        return f"bytes on the camera hash to {digest.hexdigest()}, not the acknowledged {sha256}"
     return None
 
 

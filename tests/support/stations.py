@@ -107,8 +107,9 @@ class FaultyDevice:
     def sync_clock(self, now: float) -> float | None:
         return self.inner.sync_clock(now)
 
-    def release(self, recording: Recording) -> None:
-        self.inner.release(recording)
+    def release(self, recording: Recording, *, sha256: str,
+                before_delete: Callable[[], None] | None = None) -> None:
+        self.inner.release(recording, sha256=sha256, before_delete=before_delete)
 
     def present(self) -> bool:
         return self.inner.present()

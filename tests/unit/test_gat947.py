@@ -342,7 +342,8 @@ def test_set_msdc_mounts_the_storage_and_lists_the_clips(rig: Rig) -> None:
     assert device.recordings().recordings == listing.recordings
     assert len(_sent(sim, Command.SET_MSDC)) == 1
     assert device.storage().identify().officer_name == OFFICER  # the protocol's identity
-    device.release(recs[0])
+    first = (rig.mount_root / SERIAL / recs[0].path).read_bytes()
+    device.release(recs[0], sha256=hashlib.sha256(first).hexdigest())
     assert not (rig.mount_root / SERIAL / recs[0].path).exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from pathlib import Path
 
@@ -269,16 +270,18 @@ def test_walk_ignores_named_identity_files_at_the_root_only(tmp_path: Path) -> N
 def test_release_unlinks_the_file_only(volume: Path, tmp_path: Path) -> None:
     device = Plain(volume, {"mp4"})
     rec = device.recordings().recordings[0]
-    device.release(rec)
+    sha = hashlib.sha256((volume / rec.path).read_bytes()).hexdigest()
+    device.release(rec, sha256=sha)
     assert not (volume / rec.path).exists()
     with pytest.raises(DeviceError, match="not in its listing"):
-        device.release(rec)
+        device.release(rec, sha256=sha)
     # A path that is a symlink on the device is never a recording, so never deleted.
     target = tmp_path / "keep.MP4"
     target.write_bytes(b"keep me")
     (volume / "LINK.MP4").symlink_to(target)
     with pytest.raises(DeviceError, match="not in its listing"):
-        device.release(Recording(path="LINK.MP4", size=7, mtime=0.0))
+        device.release(Recording(path="LINK.MP4", size=7, mtime=0.0),
+                       sha256=hashlib.sha256(b"keep me").hexdigest())
     assert target.read_bytes() == b"keep me"
 
 

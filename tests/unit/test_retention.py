@@ -242,10 +242,10 @@ def test_purge_leaves_a_clip_alone_while_its_camera_copy_is_being_released(
         device = sim_devices(station)[0]
         real_release = device.release
 
-        def slow_release(rec: Any) -> None:
+        def slow_release(rec: Any, **checks: Any) -> None:
             # The housekeeping timer purges while this dock worker deletes from the camera.
             purged_meanwhile.append(purge(config, store, vault))
-            real_release(rec)
+            real_release(rec, **checks)
 
         device.release = slow_release  # type: ignore[method-assign]
         released = release_acknowledged(config, store, device, device.identify())

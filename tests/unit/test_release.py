@@ -1,0 +1,143 @@
+"""Release from the camera: only the file that was hashed is deleted, failures back off.
+
+Every test runs the real driver (drivers/volume.py) over real files; faults are
+real file-system changes made at the moment the code under test reaches them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import Config
+from agent.errors import RecordingChangedError
+from agent.store import Store
+from agent.sync.retention import release_acknowledged
+from drivers.volume import VolumeDevice
+from tests.support.stations import camera, running_station, sim_devices
+
+
+@pytest.fixture
+def acknowledged(station_config: Callable[..., Config]) -> tuple[Config, Path]:
+    """A station whose camera's two clips are sealed and acknowledged by the platform."""
+    config = station_config()
+    cam = camera(config, clips=2)
+    with running_station(config) as station:
+        assert station.run_once().ok
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET state = 'acknowledged', ack = '{\"signed\": true}', "
+               "acknowledged_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+    db.commit()
+    db.close()
+    return config, cam
+
+
+def _camera_file(cam: Path, name: str) -> Path:
+    return next(p for p in cam.rglob("*") if p.name == name)
+
+
+def _swap(target: Path, how: str, outside: Path) -> None:
+    """Put another file under ``target``'s name: same size and mtime, or a link, or a FIFO."""
+    st = target.stat()
+    aside = target.with_name(".swap")
+    if how == "file":
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 0xFF
+        aside.write_bytes(bytes(data))
+        os.utime(aside, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif how == "symlink":
+        aside.symlink_to(outside)
+    else:
+        os.mkfifo(aside)
+    os.replace(aside, target)
+
+
+@contextlib.contextmanager
+def _after_release_started(store: Store, action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` once, just after the first ``release.started`` entry is committed."""
+    real = store.transaction
+    done: list[bool] = []
+
+    @contextlib.contextmanager
+    def transaction() -> Iterator[Any]:
+        with real() as tx:
+            yield tx
+        if not done and any(e.kind == "release.started" for e in tx.appended):
+            done.append(True)
+            action()
+
+    store.transaction = transaction  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del store.transaction
+
+
+@pytest.mark.parametrize("how", ["file", "symlink", "fifo"])
+def test_a_file_swapped_in_between_the_check_and_the_delete_is_kept(
+        acknowledged: tuple[Config, Path], tmp_path: Path, how: str) -> None:
+    config, cam = acknowledged
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    first = store.clips()[0]
+    target = _camera_file(cam, first["name"])
+    outside = tmp_path / "outside.MP4"
+    outside.write_bytes(b"not on the camera")
+    with running_station(config) as station, \
+            _after_release_started(store, lambda: _swap(target, how, outside)):
+        device = sim_devices(station)[0]
+        released = release_acknowledged(config, store, device, device.identify())
+    assert first["clip_id"] not in released and len(released) == 1
+    assert os.path.lexists(target), "the swapped-in file was deleted"
+    assert outside.read_bytes() == b"not on the camera"
+    assert store.clip(first["clip_id"])["state"] == "acknowledged"
+    kinds = [r["kind"] for r in store.query(
+        "SELECT kind FROM custody_log WHERE clip_id = ? AND kind LIKE 'release.%' ORDER BY seq",
+        (first["clip_id"],))]
+    assert kinds == ["release.started", "release.failed"]
+    reason = json.loads(store.query_one(
+        "SELECT body FROM custody_log WHERE clip_id = ? AND kind = 'release.failed'",
+        (first["clip_id"],))["body"])["reason"]
+    assert "replaced on the camera while it was checked" in reason
+
+
+class Plain(VolumeDevice):
+    """A VolumeDevice with no identity of its own."""
+
+
+@pytest.mark.parametrize("how", ["file", "symlink", "fifo"])
+def test_the_driver_deletes_only_the_file_it_hashed(tmp_path: Path, how: str) -> None:
+    volume = tmp_path / "vol"
+    (volume / "DCIM").mkdir(parents=True)
+    target = volume / "DCIM" / "A.MP4"
+    target.write_bytes(b"the acknowledged bytes")
+    sha = hashlib.sha256(b"the acknowledged bytes").hexdigest()
+    outside = tmp_path / "outside.MP4"
+    outside.write_bytes(b"not on the camera")
+    device = Plain(volume, {"mp4"})
+    (rec,) = device.recordings().recordings
+    # Swapped before the release starts: refused at the open, nothing read through a link.
+    _swap(target, how, outside)
+    with pytest.raises(RecordingChangedError):
+        device.release(rec, sha256=sha)
+    assert os.path.lexists(target) and outside.read_bytes() == b"not on the camera"
+    # Swapped after the check, just before the unlink: refused too.
+    os.unlink(target)
+    target.write_bytes(b"the acknowledged bytes")
+    (rec,) = device.recordings().recordings
+    with pytest.raises(RecordingChangedError, match="replaced on the camera while it was"):
+        device.release(rec, sha256=sha, before_delete=lambda: _swap(target, how, outside))
+    assert os.path.lexists(target) and outside.read_bytes() == b"not on the camera"
+    # The file itself, unchanged: deleted.
+    os.unlink(target)
+    target.write_bytes(b"the acknowledged bytes")
+    (rec,) = device.recordings().recordings
+    device.release(rec, sha256=sha)
+    assert not os.path.lexists(target)
