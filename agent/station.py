@@ -25,6 +25,7 @@ from agent.durable import makedirs_durable
 from agent.errors import AgentError, StoreError
 from agent.offload import DockReport, Offloader
 from agent.store import ClipState, Store
+from agent.sync.retention import releases_due
 from agent.timeutil import now
 from agent.vault import Vault
 from drivers import REGISTRY
@@ -216,8 +217,23 @@ class Station:
         while not self._stopping.wait(RESUME_INTERVAL_S):
             try:
                 self.resume_unfinished()
+                self.retry_releases()
             except Exception:
                 log.exception("resuming unfinished docks failed")  # tried again next time
+
+    def retry_releases(self) -> list[str]:
+        """Release again from docked cameras whose failed releases waited long enough."""
+        if self.store is None or self.sync is None:
+            return []
+        with self._active_lock:
+            docked = set(self._docked)
+        serials = []
+        for row in self.store.query("SELECT serial, docked_handle FROM devices "
+                                    "WHERE docked_handle IS NOT NULL"):
+            if row["docked_handle"] in docked and releases_due(self.store, row["serial"]):
+                self.request_release(row["serial"])
+                serials.append(row["serial"])
+        return serials
 
     def resume_unfinished(self) -> list[str]:
         """Dock again each docked camera whose session left recordings to copy.
@@ -362,7 +378,7 @@ class Station:
 
         def release(dev: Device) -> None:
             if dev.present():
-                sync.before_listing(dev, dev.identify())
+                sync.release_due(dev, dev.identify())
 
         self._submit(device, release)
 

@@ -33,6 +33,7 @@ def clip_record(row: Any) -> dict[str, Any]:
         "copied_at": row["copied_at"], "sealed_at": row["sealed_at"],
         "uploaded_at": row["uploaded_at"], "acknowledged_at": row["acknowledged_at"],
         "released_at": row["released_at"], "purged_at": row["purged_at"],
+        "release_error": row["release_error"],
     }
 
 
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         [r["clip_id"], r["name"], human_size(r["size"]),
          r["sha256"] or "-", media_summary(r["media"]),
-         r["state"] + (f" ({r['reason']})" if r["reason"] else ""),
+         r["state"] + (f" ({r['reason']})" if r["reason"] else "")
+         + (f" (release failed: {r['release_error']})" if r["release_error"] else ""),
          f"{r['officer_id'] or '-'} {r['officer_status'] or '-'}",
          ", ".join(r["cases"]) or "-", ",".join(r["flags"]) or "-"]
         for r in records

@@ -9,6 +9,7 @@ from agent.cli.common import add_config_arg, human_size, load_config, open_store
 from agent.config import Config
 from agent.officers.status import officers_status, status_lines
 from agent.store import STATES, Store
+from agent.timeutil import rfc3339
 from agent.vault import disk_usage
 
 BACKLOG_STATES = ("discovered", "copying", "copied", "sealed", "uploading", "uploaded")
@@ -25,6 +26,13 @@ def collect(config: Config, store: Store) -> dict[str, Any]:
     counts = store.counts_by_state()
     checkpoint = store.query_one("SELECT size, at FROM checkpoints ORDER BY size DESC LIMIT 1")
     last_ack = store.query_one("SELECT MAX(acknowledged_at) AS at FROM clips")
+    # Acknowledged clips whose deletion from their camera keeps failing (retried with
+    # back-off): they stay on the camera until someone looks.
+    failing = store.query(
+        "SELECT device_serial, COUNT(*) AS clips, MIN(release_retry_at) AS retry_at, "
+        "MAX(release_error) AS reason FROM clips WHERE release_failures > 0 AND "
+        "released_at IS NULL AND state IN ('acknowledged', 'purged') "
+        "GROUP BY device_serial ORDER BY device_serial")
     return {
         "station_id": config.station.id,
         "data_dir": str(config.data_dir),
@@ -34,6 +42,9 @@ def collect(config: Config, store: Store) -> dict[str, Any]:
         "disk": disk_usage(config.data_dir),
         "log": {"size": store.log_size(),
                 "checkpoint": dict(checkpoint) if checkpoint else None},
+        "releases_failing": [
+            {"serial": r["device_serial"], "clips": int(r["clips"]), "reason": r["reason"],
+             "next_attempt_at": rfc3339(float(r["retry_at"]))} for r in failing],
         "sync": {"platform": config.platform is not None,
                  "outbox_pending": store.outbox_backlog(),
                  "last_ack": last_ack["at"] if last_ack else None},
@@ -59,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         print("  (none seen yet)")
     print("clips: " + (", ".join(f"{k} {v}" for k, v in info["clips"].items() if v) or "none"))
     print(f"backlog: {info['backlog']}")
+    for f in info["releases_failing"]:
+        print(f"releases failing: {f['clips']} clips on {f['serial']} stay on the camera: "
+              f"{f['reason']} (next try {f['next_attempt_at']}, and at the next dock)")
     cp = info["log"]["checkpoint"]
     print(f"custody log: {info['log']['size']} entries; last checkpoint: "
           f"{cp['size']} at {cp['at']}" if cp else

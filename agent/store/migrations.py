@@ -211,8 +211,12 @@ MIGRATIONS: list[str] = [
         FROM clips WHERE case_id IS NOT NULL
     """,
     # 5: the digest of what each camera held that was not ingested at its last dock, so
-    #    an unchanged camera is not reported again at every dock.
+    #    an unchanged camera is not reported again at every dock; failed releases from a
+    #    camera (how many in a row, why, when to try again), shown by status and clips.
     """
     ALTER TABLE devices ADD COLUMN skipped_sha256 TEXT;
+    ALTER TABLE clips ADD COLUMN release_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE clips ADD COLUMN release_error TEXT;
+    ALTER TABLE clips ADD COLUMN release_retry_at REAL NOT NULL DEFAULT 0;
     """,
 ]

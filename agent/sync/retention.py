@@ -21,10 +21,17 @@ import logging
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+from agent.alerts import Alerts
 from agent.config import Config
-from agent.errors import AgentError, DeviceError, RecordingMissingError
+from agent.errors import (
+    AgentError,
+    DeviceError,
+    DeviceGoneError,
+    RecordingChangedError,
+    RecordingMissingError,
+)
 from agent.officers.policy import release_held
 from agent.offload import mtime_ms
 from agent.store import ClipState, Store
@@ -36,16 +43,27 @@ log = logging.getLogger(__name__)
 S = ClipState
 
 
-def release_acknowledged(config: Config, store: Store, device: Device,
-                         info: DeviceInfo) -> list[str]:
-    """Delete this camera's acknowledged clips from it; returns the clip ids released."""
+def release_acknowledged(config: Config, store: Store, device: Device, info: DeviceInfo,
+                         *, retry_failed: bool = False) -> list[str]:
+    """Delete this camera's acknowledged clips from it; returns the clip ids released.
+
+    A clip whose last release failed waits for its back-off (:func:`retry_delay`)
+    unless ``retry_failed`` (a new dock: the camera may have been fixed).  The
+    first failure on a camera with no failing release raises one
+    ``release.failed`` alert.
+    """
     if config.retention.release != "after-ack":
         return []
+    current = time.time()
     # Acknowledged clips, and those purged from the vault under disk pressure while they
     # waited for their camera (the ack stands: the platform holds them).
-    rows = store.query(f"SELECT * FROM clips WHERE device_serial = ? AND {_AWAITING_RELEASE} "
-                       "ORDER BY clip_id", (info.serial,))
-    released = []
+    due = "" if retry_failed else " AND release_retry_at <= ?"
+    rows = store.query(f"SELECT * FROM clips WHERE device_serial = ? AND {_AWAITING_RELEASE}"
+                       f"{due} ORDER BY clip_id",
+                       (info.serial,) if retry_failed else (info.serial, current))
+    failing_before = _failing(store, info.serial)
+    released: list[str] = []
+    failed: list[str] = []
     for row in rows:
         held = release_held(config, row)
         if held is not None:
@@ -60,12 +78,48 @@ def release_acknowledged(config: Config, store: Store, device: Device,
                 continue  # released, purged, or being released by another job
             _RELEASING.add(row["clip_id"])
         try:
-            if _release_one(store, device, info, row):
-                released.append(row["clip_id"])
+            failure = _release_one(store, device, info, row, current)
         finally:
             with _RELEASING_LOCK:
                 _RELEASING.discard(row["clip_id"])
+        if failure is None:
+            released.append(row["clip_id"])
+        elif failure.alert:
+            failed.append(failure.reason)
+    if failed and not failing_before:
+        delay = retry_delay(1)
+        Alerts(store).send(
+            info.serial, "release.failed",
+            f"{len(failed)} {'clip' if len(failed) == 1 else 'clips'} acknowledged by the "
+            f"platform could not be deleted from camera {info.serial}: {failed[0]}; they stay "
+            f"on the camera and are tried again in {delay:.0f} s, then less often (at most "
+            f"every {RETRY_MAX_S / 60:.0f} min), and at every dock")
     return released
+
+
+# Back-off of a failing release: 1 min, doubling, at most an hour.  A failure needs a
+# person (a read-only or protected card): trying every few seconds only fills the log.
+RETRY_FIRST_S = 60.0
+RETRY_MAX_S = 3600.0
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failed release in a row."""
+    return float(min(RETRY_FIRST_S * 2 ** max(failures - 1, 0), RETRY_MAX_S))
+
+
+def releases_due(store: Store, serial: str, at: float | None = None) -> bool:
+    """Whether a failed release of this camera's clips waits no longer."""
+    current = time.time() if at is None else at
+    return store.query_one(f"SELECT 1 FROM clips WHERE device_serial = ? AND "
+                           f"{_AWAITING_RELEASE} AND release_failures > 0 AND "
+                           "release_retry_at <= ? LIMIT 1", (serial, current)) is not None
+
+
+def _failing(store: Store, serial: str) -> int:
+    row = store.query_one(f"SELECT COUNT(*) AS n FROM clips WHERE device_serial = ? AND "
+                          f"{_AWAITING_RELEASE} AND release_failures > 0", (serial,))
+    return int(row["n"]) if row else 0
 
 
 _AWAITING_RELEASE = ("(state = 'acknowledged' OR (state = 'purged' AND released_at IS NULL "
@@ -75,18 +129,28 @@ _RELEASING: set[str] = set()
 _RELEASING_LOCK = threading.Lock()
 
 
-def _release_one(store: Store, device: Device, info: DeviceInfo, row: Any) -> bool:
-    """Release one acknowledged clip from the camera; True if it is released now."""
+class Failure(NamedTuple):
+    reason: str
+    # The camera is there but the station could not check or delete the file (a
+    # read-only card, an I/O error): not when the file is gone or is another one now,
+    # nor when the camera was unplugged.
+    alert: bool
+
+
+def _release_one(store: Store, device: Device, info: DeviceInfo, row: Any,
+                 current: float) -> Failure | None:
+    """Release one acknowledged clip from the camera; None if it is released now."""
     clip_id = row["clip_id"]
     rec = Recording(path=row["path"], size=row["size"], mtime=row["mtime_ms"] / 1000)
     problem = _precheck(device, rec)
-    if problem is not None and problem.startswith(GONE) and _release_started(store, clip_id):
+    if problem is not None and problem.reason.startswith(GONE) and _release_started(store,
+                                                                                    clip_id):
         # A crash came between the deletion and its record: finish the record.
         _record_release(store, row, info, recovered=True)
-        return True
+        return None
     if problem is not None:
-        _log_release(store, clip_id, "release.skipped", problem, info)
-        return False
+        _log_release(store, row, "release.skipped", problem.reason, info, current)
+        return problem
     started: list[bool] = []
 
     def before_delete() -> None:
@@ -102,19 +166,26 @@ def _release_one(store: Store, device: Device, info: DeviceInfo, row: Any) -> bo
     except BaseException as exc:
         # Recorded whatever the error, so the next dock never takes this file's absence
         # for a deletion that happened.
-        _log_release(store, clip_id, "release.failed" if started else "release.skipped",
-                     str(exc), info)
+        failure = Failure(str(exc), not isinstance(exc, DeviceGoneError) and (
+            started != [] or not isinstance(exc, RecordingChangedError | RecordingMissingError)))
+        _log_release(store, row, "release.failed" if started else "release.skipped",
+                     failure.reason, info, current)
         if isinstance(exc, DeviceError):
-            return False
+            return failure
         raise
     _record_release(store, row, info, recovered=False)
-    return True
+    return None
 
 
-def _log_release(store: Store, clip_id: str, kind: str, reason: str, info: DeviceInfo) -> None:
-    log.warning("clip %s not released from %s: %s", clip_id, info.serial, reason)
+def _log_release(store: Store, row: Any, kind: str, reason: str, info: DeviceInfo,
+                 current: float) -> None:
+    """Log a release that did not happen, and when to try it again."""
+    failures = int(row["release_failures"]) + 1
+    log.warning("clip %s not released from %s: %s", row["clip_id"], info.serial, reason)
     with store.transaction() as tx:
-        tx.log(kind, clip_id, {"reason": reason})
+        tx.log(kind, row["clip_id"], {"reason": reason})
+        tx.update_clip(row["clip_id"], release_failures=failures, release_error=reason,
+                       release_retry_at=current + retry_delay(failures))
 
 
 GONE = "not on the camera any more"
@@ -137,14 +208,15 @@ def _record_release(store: Store, row: Any, info: DeviceInfo, *, recovered: bool
             # Purged from the vault before its camera came back: no state to move to,
             # the release is recorded beside the purge.
             body["after_purge"] = True
-            tx.update_clip(row["clip_id"], released_at=now())
+            tx.update_clip(row["clip_id"], released_at=now(), release_error=None)
             tx.log("release.after_purge", row["clip_id"], body)
         else:
-            tx.transition(row["clip_id"], S.RELEASED, released_at=now(), log_body=body)
+            tx.transition(row["clip_id"], S.RELEASED, released_at=now(), release_error=None,
+                          log_body=body)
         tx.event("clip.released", {"clip_id": row["clip_id"], **body})
 
 
-def _precheck(device: Device, rec: Recording) -> str | None:
+def _precheck(device: Device, rec: Recording) -> Failure | None:
     """Why the camera's file is not worth hashing (gone, unreadable, changed), or None.
 
     Cheap (a stat by name); the check that counts is made by ``Device.release``
@@ -153,11 +225,13 @@ def _precheck(device: Device, rec: Recording) -> str | None:
     try:
         size, mtime = device.stat(rec)
     except RecordingMissingError as exc:
-        return f"{GONE} ({exc})"
+        return Failure(f"{GONE} ({exc})", alert=False)
     except DeviceError as exc:  # an I/O error, or the camera itself gone: not "deleted"
-        return f"could not be checked on the camera: {exc}"
+        return Failure(f"could not be checked on the camera: {exc}",
+                       alert=not isinstance(exc, DeviceGoneError))
     if size != rec.size or mtime_ms(mtime) != mtime_ms(rec.mtime):
-        return f"changed on the camera since it was copied (size {rec.size} -> {size})"
+        return Failure(f"changed on the camera since it was copied (size {rec.size} -> "
+                       f"{size})", alert=False)
     return None
 
 

@@ -149,7 +149,14 @@ class SyncService:
     # --- hooks used by the station --------------------------------------------------------
 
     def before_listing(self, device: Device, info: DeviceInfo) -> None:
-        """At every dock, first release what the platform has acknowledged."""
+        """At every dock, first release what the platform has acknowledged.
+
+        Failed releases too, whatever their back-off: a new dock may have fixed them.
+        """
+        release_acknowledged(self.config, self.store, device, info, retry_failed=True)
+
+    def release_due(self, device: Device, info: DeviceInfo) -> None:
+        """Release what was acknowledged since, and failed releases whose wait is over."""
         release_acknowledged(self.config, self.store, device, info)
 
     def _purge_and_watch_disk(self) -> None:

@@ -183,3 +183,19 @@ def bind_mount(source: Path, point: Path) -> Iterator[Path]:
         yield point
     finally:
         _unmount(point)
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[Path]:
+    """``directory`` made read-only in place (a read-only bind mount over itself)."""
+    _need_root("a read-only bind mount")
+    for args in (["--bind", str(directory), str(directory)],
+                 ["-o", "remount,bind,ro", str(directory)]):
+        result = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            _unmount(directory)
+            pytest.skip(f"cannot make {directory} read-only here: {result.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        _unmount(directory)

@@ -11,17 +11,20 @@ import hashlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.cli.main import main
 from agent.config import Config
 from agent.errors import RecordingChangedError
 from agent.store import Store
 from agent.sync.retention import release_acknowledged
 from drivers.volume import VolumeDevice
+from tests.support.filesystems import read_only
 from tests.support.stations import camera, running_station, sim_devices
 
 
@@ -141,3 +144,62 @@ def test_the_driver_deletes_only_the_file_it_hashed(tmp_path: Path, how: str) ->
     (rec,) = device.recordings().recordings
     device.release(rec, sha256=sha)
     assert not os.path.lexists(target)
+
+
+def _release_kinds(store: Store) -> list[str]:
+    return [r["kind"] for r in store.query(
+        "SELECT kind FROM custody_log WHERE kind LIKE 'release.%' ORDER BY seq")]
+
+
+def _alerts(store: Store) -> list[dict[str, Any]]:
+    return [json.loads(r["body"]) for r in store.query(
+        "SELECT body FROM custody_log WHERE kind = 'alert' ORDER BY seq")]
+
+
+def test_a_read_only_camera_alerts_once_shows_in_status_and_backs_off(
+        acknowledged: tuple[Config, Path], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    config, cam = acknowledged
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    clock = {"now": time.time()}
+    monkeypatch.setattr("agent.sync.retention.time.time", lambda: clock["now"])
+    with read_only(cam), running_station(config) as station:
+        device = sim_devices(station)[0]
+        info = device.identify()
+        for _ack in range(5):  # five acks in a row, each asks for a release
+            assert release_acknowledged(config, store, device, info) == []
+        # Each clip was tried once; the rest of the burst waited for its back-off.
+        assert _release_kinds(store) == ["release.started", "release.failed"] * 2
+        (alert,) = _alerts(store)
+        assert alert["code"] == "release.failed" and alert["serial"] == "SIM0001"
+        assert "Read-only file system" in alert["message"]
+        assert "2 clips" in alert["message"]
+        rows = store.clips()
+        assert {r["state"] for r in rows} == {"acknowledged"}
+        assert {r["release_failures"] for r in rows} == {1}
+        assert all("Read-only file system" in r["release_error"] for r in rows)
+        first_wait = rows[0]["release_retry_at"] - clock["now"]
+        assert 30 <= first_wait <= 120
+        # What IT staff see.
+        assert main(["status", "--config", str(config.source)]) == 0
+        out = capsys.readouterr().out
+        assert "releases failing: 2 clips on SIM0001" in out and "Read-only file system" in out
+        assert main(["clips", "--config", str(config.source), "--json"]) == 0
+        clips = json.loads(capsys.readouterr().out)["clips"]
+        assert all("Read-only file system" in c["release_error"] for c in clips)
+        # Once the wait is over: tried again, waits longer, no second alert.
+        clock["now"] += first_wait + 1
+        assert release_acknowledged(config, store, device, info) == []
+        rows = store.clips()
+        assert {r["release_failures"] for r in rows} == {2}
+        assert rows[0]["release_retry_at"] - clock["now"] > first_wait * 1.5
+        assert len(_alerts(store)) == 1
+    # Writable again: the next try releases both, and nothing is left failing.
+    clock["now"] = max(r["release_retry_at"] for r in rows) + 1
+    with running_station(config) as station:
+        device = sim_devices(station)[0]
+        assert len(release_acknowledged(config, store, device, device.identify())) == 2
+    assert {r["state"] for r in store.clips()} == {"released"}
+    assert {r["release_error"] for r in store.clips()} == {None}
+    assert main(["status", "--config", str(config.source)]) == 0
+    assert "releases failing" not in capsys.readouterr().out
