@@ -196,7 +196,7 @@ class ClipCopier:
         if dup is not None:
             with self.store.transaction() as tx:
                 tx.transition(clip_id, S.DUPLICATE, sha256=sha256, copied_at=now(),
-                              verified=int(verified),
+                              verified=int(verified), duplicate_of=dup["clip_id"],
                               log_body={"sha256": sha256, "duplicate_of": dup["clip_id"]})
             return "duplicate"
         with self.store.transaction() as tx:

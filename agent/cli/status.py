@@ -31,7 +31,7 @@ def collect(config: Config, store: Store) -> dict[str, Any]:
     failing = store.query(
         "SELECT device_serial, COUNT(*) AS clips, MIN(release_retry_at) AS retry_at, "
         "MAX(release_error) AS reason FROM clips WHERE release_failures > 0 AND "
-        "released_at IS NULL AND state IN ('acknowledged', 'purged') "
+        "released_at IS NULL AND state IN ('acknowledged', 'purged', 'duplicate') "
         "GROUP BY device_serial ORDER BY device_serial")
     return {
         "station_id": config.station.id,

@@ -212,11 +212,19 @@ MIGRATIONS: list[str] = [
     """,
     # 5: the digest of what each camera held that was not ingested at its last dock, so
     #    an unchanged camera is not reported again at every dock; failed releases from a
-    #    camera (how many in a row, why, when to try again), shown by status and clips.
+    #    camera (how many in a row, why, when to try again), shown by status and clips;
+    #    the clip a duplicate duplicates, so the duplicate is released once that one is
+    #    acknowledged (taken from the clip.duplicate log entries for existing duplicates).
     """
     ALTER TABLE devices ADD COLUMN skipped_sha256 TEXT;
     ALTER TABLE clips ADD COLUMN release_failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE clips ADD COLUMN release_error TEXT;
     ALTER TABLE clips ADD COLUMN release_retry_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE clips ADD COLUMN duplicate_of TEXT;
+    UPDATE clips SET duplicate_of = (
+        SELECT json_extract(body, '$.duplicate_of') FROM custody_log
+        WHERE custody_log.clip_id = clips.clip_id AND kind = 'clip.duplicate'
+        ORDER BY seq DESC LIMIT 1)
+    WHERE state = 'duplicate'
     """,
 ]

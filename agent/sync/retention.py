@@ -6,7 +6,9 @@ so (``acknowledged`` is reached only through :mod:`agent.sync.inbound`):
 * release (``retention.release = "after-ack"``): the dock worker that owns the
   camera deletes an acknowledged clip from it; the driver deletes only the
   very file it has just found to have the same size, mtime and SHA-256 as
-  what was sealed (``Device.release``);
+  what was sealed (``Device.release``).  A duplicate (the same bytes found
+  again, on this camera or another) is released once the clip it duplicates
+  is acknowledged: the platform holds those bytes;
 * purge: the local vault copy of a released (or, with ``release = "never"``,
   acknowledged) clip is removed after ``retention.keep_days``, or earlier,
   oldest acknowledgement first, while free space is under
@@ -55,8 +57,6 @@ def release_acknowledged(config: Config, store: Store, device: Device, info: Dev
     if config.retention.release != "after-ack":
         return []
     current = time.time()
-    # Acknowledged clips, and those purged from the vault under disk pressure while they
-    # waited for their camera (the ack stands: the platform holds them).
     due = "" if retry_failed else " AND release_retry_at <= ?"
     rows = store.query(f"SELECT * FROM clips WHERE device_serial = ? AND {_AWAITING_RELEASE}"
                        f"{due} ORDER BY clip_id",
@@ -116,14 +116,29 @@ def releases_due(store: Store, serial: str, at: float | None = None) -> bool:
                            "release_retry_at <= ? LIMIT 1", (serial, current)) is not None
 
 
+def cameras_holding(store: Store, clip_id: str) -> list[str]:
+    """Serials of the cameras holding an acknowledged clip's bytes: its own, its duplicates'."""
+    rows = store.query("SELECT DISTINCT device_serial FROM clips WHERE clip_id = ? OR "
+                       "(duplicate_of = ? AND state = 'duplicate' AND released_at IS NULL) "
+                       "ORDER BY device_serial", (clip_id, clip_id))
+    return [r["device_serial"] for r in rows]
+
+
 def _failing(store: Store, serial: str) -> int:
     row = store.query_one(f"SELECT COUNT(*) AS n FROM clips WHERE device_serial = ? AND "
                           f"{_AWAITING_RELEASE} AND release_failures > 0", (serial,))
     return int(row["n"]) if row else 0
 
 
-_AWAITING_RELEASE = ("(state = 'acknowledged' OR (state = 'purged' AND released_at IS NULL "
-                     "AND ack IS NOT NULL))")
+# Acknowledged clips; those purged from the vault under disk pressure while they waited
+# for their camera (the ack stands: the platform holds them); and duplicates (the same
+# bytes recorded twice) once the very clip they duplicate is acknowledged.
+_AWAITING_RELEASE = (
+    "(state = 'acknowledged' OR (state = 'purged' AND released_at IS NULL AND ack IS NOT "
+    "NULL) OR (state = 'duplicate' AND released_at IS NULL AND EXISTS (SELECT 1 FROM clips "
+    "AS original WHERE original.clip_id = clips.duplicate_of AND original.sha256 = "
+    "clips.sha256 AND original.ack IS NOT NULL AND original.state IN ('acknowledged', "
+    "'released', 'purged'))))")
 # Clips whose release from a camera is under way (any dock worker); purge leaves them be.
 _RELEASING: set[str] = set()
 _RELEASING_LOCK = threading.Lock()
@@ -204,7 +219,14 @@ def _record_release(store: Store, row: Any, info: DeviceInfo, *, recovered: bool
     if recovered:
         body["recovered"] = True
     with store.transaction() as tx:
-        if tx.clip(row["clip_id"])["state"] == S.PURGED.value:
+        state = tx.clip(row["clip_id"])["state"]
+        if state == S.DUPLICATE.value:
+            # Its own record, naming the acknowledged clip whose bytes it holds; it stays
+            # a duplicate (nothing of it is in the vault under its name).
+            body["duplicate_of"] = row["duplicate_of"]
+            tx.update_clip(row["clip_id"], released_at=now(), release_error=None)
+            tx.log("release.duplicate", row["clip_id"], body)
+        elif state == S.PURGED.value:
             # Purged from the vault before its camera came back: no state to move to,
             # the release is recorded beside the purge.
             body["after_purge"] = True

@@ -25,7 +25,7 @@ from agent.officers.status import officers_status
 from agent.store import ClipState, Store
 from agent.sync.inbound import Inbound, tag_command
 from agent.sync.mqtt import MqttLink
-from agent.sync.retention import purge, release_acknowledged, sweep_purged
+from agent.sync.retention import cameras_holding, purge, release_acknowledged, sweep_purged
 from agent.sync.storeoutbox import StoreOutbox
 from agent.sync.uploader import Uploader
 from agent.timeutil import now
@@ -183,8 +183,8 @@ class SyncService:
 
     def _acknowledged(self, clip_id: str) -> None:
         self._last_sync = now()
-        row = self.store.clip(clip_id)
-        self.station.request_release(row["device_serial"])
+        for serial in cameras_holding(self.store, clip_id):  # duplicates' cameras too
+            self.station.request_release(serial)
 
     def _settle(self, message: Any) -> None:
         self.link.ack(message)

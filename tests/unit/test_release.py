@@ -22,6 +22,7 @@ from agent.cli.main import main
 from agent.config import Config
 from agent.errors import RecordingChangedError
 from agent.store import Store
+from agent.store.migrations import MIGRATIONS
 from agent.sync.retention import release_acknowledged
 from drivers.volume import VolumeDevice
 from tests.support.filesystems import read_only
@@ -203,3 +204,112 @@ def test_a_read_only_camera_alerts_once_shows_in_status_and_backs_off(
     assert {r["release_error"] for r in store.clips()} == {None}
     assert main(["status", "--config", str(config.source)]) == 0
     assert "releases failing" not in capsys.readouterr().out
+
+
+def test_a_duplicate_is_released_once_the_clip_it_duplicates_is_acknowledged(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    (original_file,) = (cam / "DCIM").rglob("*.MP4")
+    copy = original_file.with_name("ZCOPY.MP4")  # copied after the original
+    copy.write_bytes(original_file.read_bytes())
+    (cam / "DCIM" / "EMPTY.MP4").write_bytes(b"")
+    with running_station(config) as station:
+        assert station.run_once().ok
+        other = camera(config, clips=1, serial="SIM0002")  # the same empty file, docked later
+        (other / "DCIM" / "EMPTY.MP4").write_bytes(b"")
+        assert station.run_once().ok
+        store = station.store
+        assert store is not None
+        rows = {(r["device_serial"], r["name"]): r for r in store.clips()}
+        dup = rows[("SIM0001", "ZCOPY.MP4")]
+        empty_dup = rows[("SIM0002", "EMPTY.MP4")]
+        assert (dup["state"], empty_dup["state"]) == ("duplicate", "duplicate")
+        original = rows[("SIM0001", original_file.name)]
+        empty = rows[("SIM0001", "EMPTY.MP4")]
+        devices = {d.identify().serial: d for d in sim_devices(station)}
+
+        def release_all() -> list[str]:
+            return [c for serial, d in sorted(devices.items())
+                    for c in release_acknowledged(config, store, d, d.identify())]
+
+        assert release_all() == []  # nothing acknowledged: nothing leaves a camera
+        _acknowledge(config, empty["clip_id"])
+        released = release_all()
+        # The empty original and both its duplicates: its own camera's and the other's.
+        assert sorted(released) == sorted([empty["clip_id"], empty_dup["clip_id"]])
+        assert copy.exists() and not (other / "DCIM" / "EMPTY.MP4").exists()
+        _acknowledge(config, original["clip_id"])
+        assert sorted(release_all()) == sorted([original["clip_id"], dup["clip_id"]])
+        assert not copy.exists() and not original_file.exists()
+        entries = {r["clip_id"]: json.loads(r["body"]) for r in store.query(
+            "SELECT clip_id, body FROM custody_log WHERE kind = 'release.duplicate'")}
+        events = [e["data"] for e in (json.loads(r["payload"]) for r in store.query(
+            "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY id"))
+                  if e["type"] == "clip.released"]
+        final = {r["clip_id"]: r for r in store.clips()}
+    assert entries[dup["clip_id"]] == {"device_serial": "SIM0001", "path": dup["path"],
+                                       "sha256": dup["sha256"],
+                                       "duplicate_of": original["clip_id"]}
+    assert entries[empty_dup["clip_id"]]["duplicate_of"] == empty["clip_id"]
+    assert {e["clip_id"]: e.get("duplicate_of") for e in events}[dup["clip_id"]] == \
+        original["clip_id"]
+    assert final[dup["clip_id"]]["state"] == "duplicate"
+    assert final[dup["clip_id"]]["released_at"] is not None
+
+
+def test_a_duplicate_of_a_clip_never_acknowledged_stays_on_the_camera(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    cam = camera(config, clips=1)
+    (original_file,) = (cam / "DCIM").rglob("*.MP4")
+    copy = original_file.with_name("ZCOPY.MP4")
+    copy.write_bytes(original_file.read_bytes())
+    with running_station(config) as station:
+        assert station.run_once().ok
+        store = station.store
+        assert store is not None
+        dup = next(r for r in store.clips() if r["state"] == "duplicate")
+        # Another clip with the same bytes is acknowledged, but it is not the original.
+        db = sqlite3.connect(config.data_dir / "state.db")
+        db.execute("UPDATE clips SET state = 'quarantined', reason = 'x' WHERE state = "
+                   "'sealed'")
+        db.execute("INSERT INTO clips (clip_id, device_serial, path, name, size, mtime_ms, "
+                   "state, sha256, ack, acknowledged_at, discovered_at, updated_at) VALUES "
+                   "('other', 'SIM0009', 'X.MP4', 'X.MP4', 1, 1, 'acknowledged', ?, '{}', "
+                   "'2020-01-01T00:00:00.000Z', '', '')", (dup["sha256"],))
+        db.commit()
+        db.close()
+        (device,) = sim_devices(station)
+        assert release_acknowledged(config, store, device, device.identify()) == []
+    assert copy.exists() and original_file.exists()
+
+
+def _acknowledge(config: Config, clip_id: str) -> None:
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET state = 'acknowledged', ack = '{\"signed\": true}', "
+               "acknowledged_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE clip_id = ?",
+               (clip_id,))
+    db.commit()
+    db.close()
+
+
+def test_duplicates_from_before_the_upgrade_know_the_clip_they_duplicate(tmp_path: Path) -> None:
+    step = next(i for i, m in enumerate(MIGRATIONS) if "duplicate_of" in m)
+    db = sqlite3.connect(tmp_path / "state.db")
+    for migration in MIGRATIONS[:step]:
+        db.executescript(migration)
+    db.execute(f"PRAGMA user_version = {step}")
+    for clip_id, state in (("orig", "sealed"), ("dup", "duplicate")):
+        db.execute("INSERT INTO clips (clip_id, device_serial, path, name, size, mtime_ms, "
+                   "state, sha256, discovered_at, updated_at) VALUES (?, 'S1', ?, ?, 0, 0, ?, "
+                   "'e3b0', '', '')", (clip_id, clip_id, clip_id, state))
+    db.execute("INSERT INTO custody_log (seq, at, kind, clip_id, body, leaf) VALUES "
+               "(1, '', 'clip.duplicate', 'dup', ?, x'00')",
+               (json.dumps({"from": "copying", "to": "duplicate", "sha256": "e3b0",
+                            "duplicate_of": "orig"}),))
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "state.db", station_id="ST-1")
+    assert {r["clip_id"]: r["duplicate_of"] for r in store.clips()} == {"dup": "orig",
+                                                                         "orig": None}
