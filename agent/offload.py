@@ -276,7 +276,8 @@ class Offloader:
 
 def device_body(info: DeviceInfo) -> dict[str, Any]:
     return {"serial": info.serial, "vendor": info.vendor, "model": info.model,
-            "firmware": info.firmware, "officer_id": info.officer_id, "driver": info.driver}
+            "firmware": info.firmware, "officer_id": info.officer_id, "driver": info.driver,
+            "name_pattern": info.name_pattern}
 
 
 def _clock_offset(info: DeviceInfo) -> float | None:

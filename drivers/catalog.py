@@ -86,6 +86,22 @@ class Catalog:
         known = ", ".join(e.key for e in self.entries) or "none"
         raise ConfigError(f"device catalog {self.source}: no entry {key!r} (known: {known})")
 
+    def guess(self, names: list[str]) -> Entry | None:
+        """The entry whose name pattern matches most of ``names``; None if none matches any.
+
+        For cameras the catalog does not know by USB id.  Ties go to entries of
+        real cameras (with USB ids) before the others (simulated cameras), then
+        to the catalog's order, so the guess is stable.
+        """
+        best: tuple[int, int, int] | None = None
+        chosen = None
+        for order, entry in enumerate(self.entries):
+            hits = sum(1 for name in names if entry.pattern.fullmatch(name))
+            rank = (hits, 1 if entry.usb_ids else 0, -order)
+            if hits and (best is None or rank > best):
+                best, chosen = rank, entry
+        return chosen
+
     def match_usb(self, vid_pid: str) -> Entry | None:
         """The entry listing USB id ``vid_pid`` ("VID:PID", any case), or None."""
         wanted = vid_pid.lower()

@@ -14,10 +14,13 @@ to the first directory with ``idVendor`` and ``idProduct`` (the USB device)
 -> VID:PID, serial, manufacturer, product.  The VID:PID selects the catalog
 entry (model, name pattern, extensions); the officer comes from the names.
 
-A camera the catalog does not know is still ingested: vendor and model
-from sysfs, no name pattern, the default extensions.  Without a USB serial
-the serial is taken from the file names, else ``volume:<directory name>``
-(the ``volume:`` prefix marks a serial that is not the device's own).
+A camera the catalog does not know (or a volume without USB ids) is still
+ingested: vendor and model from sysfs, the default extensions, and the
+catalog's name pattern that matches most of its file names, if any (the
+clips whose names it matched carry the flag ``name.pattern:<catalog key>``).
+Without a USB serial the serial is taken from the file names, else
+``volume:<directory name>`` (the ``volume:`` prefix marks a serial that is
+not the device's own).
 """
 
 # option() returns a dataclasses.field; ruff's RUF009 cannot tell it from a call.
@@ -38,7 +41,7 @@ from pathlib import Path
 from agent.configschema import option
 from agent.errors import DeviceError
 from drivers import catalog as catalog_mod
-from drivers.base import Detector, Device, DeviceInfo, DriverSpec, Recording
+from drivers.base import Detector, Device, DeviceInfo, DriverSpec, Listing, Recording
 from drivers.paths import printable_name
 from drivers.volume import DockWatcher, VolumeDevice
 
@@ -163,27 +166,51 @@ class MassStorageDevice(VolumeDevice):
 
     def __init__(self, mount_point: Path, *, usb: UsbInfo | None,
                  entry: catalog_mod.Entry | None, extensions: Iterable[str],
-                 mounts_file: Path | None = None, known: DeviceInfo | None = None) -> None:
+                 mounts_file: Path | None = None, known: DeviceInfo | None = None,
+                 catalog: catalog_mod.Catalog | None = None) -> None:
         super().__init__(mount_point, entry.extensions if entry is not None else extensions)
         self.usb = usb
         self.entry = entry
         self.mounts_file = mounts_file
         self.known = known
+        self.catalog = catalog  # whose patterns are tried when ``entry`` is None
+        self.guessed: catalog_mod.Entry | None = None  # the pattern the names matched
+
+    @property
+    def names_entry(self) -> catalog_mod.Entry | None:
+        """The catalog entry whose pattern this camera's names are read with."""
+        return self.entry or self.guessed
+
+    def recordings(self) -> Listing:
+        listing = super().recordings()
+        if self.entry is None and self.catalog is not None:
+            self.guessed = self.catalog.guess([r.name for r in listing.recordings])
+            listing.recordings = [self.annotate(r) for r in listing.recordings]
+        return listing
 
     def annotate(self, recording: Recording) -> Recording:
-        if self.entry is None:
+        entry = self.names_entry
+        if entry is None:
             return recording
-        info = catalog_mod.parse_name(self.entry, recording.name)
-        return replace(recording, recorded_start=info.recorded_start, important=info.important)
+        info = catalog_mod.parse_name(entry, recording.name)
+        flags = recording.name_flags
+        guessed = f"name.pattern:{entry.key}"
+        if self.entry is None and guessed not in flags and entry.pattern.fullmatch(
+                recording.name):
+            flags = (*flags, guessed)
+        return replace(recording, recorded_start=info.recorded_start, important=info.important,
+                       name_flags=flags)
 
     def _from_names(self) -> tuple[str, str]:
         """Most common (officer, serial) in the recording names; '' where unknown."""
-        if self.entry is None:
+        recordings = self.recordings().recordings
+        entry = self.names_entry
+        if entry is None:
             return "", ""
         officers: Counter[str] = Counter()
         serials: Counter[str] = Counter()
-        for rec in self.recordings().recordings:
-            fields = catalog_mod.name_fields(self.entry, rec.name)
+        for rec in recordings:
+            fields = catalog_mod.name_fields(entry, rec.name)
             if "officer" in fields:
                 officers[fields["officer"]] += 1
             if "serial" in fields:
@@ -200,6 +227,7 @@ class MassStorageDevice(VolumeDevice):
             return self.known
         officer, name_serial = self._from_names()
         usb, entry = self.usb, self.entry
+        pattern = self.names_entry
         serial = (usb.serial if usb is not None and usb.serial else "") or name_serial
         if not serial:
             serial = VOLUME_SERIAL_PREFIX + printable_name(os.fsencode(self.root.name))
@@ -211,7 +239,7 @@ class MassStorageDevice(VolumeDevice):
             clock=None,
             driver=KEY,
             usb_id=usb.usb_id if usb is not None else "",
-            name_pattern=entry.name_pattern if entry else None,
+            name_pattern=pattern.name_pattern if pattern else None,
         )
 
     def present(self) -> bool:
@@ -289,7 +317,7 @@ class MassStorageDetector(DockWatcher):
         return MassStorageDevice(
             mount_point, usb=usb, entry=entry, extensions=self.config.extensions,
             mounts_file=self.config.mounts_file if self.config.require_mount else None,
-            known=known,
+            known=known, catalog=self.catalog,
         )
 
 

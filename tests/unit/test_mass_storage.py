@@ -159,12 +159,16 @@ def test_unknown_camera_is_usable_with_sysfs_names(station: Path,
     (point / "clip.mkv").write_bytes(b"m")
     (device,) = detector.scan()
     info = device.identify()
-    # No USB serial and no catalog pattern: the serial comes from the volume, marked so.
+    # No USB serial and not in the catalog: the names, read with the catalog pattern they
+    # match, give the serial and the officer.
+    pattern = detector.catalog.get("gat947-generic-a").name_pattern
     assert (info.serial, info.vendor, info.model, info.usb_id, info.name_pattern,
-            info.officer_id) == ("volume:STICK", "NoName", "Flash Disk", "abcd:ef01", None, "")
+            info.officer_id) == ("ZFY0001", "NoName", "Flash Disk", "abcd:ef01", pattern,
+                                 "010203")
     names = [r.name for r in device.recordings().recordings]
     assert "clip.mkv" in names  # default extensions apply
-    assert all(r.recorded_start is None for r in device.recordings().recordings)
+    assert [r.recorded_start is None for r in device.recordings().recordings] == [
+        False, False, False, True]  # clip.mkv has no start in its name
 
 
 def test_serial_falls_back_to_the_names(station: Path) -> None:
@@ -181,8 +185,8 @@ def test_directories_that_are_not_mounts_are_ignored(station: Path,
     assert detector.scan() == []
     loose = MassStorageDetector(config(station, require_mount=False))
     (device,) = loose.scan()
-    # No mount source: nothing from sysfs, no catalog entry, the directory names it.
-    assert device.identify().serial == "volume:leftover"
+    # No mount source: nothing from sysfs, no catalog entry; the names give the serial.
+    assert device.identify().serial == "ZFY0001"
 
 
 def test_known_identity_is_returned_as_is(station: Path) -> None:
