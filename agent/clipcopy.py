@@ -33,6 +33,7 @@ from agent.errors import (
     DeviceGoneError,
     IntegrityError,
     StoreError,
+    StoreFullError,
 )
 from agent.ingest import copy_to_vault
 from agent.media.queue import ProbeQueue
@@ -212,6 +213,10 @@ class ClipCopier:
         """Probe the vault copy, record the clip copied with its media facts, then seal it."""
         try:
             self._record_copied(clip_id, final, sha256, size, verified, rec)
+        except StoreFullError as exc:
+            # The clip stays copying; the next session copies it again (its bytes are kept).
+            database_full(self.alerts, info, report, exc)
+            return
         except AgentError as exc:
             report.errors.append(f"{rec.path}: {exc}")
             self.alerts.send(info.serial, "ingest.failed", f"{rec.path}: {exc.diagnostics()}")
@@ -261,6 +266,20 @@ def back_to_discovered(store: Store, clip_id: str, reason: str) -> None:
     log.warning("clip %s: %s", clip_id, reason)
     with store.transaction() as tx:
         tx.transition(clip_id, S.DISCOVERED, log_body={"reason": reason})
+
+
+def database_full(alerts: Alerts, info: DeviceInfo, report: DockReport,
+                  exc: StoreFullError) -> None:
+    """The database's disk is full: nothing more can be recorded, so ingest stops.
+
+    What was copied is safe (each clip is one transaction); the rest stays on
+    the camera, and the station resumes this camera once there is room.
+    """
+    message = (f"disk full: the station database cannot be written ({exc}); ingest "
+               f"stopped, the recordings stay on {info.serial}")
+    report.errors.append(message)
+    report.stopped_full = "database"
+    alerts.send(info.serial, "disk.full", message)
 
 
 def reset_if_copying(store: Store, clip_id: str, reason: str) -> None:

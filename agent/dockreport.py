@@ -35,6 +35,8 @@ class DockReport:
     refused: list[dict[str, str]] = field(default_factory=list)  # left on the camera
     errors: list[str] = field(default_factory=list)
     clock_offset_s: float | None = None
+    # Which disk was full when ingest stopped ("vault" or "database"), if it stopped so.
+    stopped_full: str | None = None
 
     @property
     def failed(self) -> bool:

@@ -66,5 +66,9 @@ class StoreError(AgentError):
     """The local state database or vault failed or is inconsistent."""
 
 
+class StoreFullError(StoreError):
+    """The disk of the station's database is full: nothing can be recorded until there is room."""
+
+
 class Cancelled(AgentError):
     """Work stopped because the agent is shutting down; it resumes at the next start."""

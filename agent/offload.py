@@ -26,10 +26,10 @@ from typing import Any
 
 from agent import media
 from agent.alerts import Alerts
-from agent.clipcopy import ClipCopier, mtime_ms, reset_if_copying
+from agent.clipcopy import ClipCopier, database_full, mtime_ms, reset_if_copying
 from agent.config import Config
 from agent.dockreport import DockReport
-from agent.errors import AgentError, Cancelled, DeviceError, DeviceGoneError
+from agent.errors import AgentError, Cancelled, DeviceError, DeviceGoneError, StoreFullError
 from agent.listing import SHOWN, report_skipped, screen
 from agent.media.queue import ProbeQueue
 from agent.store import ClipState, Store
@@ -69,28 +69,35 @@ class Offloader:
 
     def offload(self, device: Device) -> DockReport:
         report = DockReport(handle=device.handle)
+        self.alerts.flush()  # what a full disk kept from being recorded before
         info = self._identify(device, report)
         if info is None:
             return report
         with self._one_session_per_camera(info.serial):
-            dock_id = self._record_dock(device, info, report)
             try:
-                self._release_acknowledged(device, info)
-                todo = self._list_and_register(device, info, dock_id, report)
-                with self.probes.batch():  # the session ends once its clips are probed
-                    self._copy_all(device, info, todo, report)
-            except DeviceGoneError as exc:
-                report.errors.append(f"device removed: {exc}")
-                log.warning("%s removed during offload: %s", info.serial, exc)
-            except Cancelled as exc:
-                report.errors.append(str(exc))
-            except DeviceError as exc:
-                report.errors.append(str(exc))
-                self.alerts.send(info.serial, "device.error", str(exc))
-            if not report.errors and device.present():
-                self._sync_clock(device, info)
-            self._save_report(dock_id, report)
+                self._session(device, info, report)
+            except StoreFullError as exc:
+                database_full(self.alerts, info, report, exc)
         return report
+
+    def _session(self, device: Device, info: DeviceInfo, report: DockReport) -> None:
+        dock_id = self._record_dock(device, info, report)
+        try:
+            self._release_acknowledged(device, info)
+            todo = self._list_and_register(device, info, dock_id, report)
+            with self.probes.batch():  # the session ends once its clips are probed
+                self._copy_all(device, info, todo, report)
+        except DeviceGoneError as exc:
+            report.errors.append(f"device removed: {exc}")
+            log.warning("%s removed during offload: %s", info.serial, exc)
+        except Cancelled as exc:
+            report.errors.append(str(exc))
+        except DeviceError as exc:
+            report.errors.append(str(exc))
+            self.alerts.send(info.serial, "device.error", str(exc))
+        if not report.errors and device.present():
+            self._sync_clock(device, info)
+        self._save_report(dock_id, report)
 
     def _identify(self, device: Device, report: DockReport) -> DeviceInfo | None:
         try:
@@ -171,7 +178,7 @@ class Offloader:
                 return
             try:
                 self.copier.copy(device, info, clip_id, rec, report)
-            except (DeviceError, Cancelled):
+            except (DeviceError, Cancelled, StoreFullError):
                 raise
             except AgentError as exc:
                 # The station's side failed (vault disk, database): say so, keep the clip
@@ -243,6 +250,7 @@ class Offloader:
                    f"{self.config.ingest.min_free_mb} MB (ingest.min_free_mb); ingest stopped, "
                    f"the recordings stay on {info.serial}")
         report.errors.append(message)
+        report.stopped_full = "vault"
         self.alerts.send(info.serial, "disk.full", message)
         return False
 

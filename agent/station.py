@@ -22,7 +22,7 @@ from typing import Any
 from agent.config import Config
 from agent.custody.sealer import Custody
 from agent.durable import makedirs_durable
-from agent.errors import AgentError, StoreError
+from agent.errors import AgentError, StoreError, StoreFullError
 from agent.offload import DockReport, Offloader
 from agent.store import ClipState, Store
 from agent.sync.retention import releases_due
@@ -47,6 +47,9 @@ class RunSummary:
 
 # How often docked cameras with recordings left to copy are looked at again.
 RESUME_INTERVAL_S = 120.0
+# Free space (above ingest.min_free_mb) after which a session stopped by a full database
+# disk is resumed: room for the dock's records, the first clip's checks its own.
+DATABASE_ROOM = 4 * 1024 * 1024
 
 
 class Station:
@@ -67,7 +70,8 @@ class Station:
         self._device_locks: dict[str, threading.Lock] = {}  # one owner at a time per device
         self._jobs: set[Future[Any]] = set()
         self._redock: set[str] = set()  # handles docked again while their session ran
-        self._stopped_full: set[str] = set()  # handles whose last session hit a full disk
+        # Handles whose last session stopped on a full disk: "vault" or "database".
+        self._stopped_full: dict[str, str] = {}
         self._lock_fd: int | None = None
         self._stopping = threading.Event()
         self._stops: list[Callable[[], None]] = []
@@ -238,33 +242,44 @@ class Station:
     def resume_unfinished(self) -> list[str]:
         """Dock again each docked camera whose session left recordings to copy.
 
-        A session stops early when the vault disk is full; once there is room
-        again (a purge, an operator), nothing else would bring back a camera
-        that stays in its dock overnight.  Only sessions that stopped on a full
-        disk, and only when the smallest recording left fits above
-        ``ingest.min_free_mb``, so a full disk does not alert every time.
+        A session stops early when the disk is full (the vault's, or the
+        database's); once there is room again (a purge, an operator), nothing
+        else would bring back a camera that stays in its dock overnight.  Only
+        sessions that stopped on a full disk, and only when the smallest
+        recording left fits above ``ingest.min_free_mb`` (for a full database:
+        when :data:`DATABASE_ROOM` is free above it), so a full disk does not
+        alert every time.  Alerts that the full disk kept from the store are
+        recorded first.
         """
         if self.store is None or self.vault is None:
             return []
+        if self.offloader is not None:
+            self.offloader.alerts.flush()
         room = self.vault.free_bytes() - self.config.ingest.min_free_mb * 1024 * 1024
         with self._active_lock:
             # Only sessions that stopped because the disk was full: any other unfinished
             # session (a file gone from the camera, a failing clip) would loop here.
-            idle = [device for handle, device in self._docked.items()
+            idle = [(device, self._stopped_full[handle])
+                    for handle, device in self._docked.items()
                     if ((running := self._active.get(handle)) is None or running.done())
                     and handle in self._stopped_full]
         queued = []
-        for device in idle:
+        for device, full in idle:
             smallest = self.store.query_one(
                 "SELECT MIN(clips.size) AS size FROM clips JOIN devices "
                 "ON clips.device_serial = devices.serial "
                 "WHERE devices.docked_handle = ? AND clips.state = 'discovered'",
                 (device.handle,))
-            if smallest is None or smallest["size"] is None:
+            if full == "database":
+                # The session may have stopped before it could list anything.
+                needed = DATABASE_ROOM
+            elif smallest is None or smallest["size"] is None:
                 with self._active_lock:
-                    self._stopped_full.discard(device.handle)
+                    self._stopped_full.pop(device.handle, None)
                 continue
-            if (int(smallest["size"]) <= room and device.present()
+            else:
+                needed = int(smallest["size"])
+            if (needed <= room and device.present()
                     and self.dock(device) is not None):
                 log.info("resuming the offload of %s: recordings were left to copy",
                          device.handle)
@@ -328,12 +343,16 @@ class Station:
         report = self.offloader.offload(device)
         self.reports.append(report)
         with self._active_lock:
-            if any(e.startswith("disk full") for e in report.errors):
-                self._stopped_full.add(device.handle)
+            if report.stopped_full is not None:
+                self._stopped_full[device.handle] = report.stopped_full
             else:
-                self._stopped_full.discard(device.handle)
+                self._stopped_full.pop(device.handle, None)
         if self.custody is not None:
-            self.custody.checkpoint()  # a signed checkpoint after each burst of seals
+            try:
+                self.custody.checkpoint()  # a signed checkpoint after each burst of seals
+            except StoreFullError as exc:
+                # The timer signs one once there is room; the full disk is alerted already.
+                log.error("no checkpoint after the dock of %s: %s", device.handle, exc)
         log.info("offload of %s done: %d new, %d copied, %d already ingested, %d quarantined,"
                  " %d skipped", report.serial or device.handle, report.new, len(report.copied),
                  report.already_ingested, len(report.quarantined), report.skipped_count)

@@ -31,7 +31,7 @@ from agent.custody.keys import (
 )
 from agent.custody.manifest import build_manifest
 from agent.durable import remove_stale_temps
-from agent.errors import AgentError, ConfigError, StoreError
+from agent.errors import AgentError, ConfigError, StoreError, StoreFullError
 from agent.officers import sealing
 from agent.officers.registry import Keys, load_keys
 from agent.store import ClipState, Store
@@ -176,5 +176,7 @@ class Custody:
                 # copied: seal it here, or it would wait for the next restart.
                 self.seal_pending()
                 self.checkpoint()
+            except StoreFullError as exc:  # alerted by the dock that met it; no traceback
+                log.error("sealing or checkpoint failed (tried again next interval): %s", exc)
             except Exception:
                 log.exception("sealing or checkpoint failed")  # tried again next interval

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.custody.jcs import canonicalize
-from agent.errors import StoreError
+from agent.errors import StoreError, StoreFullError
 from agent.store.migrations import MIGRATIONS
 from agent.store.states import TRANSITIONS, ClipState
 from agent.timeutil import now as time_now
@@ -41,6 +41,13 @@ class LogEntry:
         return canonicalize(self.as_dict())
 
 
+def store_error(exc: sqlite3.Error, message: str) -> StoreError:
+    """The StoreError for ``exc``: StoreFullError when the database's disk is full."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return StoreFullError(message)
+    return StoreError(message)
+
+
 def leaf_hash(data: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + data).digest()
 
@@ -57,7 +64,7 @@ class Tx:
         try:
             return self.conn.execute(sql, params)
         except sqlite3.Error as exc:
-            raise StoreError(f"database {self.store.path}: {exc}") from exc
+            raise store_error(exc, f"database {self.store.path}: {exc}") from exc
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.execute(sql, params).fetchone()
@@ -195,7 +202,7 @@ class Store:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreError(f"database {self.path}: cannot begin: {exc}") from exc
+                raise store_error(exc, f"database {self.path}: cannot begin: {exc}") from exc
             tx = Tx(self, self._conn)
             try:
                 yield tx
@@ -206,7 +213,7 @@ class Store:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise StoreError(f"database {self.path}: commit failed: {exc}") from exc
+                raise store_error(exc, f"database {self.path}: commit failed: {exc}") from exc
 
     def _rollback(self) -> None:
         # SQLite may already have rolled back by itself (SQLITE_FULL, I/O errors):
@@ -219,7 +226,7 @@ class Store:
             try:
                 return list(self._conn.execute(sql, params).fetchall())
             except sqlite3.Error as exc:
-                raise StoreError(f"database {self.path}: {exc}") from exc
+                raise store_error(exc, f"database {self.path}: {exc}") from exc
 
     def query_one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
         rows = self.query(sql, params)
