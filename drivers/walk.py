@@ -50,7 +50,7 @@ MAX_ENTRIES = 500_000
 
 TOO_DEEP = (f"directory too deep: more than {MAX_DEPTH} levels below the volume root, "
             "not entered")
-TOO_MANY = f"listing stopped: more than {MAX_ENTRIES} entries on the volume"
+TOO_MANY = "listing stopped"
 # A camera's FAT or exFAT has no hard links: a recording with several is not the camera's
 # (a link to a station file planted in the tree), and it is never read.
 REFUSED = "refused, left on the camera"
@@ -130,7 +130,8 @@ def walk(
                 os.close(stack.pop().fd)
                 continue
             if state.entries >= MAX_ENTRIES:
-                state.skip(current.prefix.rstrip("/") or ".", TOO_MANY)
+                state.skip(current.prefix.rstrip("/") or ".",
+                           f"{TOO_MANY}: more than {MAX_ENTRIES} entries on the volume")
                 break
             state.entries += 1
             sub = _entry(state, current, current.pending.pop())

@@ -263,3 +263,16 @@ def test_a_flood_of_files_that_are_not_recordings_is_summarised_once(
     assert len(warnings) < 5
     assert [w for w in warnings_again if "not ingested" in w] == []
     assert first.reports[0].skipped_count == 3001
+
+
+def test_a_listing_stops_at_its_bound_and_says_so(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("drivers.walk.MAX_ENTRIES", 25)
+    volume = tmp_path / "vol"
+    (volume / "A").mkdir(parents=True)
+    for i in range(40):
+        (volume / "A" / f"{i:02d}.MP4").write_bytes(b"x")
+    listing = walk(volume, {"mp4"})
+    assert len(listing.recordings) == 24  # the directory A is the first entry
+    assert [(s.path, s.reason) for s in listing.skipped] == [
+        ("A", "listing stopped: more than 25 entries on the volume")]
