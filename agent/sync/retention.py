@@ -65,7 +65,9 @@ def release_acknowledged(config: Config, store: Store, device: Device, info: Dev
     released: list[str] = []
     failed: list[str] = []
     for row in rows:
-        held = release_held(config, row)
+        # A duplicate holds its original's bytes: it leaves the camera when they may.
+        judged = store.clip(row["duplicate_of"]) if row["state"] == S.DUPLICATE.value else row
+        held = release_held(config, judged)
         if held is not None:
             log.info("clip %s stays on %s: %s", row["clip_id"], info.serial, held)
             continue

@@ -313,3 +313,29 @@ def test_duplicates_from_before_the_upgrade_know_the_clip_they_duplicate(tmp_pat
     store = Store(tmp_path / "state.db", station_id="ST-1")
     assert {r["clip_id"]: r["duplicate_of"] for r in store.clips()} == {"dup": "orig",
                                                                          "orig": None}
+
+
+def test_a_duplicate_is_held_on_its_camera_as_long_as_the_clip_it_duplicates(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config("[officers]\nhold_release_until_verified = true\n")
+    cam = camera(config, clips=1)
+    (original_file,) = (cam / "DCIM").rglob("*.MP4")
+    copy = original_file.with_name("ZCOPY.MP4")
+    copy.write_bytes(original_file.read_bytes())
+    with running_station(config) as station:
+        assert station.run_once().ok
+        store = station.store
+        assert store is not None
+        original = next(r for r in store.clips() if r["state"] == "sealed")
+        _acknowledge(config, original["clip_id"])
+        (device,) = sim_devices(station)
+        # The original's officer is not verified: neither copy leaves the camera.
+        assert release_acknowledged(config, store, device, device.identify()) == []
+        db = sqlite3.connect(config.data_dir / "state.db")
+        db.execute("UPDATE clips SET officer_status = 'valid' WHERE clip_id = ?",
+                   (original["clip_id"],))
+        db.commit()
+        db.close()
+        # Verified: both go, the duplicate under its original's verdict.
+        assert len(release_acknowledged(config, store, device, device.identify())) == 2
+    assert not copy.exists() and not original_file.exists()
