@@ -25,6 +25,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,16 +117,15 @@ def escape(text: str) -> str:
     Undecodable bytes arrive as the lone surrogates U+DC80..U+DCFF
     (``surrogateescape``); each stands for one byte.
     """
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in "%\\" or code < 0x20 or code == 0x7F:
-            out.append(f"%{code:02X}")
-        elif 0xDC80 <= code <= 0xDCFF:
-            out.append(f"%{code - 0xDC00:02X}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return _ESCAPED.sub(_escape_one, text)
+
+
+_ESCAPED = re.compile(r"[%\\\x00-\x1f\x7f\udc80-\udcff]")  # what escape() writes as %XX
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"%{code - 0xDC00 if code >= 0xDC80 else code:02X}"
 
 
 def _undecoded(raw: bytes) -> str:
