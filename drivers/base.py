@@ -28,6 +28,24 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
+class DeviceHealth:
+    """Battery and recording set-up as a docked device reports them (None: not reported)."""
+
+    battery_percent: int | None = None  # 0-100
+    charging: str | None = None  # "charging", "full" or "not_charging"
+    resolution: tuple[int, int, int] | None = None  # width, height, frames per second
+    at: str = ""  # RFC 3339 UTC time of the reading
+
+    def as_dict(self) -> dict[str, object]:
+        resolution = None
+        if self.resolution is not None:
+            width, height, fps = self.resolution
+            resolution = {"width": width, "height": height, "fps": fps}
+        return {"battery_percent": self.battery_percent, "charging": self.charging,
+                "resolution": resolution, "at": self.at}
+
+
+@dataclass(frozen=True)
 class DeviceInfo:
     """Identity of a docked device, as the device (or the catalog) states it."""
 
@@ -43,6 +61,8 @@ class DeviceInfo:
     driver: str = ""
     usb_id: str = ""  # "VID:PID" when known
     name_pattern: str | None = None  # catalog regex for recording names, if any
+    health: DeviceHealth | None = None  # battery, charging, resolution at identify()
+    flags: tuple[str, ...] = ()  # carried by every recording found in this docking
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,15 @@ class Device(Protocol):
 
     def present(self) -> bool:
         """Whether the device is still docked."""
+        ...
+
+
+@runtime_checkable
+class HealthReporter(Protocol):
+    """A device that can report its battery while docked (polled by the station)."""
+
+    def read_health(self) -> DeviceHealth | None:
+        """A fresh reading, or None when the device cannot be asked now (no I/O then)."""
         ...
 
 

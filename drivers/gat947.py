@@ -3,30 +3,31 @@
 Chinese body cameras (执法记录仪) come with vendor SDKs (InitDevice, GetIDCode,
 GetZFYInfo, WriteZFYInfo, SyncDevTime, ReadDeviceResolution,
 ReadDeviceBatteryDumpEnergy, SetMSDC) over a password-protected serial link.
-There is no public wire specification; this module implements the framing and
+There is no public wire specification; this driver speaks the framing and
 command set fixed in docs/GAT947.md, onto which a vendor adapter maps a real
 camera's protocol.  Layers:
 
-* codec: :class:`Frame`, :func:`encode`, :func:`decode`, :class:`FrameParser`
-  (big-endian, CRC-16/CCITT-FALSE) and :class:`ZfyInfo` (GBK, NUL padded);
-* :class:`Gat947Client`: one camera port.  Every exchange runs on the port's
-  single owner thread, so callers on any thread never interleave frames.
-  Timeouts, corrupt responses and BUSY answers are retried; then a
-  DeviceError names the port and the command.  A port that vanishes raises
-  DeviceGoneError;
+* drivers/gat947_wire.py, the codec: frames, CRC, the resynchronising
+  parser, ZFY_INFO;
+* drivers/gat947_client.py, :class:`Gat947Client`: one camera port, one
+  owner thread, retries, one login per docking;
 * :class:`Gat947Device`: the Device protocol.  identify() speaks the
-  protocol; the first use of the recordings switches the camera to mass
+  protocol (identity, clock, battery); sync_clock() measures, sets and reads
+  the clock back; the first use of the recordings switches the camera to mass
   storage (SetMSDC), waits for its volume under ``mount_root`` and delegates
   to a :class:`drivers.mass_storage.MassStorageDevice` that holds the
   identity already known;
 * :class:`Gat947Detector`: polls the serial ports (they have no file-system
   event to watch) and docks each port once.
 
-Invariants: the password is never logged and never put in a message; a
+Invariants: the password is never logged and never put in a message, and is
+sent at most once per docking after a refusal (the client's); a
 device-provided name is never used to build a path (the volume is chosen
 among the entries ``mount_root`` already holds); there is one Device object
 per port in the process (:func:`_claim`), so no two detectors hand out a port
-twice and the port's exclusive lock is taken once.
+twice and the port's exclusive lock is taken once.  The dock session sets the
+clock before anything switches the camera to storage (agent/offload.py), as
+most cameras drop the serial interface with the switch.
 """
 
 # option() returns a dataclasses.field; ruff's RUF009 cannot tell it from a call.
@@ -47,11 +48,21 @@ from typing import BinaryIO, NamedTuple
 from serial.tools import list_ports
 
 from agent.configschema import option
-from agent.errors import DeviceError
+from agent.errors import DeviceError, DeviceGoneError
+from agent.timeutil import now as time_now
 from agent.timeutil import rfc3339
 from drivers import catalog as catalog_mod
-from drivers.base import Detector, Device, DeviceInfo, DriverSpec, Listing, Recording
-from drivers.gat947_wire import Gat947Client, Password, read_password
+from drivers.base import (
+    Detector,
+    Device,
+    DeviceHealth,
+    DeviceInfo,
+    DriverSpec,
+    Listing,
+    Recording,
+)
+from drivers.gat947_client import Gat947Client
+from drivers.gat947_wire import Charge, Password, read_password
 from drivers.mass_storage import MassStorageConfig, MassStorageDevice, read_mounts, usb_for_source
 
 log = logging.getLogger(__name__)
@@ -63,6 +74,20 @@ KEY = "gat947"
 MOUNTS_FILE = Path("/proc/self/mounts")
 SYSFS_ROOT = Path("/sys")
 _MOUNT_POLL_S = 0.05
+# How close the clock read back after SyncDevTime must be: cameras keep whole seconds, and
+# the read-back's own exchange takes a few milliseconds.
+CLOCK_CONFIRM_S = 2.0
+CLOCK_INVALID = "clock.invalid"
+_CHARGE_WORDS = {Charge.CHARGING: "charging", Charge.FULL: "full",
+                 Charge.NOT_CHARGING: "not_charging"}
+
+
+def clock_text(camera_time: float) -> str | None:
+    """The camera time as RFC 3339, None when it is no date (before year 1, after 9999)."""
+    try:
+        return rfc3339(camera_time)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 class Gat947Device:
@@ -88,7 +113,7 @@ class Gat947Device:
         return self.port
 
     def identify(self) -> DeviceInfo:
-        """InitDevice, GetIDCode, GetZFYInfo and GetDevTime, as one DeviceInfo."""
+        """Identity, clock and battery (InitDevice once, GetIDCode, GetZFYInfo, GetDevTime, ...)."""
         try:
             info = self._ask_identity()
         except DeviceError as exc:
@@ -97,8 +122,8 @@ class Gat947Device:
             if storage is not None and known is not None and storage.present():
                 # The serial interface left (or went quiet) with the switch to mass storage,
                 # as on most cameras: the identity stands, the clock cannot be read now.
-                log.info("camera %s in mass-storage mode: identity from before the switch "
-                         "(%s)", self.port, exc)
+                log.debug("camera %s in USB storage mode: identity from before the switch "
+                          "(%s)", self.port, exc)
                 return replace(known, clock=None)
             raise
         with self._lock:
@@ -107,41 +132,100 @@ class Gat947Device:
 
     def _ask_identity(self) -> DeviceInfo:
         client = self.client
-        client.init_device()
+        client.login()
         id_code, firmware = client.get_id_code()
         zfy = client.get_zfy_info()
-        clock = client.get_dev_time()
+        camera_time = client.get_dev_time()
         serial_no = id_code or zfy.serial
         if not serial_no:
-            raise DeviceError(f"camera {self.port}: no ID code (GetIDCode and the ZFY_INFO "
-                              "serial are both empty)")
+            raise DeviceError(f"camera {self.port} has no ID: its ID code and the serial in its "
+                              "officer information are both empty; set them with the vendor's "
+                              "tool")
         if zfy.serial and zfy.serial != serial_no:
-            log.warning("camera %s: ZFY_INFO serial %r differs from the ID code %r; using the "
-                        "ID code", self.port, zfy.serial, serial_no)
+            log.warning("camera %s: the serial in its officer information (%r) differs from its "
+                        "ID code (%r); using the ID code", self.port, zfy.serial, serial_no)
+        clock = clock_text(camera_time)
+        flags: tuple[str, ...] = ()
+        if clock is None:
+            # A dead clock battery or damaged firmware: evidence is never refused, the
+            # clock is set at this dock and every recording says its time was not known.
+            flags = (CLOCK_INVALID,)
+            log.warning("camera %s (%s): its clock reads no valid date (a dead clock battery?); "
+                        "it is set at this dock and its recordings are flagged %s", self.port,
+                        serial_no, CLOCK_INVALID)
+            log.debug("camera %s: GetDevTime said %r s since 1970", self.port, camera_time)
         entry = self.entry
+        health = self._health()
         log.info("camera %s: %s, officer %s (%s)", self.port, serial_no, zfy.officer_id,
                  zfy.unit_code)
         return DeviceInfo(
             serial=serial_no, vendor=entry.vendor if entry else "",
             model=entry.model if entry else "", firmware=firmware,
             officer_id=zfy.officer_id, officer_name=zfy.officer_name,
-            unit_code=zfy.unit_code, unit_name=zfy.unit_name, clock=rfc3339(clock),
+            unit_code=zfy.unit_code, unit_name=zfy.unit_name, clock=clock,
             driver=KEY, usb_id=self.usb_id, name_pattern=entry.name_pattern if entry else None,
+            health=health, flags=flags,
         )
+
+    # --- battery ------------------------------------------------------------------------------
+
+    def read_health(self) -> DeviceHealth | None:
+        """Battery, charging and resolution now; None, without I/O, when the camera cannot
+        be asked (serial interface gone with the switch to storage, password refused)."""
+        if not self.client.alive() or self.client.refused is not None:
+            return None
+        try:
+            return self._health()
+        except DeviceError as exc:
+            log.debug("camera %s: no battery reading: %s", self.port, exc)
+            return None
+
+    def _health(self) -> DeviceHealth:
+        """A camera that does not support a reading has None there; a gone one raises."""
+        client = self.client
+        percent: int | None = None
+        charge = Charge.UNKNOWN
+        resolution: tuple[int, int, int] | None = None
+        try:
+            percent, charge = client.read_battery()
+        except DeviceGoneError:
+            raise
+        except DeviceError as exc:
+            log.info("camera %s: battery level not available: %s", self.port, exc)
+        try:
+            resolution = client.read_resolution()
+        except DeviceGoneError:
+            raise
+        except DeviceError as exc:
+            log.info("camera %s: video resolution not available: %s", self.port, exc)
+        return DeviceHealth(battery_percent=percent, charging=_CHARGE_WORDS.get(charge),
+                            resolution=resolution, at=time_now())
 
     # --- recordings: through the mass-storage volume ----------------------------------------
 
     def storage(self) -> MassStorageDevice:
-        """The camera's volume, switching the camera to mass storage on first use."""
+        """The camera's volume, switching the camera to mass storage on first use.
+
+        A failed SetMSDC is not the end: the camera may have switched and lost
+        its answer with the serial interface; the volume appearing decides.
+        """
         with self._lock:
             if self._storage is not None and self._storage.present():
                 return self._storage
             info = self._info if self._info is not None else self.identify()
             before = set(self._entries())
-            log.info("camera %s (%s): switching to mass storage (SetMSDC)", self.port,
-                     info.serial)
-            self.client.set_msdc()
-            mount_point = self._wait_for_volume(info.serial, before)
+            log.info("camera %s (%s): switching to USB storage", self.port, info.serial)
+            failed: DeviceError | None = None
+            try:
+                self.client.set_msdc()
+            except DeviceError as exc:
+                log.debug("camera %s: SetMSDC failed (%s); waiting for the volume anyway",
+                          self.port, exc)
+                failed = exc
+            mount_point = self._wait_for_volume(info.serial, before, failed)
+            if failed is not None:
+                log.info("camera %s (%s): switched to USB storage although its answer was lost",
+                         self.port, info.serial)
             source = self._mount_source(mount_point)
             usb = usb_for_source(SYSFS_ROOT, source) if source else None
             extensions = (self.entry.extensions if self.entry is not None
@@ -195,7 +279,8 @@ class Gat947Device:
             names.append(name)
         return names
 
-    def _wait_for_volume(self, serial_no: str, before: set[str]) -> Path:
+    def _wait_for_volume(self, serial_no: str, before: set[str],
+                         failed: DeviceError | None) -> Path:
         """The entry named after the ID code, else the only entry that appeared since ``before``.
 
         Names come from listing ``mount_root``; the ID code is only compared
@@ -219,18 +304,61 @@ class Gat947Device:
         if new:
             more = (f"; {len(new)} new volumes appeared and none is named {serial_no!r}: "
                     f"{', '.join(sorted(new))}")
-        raise DeviceError(f"camera {self.port} ({serial_no}) was switched to mass storage "
-                          f"(SetMSDC) but no volume appeared under {self.mount_root} within "
-                          f"{timeout:g} s{more}; check the automounter (docs/GAT947.md)")
+        if failed is not None:
+            raise DeviceError(f"{failed}; and no storage appeared under {self.mount_root} "
+                              f"within {timeout:g} s{more}")
+        raise DeviceError(f"camera {self.port} ({serial_no}) was switched to USB storage but "
+                          f"its storage did not appear under {self.mount_root} within "
+                          f"{timeout:g} s{more}; check the automount rule (docs/OPERATIONS.md, "
+                          "serial cameras)")
 
     # --- clock, presence ----------------------------------------------------------------------
 
     def sync_clock(self, now: float) -> float | None:
-        """SyncDevTime to ``now``; the camera clock minus true time before, in seconds."""
-        before, target = self.client.sync_dev_time(now, time.monotonic())
-        offset = round(before - target, 3)
-        log.info("camera %s: clock was off by %+.3f s; set (SyncDevTime)", self.port, offset)
-        return offset
+        """Measure (GetDevTime), set (SyncDevTime) and read back the camera clock.
+
+        Returns the offset measured before the set: camera clock minus true time,
+        seconds.  (SyncDevTime's own answer cannot measure it: after a lost answer
+        the resend finds the clock already set by the lost attempt.)  The set is
+        tried twice; DeviceError if the clock read back is still more than
+        CLOCK_CONFIRM_S off, or if the serial interface left with the switch to
+        storage (the dock session sets the clock before the switch).
+        """
+        since = time.monotonic()
+
+        def true_now() -> float:
+            return now + (time.monotonic() - since)
+
+        with self._lock:
+            switched = self._storage is not None
+        if switched and not self.client.alive():
+            raise DeviceError(f"camera {self.port}: its clock cannot be set now: its serial "
+                              "interface left when it switched to USB storage (the clock is set "
+                              "when it docks, before the switch)")
+        before = self._clock_offset(true_now)
+        after = before
+        for attempt in (1, 2):
+            old, sent, attempts = self.client.sync_dev_time(now, since)
+            log.debug("camera %s: SyncDevTime to %.3f in %d attempt(s); it said %.3f before",
+                      self.port, sent, attempts, old)
+            after = self._clock_offset(true_now)
+            if abs(after) <= CLOCK_CONFIRM_S:
+                break
+            log.debug("camera %s: clock read back %+.3f s off after set %d", self.port, after,
+                      attempt)
+        else:
+            raise DeviceError(f"camera {self.port}: setting the camera clock failed: it still "
+                              f"reads {after:+.1f} s off after being set twice; the camera's "
+                              "clock may be faulty")
+        log.info("camera %s: clock was off by %+.3f s; set (now off by %+.3f s)", self.port,
+                 before, after)
+        return round(before, 3)
+
+    def _clock_offset(self, true_now: Callable[[], float]) -> float:
+        """Camera clock minus true time, read with GetDevTime (midpoint of the exchange)."""
+        sent = true_now()
+        camera_time = self.client.get_dev_time()
+        return camera_time - (sent + true_now()) / 2
 
     def present(self) -> bool:
         """The volume is there, or the port is open and the camera answers."""
@@ -240,6 +368,8 @@ class Gat947Device:
             return True
         if not self.client.alive():
             return False
+        if self.client.refused is not None:
+            return True  # it answered, refusing the password: docked, and not asked again
         try:
             self.client.get_id_code()
         except DeviceError as exc:
@@ -255,8 +385,8 @@ class Gat947Device:
             storage = self._storage
         return storage is not None and storage.present()
 
-    def close(self) -> None:
-        self.client.close()
+    def close(self, *, wait: bool = False) -> None:
+        self.client.close(wait=wait)
 
     def __repr__(self) -> str:
         return f"Gat947Device({self.port!r})"

@@ -13,9 +13,13 @@ takes one made by :func:`drivers.simcam.make_camera` and its identity file.
 
 Faults for tests: ``silent`` (requests are read and never answered),
 ``corrupt_responses`` (the next n answers carry a wrong CRC), ``busy_responses``
-(the next n answers are BUSY), ``mount_on_msdc = False`` (SetMSDC is accepted
-but no volume appears), ``drop_port_on_msdc`` (the serial interface vanishes
-after SetMSDC, as on most real cameras) and :meth:`close` (unplugged).
+(the next n answers are BUSY), ``lost_answers`` (the next n requests are
+carried out but their answers never arrive), ``noise`` (byte strings sent
+before the next answers, one each: line noise, half frames, fake headers),
+``dead_clock_ms`` (the clock reads this raw value until it is set: a dead
+clock battery), ``mount_on_msdc = False`` (SetMSDC is accepted but no volume
+appears), ``drop_port_on_msdc`` (the serial interface vanishes after SetMSDC,
+as on most real cameras) and :meth:`close` (unplugged).
 """
 
 from __future__ import annotations
@@ -28,16 +32,19 @@ import select
 import threading
 import time
 import tty
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from agent.durable import fsync_dir
 from drivers.gat947_wire import (
+    EMPTY_REQUEST,
+    PASSWORD_MAX,
     RESOLUTION,
     RESPONSE_BIT,
     TIME,
-    ZFY_SIZE,
+    Charge,
     Command,
     Frame,
     FrameError,
@@ -45,6 +52,7 @@ from drivers.gat947_wire import (
     Status,
     ZfyInfo,
     encode,
+    zfy_refusal,
 )
 from drivers.simulated import IDENTITY_FILE
 
@@ -60,8 +68,8 @@ class Gat947Sim:
     def __init__(self, storage: Path, mount_root: Path, *, password: str | bytes, id_code: str,
                  zfy: ZfyInfo, firmware: str = "simcam-1.0", clock_offset_s: float = 0.0,
                  resolution: tuple[int, int, int] = (1920, 1080, 30), battery: int = 87,
-                 mount_name: str | None = None, drop_port_on_msdc: bool = False,
-                 lockout_after: int = 5) -> None:
+                 charging: Charge = Charge.CHARGING, mount_name: str | None = None,
+                 drop_port_on_msdc: bool = False, lockout_after: int = 5) -> None:
         self.storage = storage
         self.mount_root = mount_root
         self.password = password.encode("utf-8") if isinstance(password, str) else password
@@ -70,6 +78,7 @@ class Gat947Sim:
         self.firmware = firmware
         self.resolution = resolution
         self.battery = battery
+        self.charging = charging
         self.mount_name = mount_name or id_code
         self.drop_port_on_msdc = drop_port_on_msdc
         self.lockout_after = lockout_after
@@ -77,9 +86,13 @@ class Gat947Sim:
         self.silent = False
         self.corrupt_responses = 0
         self.busy_responses = 0
+        self.lost_answers = 0
+        self.noise: list[bytes] = []
+        self.dead_clock_ms: int | None = None
         self.mount_on_msdc = True
         # What happened, for tests to assert on.
         self.requests: list[Frame] = []
+        self.request_times: list[float] = []  # time.monotonic() of each request's arrival
         self.responses: list[bytes] = []
         self.mounted: Path | None = None
         self._clock_lock = threading.Lock()
@@ -158,6 +171,12 @@ class Gat947Sim:
     def device_time(self) -> float:
         return time.time() + self.clock_offset_s
 
+    def _clock_ms(self) -> int:
+        with self._clock_lock:
+            if self.dead_clock_ms is not None:
+                return self.dead_clock_ms
+            return round((time.time() + self._clock_offset_s) * 1000)
+
     # --- storage ------------------------------------------------------------------------------
 
     def _mount(self) -> int:
@@ -205,17 +224,25 @@ class Gat947Sim:
 
     def _on_request(self, frame: Frame) -> None:
         self.requests.append(frame)
+        self.request_times.append(time.monotonic())
         if self.silent or frame.command & RESPONSE_BIT:
             return
         if self.busy_responses > 0:
             self.busy_responses -= 1
             status, payload = int(Status.BUSY), b""
+        elif frame.status != 0:
+            status, payload = int(Status.BAD_PAYLOAD), b""  # docs §5: requests carry 00
         else:
             status, payload = self._handle(frame.command, frame.payload)
         wire = encode(Frame(frame.command | RESPONSE_BIT, frame.seq, status, payload))
         if self.corrupt_responses > 0:
             self.corrupt_responses -= 1
             wire = wire[:-1] + bytes([wire[-1] ^ 0xFF])
+        if self.lost_answers > 0:
+            self.lost_answers -= 1
+            wire = b""
+        if self.noise and wire:
+            wire = self.noise.pop(0) + wire
         self.responses.append(wire)
         view = memoryview(wire)
         while view:
@@ -227,38 +254,40 @@ class Gat947Sim:
             self._hang_up()
 
     def _handle(self, command: int, payload: bytes) -> tuple[int, bytes]:
-        if command == Command.INIT_DEVICE:
-            return self._login(payload), b""
         if command not in _COMMANDS:
-            return Status.UNKNOWN_COMMAND, b""
+            return Status.UNKNOWN_COMMAND, b""  # logged in or not (docs §5)
+        if command == Command.INIT_DEVICE:
+            if len(payload) > PASSWORD_MAX:
+                return Status.BAD_PAYLOAD, b""  # not a password: not counted
+            return self._login(payload), b""
         if not self._authenticated:
             return Status.NOT_AUTHENTICATED, b""
+        if command in EMPTY_REQUEST and payload:
+            return Status.BAD_PAYLOAD, b""
         if command == Command.GET_ID_CODE:
             return Status.OK, self.id_code.encode("ascii") + self.firmware.encode("ascii")
         if command == Command.GET_ZFY_INFO:
             return Status.OK, self.zfy.encode()
         if command == Command.WRITE_ZFY_INFO:
-            if len(payload) != ZFY_SIZE:
+            if zfy_refusal(payload, self.id_code) is not None:
                 return Status.BAD_PAYLOAD, b""
-            try:
-                self.zfy = ZfyInfo.decode(payload)[0]
-            except FrameError:
-                return Status.BAD_PAYLOAD, b""
+            written = ZfyInfo.decode(payload)[0]
+            self.zfy = replace(written, serial=self.id_code)  # the ID code is the hardware's
             return Status.OK, b""
         if command == Command.GET_DEV_TIME:
-            return Status.OK, TIME.pack(round(self.device_time() * 1000))
+            return Status.OK, TIME.pack(self._clock_ms())
         if command == Command.SYNC_DEV_TIME:
             if len(payload) != TIME.size:
                 return Status.BAD_PAYLOAD, b""
+            before = self._clock_ms()
             with self._clock_lock:
-                now = time.time()
-                before = now + self._clock_offset_s
-                self._clock_offset_s = TIME.unpack(payload)[0] / 1000 - now
-            return Status.OK, TIME.pack(round(before * 1000))
+                self.dead_clock_ms = None
+                self._clock_offset_s = TIME.unpack(payload)[0] / 1000 - time.time()
+            return Status.OK, TIME.pack(before)
         if command == Command.READ_RESOLUTION:
             return Status.OK, RESOLUTION.pack(*self.resolution)
         if command == Command.READ_BATTERY:
-            return Status.OK, bytes([self.battery])
+            return Status.OK, bytes([self.battery, self.charging])
         # Command.SET_MSDC
         return self._mount(), b""
 

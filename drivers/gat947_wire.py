@@ -1,34 +1,26 @@
-"""GA/T 947-style wire protocol: frames, CRC-16, ZFY_INFO, and the serial client.
+"""GA/T 947-style wire protocol: frames, CRC-16, the stream parser, ZFY_INFO, the password.
 
-The framing and command set are defined in docs/GAT947.md; the Device and
-Detector built on them are in drivers/gat947.py.
+The framing and command set are defined in docs/GAT947.md; the client that
+speaks them on a serial port is drivers/gat947_client.py, the Device and
+Detector built on it drivers/gat947.py.
+
+Invariants of the parser (docs/GAT947.md §2): whatever bytes it is fed, it
+never raises anything but :class:`FrameError`, never holds more than one
+frame's worth of bytes once drained, and does a bounded amount of work per
+byte; a damaged or fake header never hides a good frame behind it.
 """
 
 from __future__ import annotations
 
+import binascii
 import enum
-import errno
-import logging
 import os
-import select
 import stat
 import struct
-import termios
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
-import serial
-
-from agent.errors import ConfigError, DeviceError, DeviceGoneError
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
+from agent.errors import ConfigError
 
 # --- codec (docs/GAT947.md §2) ---------------------------------------------------------------
 
@@ -36,6 +28,7 @@ SOF = b"\xa5\x5a"
 VERSION = 0x01
 HEADER = struct.Struct(">2sBBBBH")  # SOF, version, command, seq, status, payload length
 MAX_PAYLOAD = 1024
+MAX_FRAME = HEADER.size + MAX_PAYLOAD + 2
 RESPONSE_BIT = 0x80
 PASSWORD_MAX = 32
 TIME = struct.Struct(">q")  # milliseconds since 1970-01-01T00:00:00Z
@@ -54,7 +47,8 @@ class Command(enum.IntEnum):
     SET_MSDC = 0x09
 
 
-# The vendor SDK's names, used in every message so support staff recognise them.
+# The vendor SDK's names: for the debug log and for vendors (the conformance kit), never
+# in a message for the people at the station (those say what the step does, see DOING).
 SDK_NAMES = {
     Command.INIT_DEVICE: "InitDevice", Command.GET_ID_CODE: "GetIDCode",
     Command.GET_ZFY_INFO: "GetZFYInfo", Command.WRITE_ZFY_INFO: "WriteZFYInfo",
@@ -62,6 +56,22 @@ SDK_NAMES = {
     Command.READ_RESOLUTION: "ReadDeviceResolution",
     Command.READ_BATTERY: "ReadDeviceBatteryDumpEnergy", Command.SET_MSDC: "SetMSDC",
 }
+
+# What each command does, in the words of an IT installer.
+DOING = {
+    Command.INIT_DEVICE: "logging in", Command.GET_ID_CODE: "reading the camera's ID",
+    Command.GET_ZFY_INFO: "reading the officer information",
+    Command.WRITE_ZFY_INFO: "writing the officer information",
+    Command.GET_DEV_TIME: "reading the camera clock",
+    Command.SYNC_DEV_TIME: "setting the camera clock",
+    Command.READ_RESOLUTION: "reading the video resolution",
+    Command.READ_BATTERY: "reading the battery level",
+    Command.SET_MSDC: "switching the camera to USB storage",
+}
+
+# Commands whose request payload is empty (anything else is BAD_PAYLOAD, docs §4).
+EMPTY_REQUEST = frozenset({Command.GET_ID_CODE, Command.GET_ZFY_INFO, Command.GET_DEV_TIME,
+                           Command.READ_RESOLUTION, Command.READ_BATTERY, Command.SET_MSDC})
 
 
 class Status(enum.IntEnum):
@@ -75,6 +85,15 @@ class Status(enum.IntEnum):
     DEVICE_FAULT = 0x07
 
 
+class Charge(enum.IntEnum):
+    """The optional second byte of the battery answer (docs/GAT947.md §4)."""
+
+    NOT_CHARGING = 0x00
+    CHARGING = 0x01
+    FULL = 0x02
+    UNKNOWN = 0xFF
+
+
 def command_name(code: int) -> str:
     try:
         return SDK_NAMES[Command(code & ~RESPONSE_BIT)]
@@ -82,29 +101,17 @@ def command_name(code: int) -> str:
         return f"command 0x{code:02x}"
 
 
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for i in range(256):
-        crc = i << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-        table.append(crc & 0xFFFF)
-    return tuple(table)
+def crc16_ccitt(data: bytes | bytearray | memoryview) -> int:
+    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, not reflected, no final xor.
 
-
-_CRC_TABLE = _crc_table()
-
-
-def crc16_ccitt(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, not reflected, no final xor."""
-    crc = 0xFFFF
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC_TABLE[(crc >> 8) ^ byte]
-    return crc
+    binascii's CRC-HQX is this very CRC, computed in C: the parser may check a
+    candidate frame at every SOF of hostile input, so the speed matters.
+    """
+    return binascii.crc_hqx(data, 0xFFFF)
 
 
 class FrameError(ValueError):
-    """Bytes that are not a valid frame (bad checksum, version or length)."""
+    """Bytes that are not a valid frame (bad checksum, version or length, cut short)."""
 
 
 @dataclass(frozen=True)
@@ -124,54 +131,121 @@ def encode(frame: Frame) -> bytes:
     return SOF + body + crc16_ccitt(body).to_bytes(2, "big")
 
 
+def _header_problem(version: int, length: int) -> str | None:
+    if version != VERSION:
+        return f"unsupported protocol version {version}"
+    if length > MAX_PAYLOAD:
+        return f"payload length {length} exceeds {MAX_PAYLOAD}"
+    return None
+
+
 class FrameParser:
-    """Cuts frames out of a byte stream, resynchronising on SOF after garbage or damage."""
+    """Cuts frames out of a byte stream, resynchronising at the next SOF after damage.
+
+    Rules (docs/GAT947.md §2): bytes before an SOF are skipped; a frame with a
+    wrong version, a length above 1024 or a wrong CRC is dropped from its SOF
+    only (not by its claimed length, which may be the damaged field); and while
+    the frame at the head is still incomplete, a complete frame with a good CRC
+    that starts at a later SOF among the bytes received wins: the head's header
+    was damaged or fake (it claimed more bytes than were sent) and is dropped.
+
+    Bounded: each later SOF is looked at once per head (its header when it is
+    complete, its CRC when its bytes are), so a burst of SOF bytes costs linear
+    work, and once :meth:`next` returned None the buffer holds less than one
+    frame (:data:`MAX_FRAME` bytes).
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._scan_from = 1  # where the search for later SOFs resumes (head unchanged)
+        self._waiting: list[tuple[int, int]] = []  # later frames: (start, end), incomplete
 
     def feed(self, data: bytes) -> None:
         self._buf += data
 
     def clear(self) -> None:
         self._buf.clear()
+        self._new_head()
 
     @property
     def pending(self) -> int:
         return len(self._buf)
 
+    def _new_head(self) -> None:
+        self._scan_from = 1
+        self._waiting.clear()
+
+    def _drop(self, count: int) -> None:
+        del self._buf[:count]
+        self._new_head()
+
     def next(self) -> Frame | None:
         """The next complete frame, None if more bytes are needed; FrameError for a bad one.
 
-        A bad frame is dropped from its SOF only (not by its claimed length,
-        which may be the damaged part), so a good frame behind it is found.
+        After a FrameError the bad bytes are gone: call again for what follows.
         """
         buf = self._buf
         start = buf.find(SOF)
         if start < 0:
-            del buf[:-1 if buf.endswith(SOF[:1]) else len(buf)]
+            keep = 1 if buf.endswith(SOF[:1]) else 0
+            if len(buf) > keep:
+                self._drop(len(buf) - keep)
             return None
-        del buf[:start]
+        if start:
+            self._drop(start)
         if len(buf) < HEADER.size:
             return None
         _sof, version, command, seq, status, length = HEADER.unpack_from(buf)
-        if version != VERSION:
-            del buf[:len(SOF)]
-            raise FrameError(f"unsupported protocol version {version}")
-        if length > MAX_PAYLOAD:
-            del buf[:len(SOF)]
-            raise FrameError(f"payload length {length} exceeds {MAX_PAYLOAD}")
+        problem = _header_problem(version, length)
+        if problem is not None:
+            self._drop(len(SOF))
+            raise FrameError(problem)
         total = HEADER.size + length + 2
-        if len(buf) < total:
+        if len(buf) >= total:
+            got = int.from_bytes(buf[total - 2:total], "big")
+            want = crc16_ccitt(memoryview(buf)[len(SOF):total - 2])
+            if got != want:
+                self._drop(len(SOF))
+                raise FrameError(f"checksum mismatch (frame says 0x{got:04x}, bytes give "
+                                 f"0x{want:04x})")
+            payload = bytes(buf[HEADER.size:total - 2])
+            self._drop(total)
+            return Frame(command, seq, status, payload)
+        later = self._complete_frame_behind()
+        if later is None:
             return None
-        body = bytes(buf[len(SOF):total - 2])
-        got, want = int.from_bytes(buf[total - 2:total], "big"), crc16_ccitt(body)
-        if got != want:
-            del buf[:len(SOF)]
-            raise FrameError(f"checksum mismatch (frame says 0x{got:04x}, bytes give "
-                             f"0x{want:04x})")
-        del buf[:total]
-        return Frame(command, seq, status, body[HEADER.size - len(SOF):])
+        self._drop(later)
+        raise FrameError(f"a header claiming {length} payload bytes was followed by a complete "
+                         f"frame {later} bytes later; dropped the header")
+
+    def _complete_frame_behind(self) -> int | None:
+        """Start of the first complete, valid frame behind the incomplete head, if any."""
+        buf = self._buf
+        pos = self._scan_from
+        while True:
+            pos = buf.find(SOF, pos)
+            if pos < 0:
+                self._scan_from = max(1, len(buf) - 1)  # an SOF may straddle the end
+                break
+            if pos + HEADER.size > len(buf):
+                self._scan_from = pos  # its header is not complete: look again later
+                break
+            _sof, version, _c, _q, _s, length = HEADER.unpack_from(buf, pos)
+            if _header_problem(version, length) is None:
+                self._waiting.append((pos, pos + HEADER.size + length + 2))
+            pos += 1
+        found = None
+        still = []
+        for begin, end in self._waiting:
+            if end > len(buf):
+                still.append((begin, end))
+                continue
+            if int.from_bytes(buf[end - 2:end], "big") == crc16_ccitt(
+                    memoryview(buf)[begin + len(SOF):end - 2]):
+                found = begin if found is None else min(found, begin)
+            # a complete candidate with a bad CRC is not a frame: forgotten
+        self._waiting = still
+        return found
 
 
 def decode(data: bytes) -> Frame:
@@ -188,9 +262,31 @@ def decode(data: bytes) -> Frame:
     return frame
 
 
+# --- ZFY_INFO (docs/GAT947.md §4) ------------------------------------------------------------
+
 ZFY_FIELDS = (("serial", 7), ("officer_id", 6), ("officer_name", 32), ("unit_code", 12),
               ("unit_name", 32))
 ZFY_SIZE = sum(size for _, size in ZFY_FIELDS)  # 89
+ZFY_DIGITS = frozenset({"officer_id", "unit_code"})
+
+
+def fit_gbk(name: str, text: str, size: int) -> bytes:
+    """``text`` in GBK, cut at the last whole character that fits in ``size`` bytes.
+
+    ValueError if it holds a NUL or a character GBK cannot represent.
+    """
+    out = bytearray()
+    for char in text:
+        try:
+            raw = char.encode("gbk")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"ZFY_INFO {name}: {char!r} is not representable in GBK") from exc
+        if raw == b"\0":
+            raise ValueError(f"ZFY_INFO {name}: holds a NUL character")
+        if len(out) + len(raw) > size:
+            break
+        out += raw
+    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -204,16 +300,10 @@ class ZfyInfo:
     unit_name: str
 
     def encode(self) -> bytes:
+        """89 bytes; text longer than its field is cut at a character boundary (docs §4)."""
         out = bytearray()
         for name, size in ZFY_FIELDS:
-            try:
-                raw = getattr(self, name).encode("gbk")
-            except UnicodeEncodeError as exc:
-                raise ValueError(f"ZFY_INFO {name}: not representable in GBK ({exc})") from exc
-            if len(raw) > size or b"\0" in raw:
-                raise ValueError(f"ZFY_INFO {name}: {len(raw)} bytes in GBK, at most {size} "
-                                 "without NUL")
-            out += raw.ljust(size, b"\0")
+            out += fit_gbk(name, getattr(self, name), size).ljust(size, b"\0")
         return bytes(out)
 
     @classmethod
@@ -236,6 +326,24 @@ class ZfyInfo:
                 bad.append(name)
         return cls(**values), bad
 
+
+def zfy_refusal(payload: bytes, id_code: str) -> str | None:
+    """Why a camera refuses this WriteZFYInfo payload with BAD_PAYLOAD (docs §4), or None."""
+    if len(payload) != ZFY_SIZE:
+        return f"ZFY_INFO is {ZFY_SIZE} bytes, got {len(payload)}"
+    info, bad = ZfyInfo.decode(payload)
+    if bad:
+        return f"not valid GBK: {', '.join(bad)}"
+    for name in ZFY_DIGITS:
+        value = getattr(info, name)
+        if not all("0" <= c <= "9" for c in value):
+            return f"{name} holds something other than ASCII digits"
+    if info.serial not in ("", id_code):
+        return "the device serial is not the camera's ID code"
+    return None
+
+
+# --- the password (docs/GAT947.md §3) --------------------------------------------------------
 
 class Password:
     """The camera password; its repr never shows it."""
@@ -282,283 +390,3 @@ def read_password(path: Path | None) -> Password:
     if len(line) > PASSWORD_MAX:
         raise ConfigError(f"{where}: the password in {path} is longer than {PASSWORD_MAX} bytes")
     return Password(line)
-
-
-# --- the client: one port, one owner thread ---------------------------------------------------
-
-_GONE_ERRNOS = frozenset({errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.EIO})
-# What pyserial lets through from a vanished port: its own errors, OSError, and termios.error
-# (tcflush on a hung-up tty), which is not an OSError.
-_PORT_ERRORS = (serial.SerialException, OSError, termios.error)
-_SETTLE_S = 0.02  # let the tail of a garbled answer arrive before it is flushed
-
-
-class _NoAnswer(Exception):
-    """No matching response before the deadline (one attempt)."""
-
-
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("ascii", errors="replace").strip()
-
-
-class Gat947Client:
-    """The protocol on one serial port.
-
-    Public methods may be called from any thread: each runs as a job on the
-    port's single owner thread (a one-worker executor), which alone opens,
-    reads, writes and closes the port.  Retries are that thread's business,
-    so a command takes at most ``(retries + 1) * timeout_s`` plus a few ms.
-    """
-
-    def __init__(self, port: str, *, password: Password, baudrate: int = 115200,
-                 timeout_s: float = 1.0, retries: int = 2) -> None:
-        self.port = port
-        self.baudrate = baudrate
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self._password = password
-        self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gat947:{port}")
-        self._fd_lock = threading.Lock()  # guards _serial against alive() polling a closed fd
-        self._serial: serial.Serial | None = None
-        self._parser = FrameParser()
-        self._seq = 0
-        self._authenticated = False
-        self._gone: str | None = None
-        self._closed = False
-
-    # --- any thread ---------------------------------------------------------------------------
-
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._closed:
-            raise DeviceGoneError(f"camera {self.port}: the connection was closed (undocked)")
-        try:
-            future = self._owner.submit(fn, *args)
-        except RuntimeError as exc:  # shut down meanwhile
-            raise DeviceGoneError(f"camera {self.port}: the connection was closed") from exc
-        return future.result()
-
-    def init_device(self) -> None:
-        """InitDevice: log in with the password (again, even if logged in)."""
-        self._call(self._login)
-
-    def get_id_code(self) -> tuple[str, str]:
-        """GetIDCode: (ID code, firmware version)."""
-        data = self._call(self._command, Command.GET_ID_CODE, b"")
-        self._need(Command.GET_ID_CODE, data, 7, exact=False)
-        return _text(data[:7]), _text(data[7:])
-
-    def get_zfy_info(self) -> ZfyInfo:
-        data = self._call(self._command, Command.GET_ZFY_INFO, b"")
-        self._need(Command.GET_ZFY_INFO, data, ZFY_SIZE)
-        info, bad = ZfyInfo.decode(data)
-        if bad:
-            log.warning("camera %s: ZFY_INFO field(s) %s are not valid GBK; kept with "
-                        "replacement characters", self.port, ", ".join(bad))
-        return info
-
-    def write_zfy_info(self, info: ZfyInfo) -> None:
-        self._call(self._command, Command.WRITE_ZFY_INFO, info.encode())
-
-    def get_dev_time(self) -> float:
-        """GetDevTime: the camera clock, seconds since the epoch (UTC)."""
-        data = self._call(self._command, Command.GET_DEV_TIME, b"")
-        self._need(Command.GET_DEV_TIME, data, TIME.size)
-        return int(TIME.unpack(data)[0]) / 1000
-
-    def sync_dev_time(self, now: float, since: float) -> tuple[float, float]:
-        """SyncDevTime to ``now`` as of ``time.monotonic() == since``; (camera clock before, set).
-
-        The value sent is ``now`` advanced by the time spent waiting for the
-        port, so a busy port does not set the clock late.
-        """
-        return self._call(self._sync, now, since)
-
-    def read_resolution(self) -> tuple[int, int, int]:
-        """ReadDeviceResolution: (width, height, frames per second)."""
-        data = self._call(self._command, Command.READ_RESOLUTION, b"")
-        self._need(Command.READ_RESOLUTION, data, RESOLUTION.size)
-        width, height, fps = RESOLUTION.unpack(data)
-        return int(width), int(height), int(fps)
-
-    def read_battery(self) -> int | None:
-        """ReadDeviceBatteryDumpEnergy: percent left, None if the camera does not know (0xFF)."""
-        data = self._call(self._command, Command.READ_BATTERY, b"")
-        self._need(Command.READ_BATTERY, data, 1)
-        return None if data[0] == 0xFF else min(int(data[0]), 100)
-
-    def set_msdc(self) -> None:
-        """SetMSDC: the camera answers, then presents its storage as USB mass storage."""
-        self._call(self._command, Command.SET_MSDC, b"")
-
-    def alive(self) -> bool:
-        """Whether the port is usable, without any I/O: it exists, or is open and not hung up."""
-        if self._closed or self._gone is not None:
-            return False
-        with self._fd_lock:
-            if self._serial is None:
-                return os.path.exists(self.port)
-            return not self._hung_up_locked()
-
-    def close(self) -> None:
-        """Close the port once queued jobs are done; later calls raise DeviceGoneError."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._owner.submit(self._close_port)
-        except RuntimeError:
-            return
-        self._owner.shutdown(wait=False)
-
-    # --- the owner thread only ----------------------------------------------------------------
-
-    def _need(self, command: Command, data: bytes, size: int, *, exact: bool = True) -> None:
-        if len(data) < size or (exact and len(data) != size):
-            raise DeviceError(f"camera {self.port}: {SDK_NAMES[command]} answered "
-                              f"{len(data)} bytes, expected {'' if exact else 'at least '}{size}")
-
-    def _hung_up_locked(self) -> bool:
-        ser = self._serial
-        if ser is None or not ser.is_open:
-            return True
-        poller = select.poll()
-        poller.register(ser.fileno(), select.POLLHUP | select.POLLERR | select.POLLNVAL)
-        return bool(poller.poll(0))
-
-    def _open(self) -> serial.Serial:
-        if self._gone is not None:
-            raise DeviceGoneError(f"camera {self.port} is gone ({self._gone})")
-        if self._serial is not None:
-            return self._serial
-        try:
-            # exclusive: a second program (or a stray second client) on the port would
-            # steal half of the answers.
-            ser = serial.Serial(self.port, self.baudrate, timeout=self.timeout_s,
-                                write_timeout=self.timeout_s, exclusive=True)
-        except _PORT_ERRORS as exc:
-            raise self._port_error(exc, "opening the port") from exc
-        with self._fd_lock:
-            self._serial = ser
-        self._authenticated = False
-        self._parser.clear()
-        return ser
-
-    def _close_port(self) -> None:
-        with self._fd_lock:
-            ser, self._serial = self._serial, None
-            if ser is not None:
-                try:
-                    ser.close()
-                except _PORT_ERRORS as exc:
-                    log.debug("closing %s: %s", self.port, exc)
-
-    def _port_error(self, exc: Exception, doing: str) -> DeviceError:
-        code = getattr(exc, "errno", None)
-        if code is None and exc.args and isinstance(exc.args[0], int):
-            code = exc.args[0]  # termios.error carries (errno, text)
-        with self._fd_lock:
-            hung_up = self._serial is not None and self._hung_up_locked()
-        text = (f"[Errno {code}] {exc.args[1]}" if isinstance(exc, termios.error)
-                and len(exc.args) > 1 else str(exc))
-        if code in _GONE_ERRNOS or hung_up or not os.path.exists(self.port):
-            self._gone = f"{doing}: {text}"
-            self._close_port()
-            return DeviceGoneError(f"camera {self.port} is gone ({doing}: {text})")
-        if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
-            return DeviceError(f"camera {self.port} is busy: another program has the port open")
-        return DeviceError(f"camera {self.port}: {doing} failed: {text}")
-
-    def _login(self) -> None:
-        status, _ = self._exchange(Command.INIT_DEVICE, self._password.reveal())
-        if status == Status.AUTH_FAILED:
-            raise DeviceError(f"camera {self.port} refused the password "
-                              "(check devices.gat947.password_file)")
-        if status == Status.LOCKED:
-            raise DeviceError(f"camera {self.port} is locked after too many wrong passwords; "
-                              "fix devices.gat947.password_file and power-cycle the camera")
-        if status != Status.OK:
-            raise self._status_error(Command.INIT_DEVICE, status)
-        self._authenticated = True
-
-    def _command(self, command: Command, payload: bytes) -> bytes:
-        if not self._authenticated:
-            self._login()
-        status, data = self._exchange(command, payload)
-        if status == Status.NOT_AUTHENTICATED:
-            # The camera dropped the session (it rebooted, or the port was reopened).
-            log.info("camera %s forgot the login; logging in again", self.port)
-            self._authenticated = False
-            self._login()
-            status, data = self._exchange(command, payload)
-        if status != Status.OK:
-            raise self._status_error(command, status)
-        return data
-
-    def _sync(self, now: float, since: float) -> tuple[float, float]:
-        if not self._authenticated:
-            self._login()
-        target = now + (time.monotonic() - since)
-        data = self._command(Command.SYNC_DEV_TIME, TIME.pack(round(target * 1000)))
-        self._need(Command.SYNC_DEV_TIME, data, TIME.size)
-        return int(TIME.unpack(data)[0]) / 1000, target
-
-    def _status_error(self, command: Command, status: int) -> DeviceError:
-        try:
-            text = Status(status).name.lower().replace("_", " ")
-        except ValueError:
-            text = "unknown status"
-        return DeviceError(f"camera {self.port}: {SDK_NAMES[command]} failed: {text} "
-                           f"(status 0x{status:02x})")
-
-    def _exchange(self, command: Command, payload: bytes) -> tuple[int, bytes]:
-        """Send one request and return (status, payload) of its response, retrying."""
-        ser = self._open()
-        self._seq = (self._seq + 1) & 0xFF
-        seq = self._seq
-        request = encode(Frame(command, seq, 0, payload))
-        name = SDK_NAMES[command]
-        attempts = self.retries + 1
-        problem = ""
-        for attempt in range(1, attempts + 1):
-            if attempt > 1:
-                time.sleep(_SETTLE_S)
-            try:
-                # Retries keep the seq: every command is idempotent (docs/GAT947.md §4), so
-                # a late answer to an earlier attempt is as good as the awaited one.
-                ser.reset_input_buffer()
-                self._parser.clear()
-                ser.write(request)
-                frame = self._read_response(ser, command, seq)
-            except FrameError as exc:
-                problem = f"corrupt response ({exc})"
-            except _NoAnswer:
-                problem = f"no answer within {self.timeout_s:g} s"
-            except _PORT_ERRORS as exc:
-                raise self._port_error(exc, name) from exc
-            else:
-                if frame.status != Status.BUSY or attempt == attempts:
-                    return frame.status, frame.payload
-                problem = "camera busy"
-                time.sleep(self.timeout_s / 4)
-            log.warning("camera %s: %s attempt %d of %d failed: %s", self.port, name, attempt,
-                        attempts, problem)
-        raise DeviceError(f"camera {self.port}: {name} failed after {attempts} attempts: "
-                          f"{problem}")
-
-    def _read_response(self, ser: serial.Serial, command: Command, seq: int) -> Frame:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            frame = self._parser.next()
-            if frame is not None:
-                if frame.command == command | RESPONSE_BIT and frame.seq == seq:
-                    return frame
-                log.debug("camera %s: dropped a stale frame (%s, seq %d)", self.port,
-                          command_name(frame.command), frame.seq)
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _NoAnswer
-            ser.timeout = remaining
-            self._parser.feed(ser.read(max(1, ser.in_waiting)))
-
-
