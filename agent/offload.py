@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent import media
+from agent import devicehealth, media
 from agent.alerts import Alerts
 from agent.clipcopy import ClipCopier, database_full, mtime_ms, reset_if_copying
 from agent.config import Config
@@ -82,6 +82,9 @@ class Offloader:
 
     def _session(self, device: Device, info: DeviceInfo, report: DockReport) -> None:
         dock_id = self._record_dock(device, info, report)
+        # Before anything switches the camera to storage: most serial cameras drop their
+        # serial interface with the switch, and the clock could not be set after it.
+        self._sync_clock(device, info, report)
         try:
             self._release_acknowledged(device, info)
             todo = self._list_and_register(device, info, dock_id, report)
@@ -95,8 +98,6 @@ class Offloader:
         except DeviceError as exc:
             report.errors.append(str(exc))
             self.alerts.send(info.serial, "device.error", str(exc))
-        if not report.errors and device.present():
-            self._sync_clock(device, info)
         self._save_report(dock_id, report)
 
     def _identify(self, device: Device, report: DockReport) -> DeviceInfo | None:
@@ -139,9 +140,11 @@ class Offloader:
             cur = tx.execute("INSERT INTO docks (device_serial, handle, docked_at) VALUES (?,?,?)",
                              (info.serial, device.handle, at))
             dock_id = int(cur.lastrowid or 0)
+            devicehealth.record(tx, info.serial, info.health, new_docking=True)
             body = device_body(info)
             body.update({"handle": device.handle, "dock_id": dock_id,
-                         "clock_offset_s": report.clock_offset_s})
+                         "clock_offset_s": report.clock_offset_s,
+                         "health": info.health.as_dict() if info.health else None})
             tx.log("device.docked", None, body)
             tx.event("device.docked", body)
         return dock_id
@@ -211,7 +214,7 @@ class Offloader:
                 report.already_ingested += 1
                 return None
             clip_id = uuid7()
-            flags = list(rec.name_flags)
+            flags = list(rec.name_flags) + list(info.flags)
             if rec.size == 0:
                 flags.append("file.empty")
             # The identity is fixed now: a later docking (another officer) never changes it.
@@ -265,7 +268,7 @@ class Offloader:
                            memory_mib=cfg.probe_memory_mib)
         return info.to_dict(), media.flags_for(info)
 
-    def _sync_clock(self, device: Device, info: DeviceInfo) -> None:
+    def _sync_clock(self, device: Device, info: DeviceInfo, report: DockReport) -> None:
         try:
             offset = device.sync_clock(time.time())
         except AgentError as exc:

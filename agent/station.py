@@ -21,6 +21,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.custody.sealer import Custody
+from agent.devicehealth import HealthMonitor
 from agent.durable import makedirs_durable
 from agent.errors import AgentError, StoreError, StoreFullError
 from agent.offload import DockReport, Offloader
@@ -63,6 +64,7 @@ class Station:
         self.offloader: Offloader | None = None
         self.detectors: list[Detector] = []
         self.sync: Any = None
+        self.health: HealthMonitor | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._active: dict[str, Future[DockReport]] = {}
         self._active_lock = threading.Lock()
@@ -216,6 +218,10 @@ class Station:
         timer = threading.Thread(target=self._resume_timer, name="resume", daemon=True)
         timer.start()
         self._stops.append(lambda: timer.join(timeout=5))
+        assert self.store is not None
+        self.health = HealthMonitor(self.store, self.docked_devices)
+        self.health.start()
+        self._stops.append(self.health.stop)
 
     def _resume_timer(self) -> None:
         while not self._stopping.wait(RESUME_INTERVAL_S):
@@ -353,8 +359,11 @@ class Station:
             except StoreFullError as exc:
                 # The timer signs one once there is room; the full disk is alerted already.
                 log.error("no checkpoint after the dock of %s: %s", device.handle, exc)
+        if not report.serial:
+            log.info("%s was not identified; nothing was read from it", device.handle)
+            return report
         log.info("offload of %s done: %d new, %d copied, %d already ingested, %d quarantined,"
-                 " %d skipped", report.serial or device.handle, report.new, len(report.copied),
+                 " %d skipped", report.serial, report.new, len(report.copied),
                  report.already_ingested, len(report.quarantined), report.skipped_count)
         return report
 
@@ -377,6 +386,11 @@ class Station:
         """Whether release jobs are queued or running (``run --once`` waits for them)."""
         with self._active_lock:
             return bool(self._jobs)
+
+    def docked_devices(self) -> dict[str, Device]:
+        """The devices docked now, by handle."""
+        with self._active_lock:
+            return dict(self._docked)
 
     def docked_device(self, serial: str) -> Device | None:
         if self.store is None:

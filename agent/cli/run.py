@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
         finally:
             station.stop()
         for report in summary.reports:
-            print(f"{report.serial or report.handle}: {report.recordings} recordings, "
+            if not report.serial:
+                print(f"{report.handle}: nothing read: {'; '.join(report.errors)}")
+                continue
+            print(f"{report.serial}: {report.recordings} recordings, "
                   f"{len(report.copied)} copied, {report.already_ingested} already ingested, "
                   f"{len(report.duplicates)} duplicates, {len(report.quarantined)} quarantined, "
                   f"{report.skipped_count} skipped" +

@@ -52,6 +52,24 @@ def collect(config: Config, store: Store) -> dict[str, Any]:
     }
 
 
+CHARGING_WORDS = {"charging": "charging", "full": "charged", "not_charging": "NOT CHARGING"}
+
+
+def battery_text(device: dict[str, Any]) -> str:
+    """``  battery 87 % charging, 1920x1080@30 (at ...)``, or "" if never reported."""
+    parts = []
+    if device["battery_percent"] is not None:
+        parts.append(f"battery {device['battery_percent']} %")
+    if device["charging"] is not None:
+        parts.append(CHARGING_WORDS.get(device["charging"], device["charging"]))
+    text = " ".join(parts)
+    resolution = device["resolution"]
+    if resolution:
+        text += (", " if text else "") + (f"{resolution['width']}x{resolution['height']}"
+                                          f"@{resolution['fps']}")
+    return f"  {text} (at {device['health_at']})" if text else ""
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     store = open_store(config)
@@ -65,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     print("devices:")
     for d in info["devices"] or []:
         print(f"  {d['serial']:<12} {d['model']:<20} officer {d['officer_id'] or '-':<8} "
-              f"{'DOCKED' if d['docked'] else 'last seen ' + d['last_seen']}")
+              f"{'DOCKED' if d['docked'] else 'last seen ' + d['last_seen']}"
+              + battery_text(d))
     if not info["devices"]:
         print("  (none seen yet)")
     print("clips: " + (", ".join(f"{k} {v}" for k, v in info["clips"].items() if v) or "none"))

@@ -259,13 +259,22 @@ class Store:
         return {r["state"]: int(r["n"]) for r in rows}
 
     def device_summaries(self) -> list[dict[str, Any]]:
-        """Every device seen, as the status report (CLI and MQTT) shows it."""
-        return [
-            {"serial": r["serial"], "model": r["model"], "officer_id": r["officer_id"],
-             "docked": r["docked_handle"] is not None, "last_seen": r["last_seen"],
-             "clock_offset_s": r["clock_offset_s"]}
-            for r in self.query("SELECT * FROM devices ORDER BY serial")
-        ]
+        """Every device seen, as the status report (CLI and MQTT) shows it.
+
+        Battery, charging and resolution are the latest reading (``health_at``
+        says when it was taken; None where the device never reported one).
+        """
+        summaries = []
+        for r in self.query("SELECT * FROM devices ORDER BY serial"):
+            health = json.loads(r["health"]) if r["health"] else {}
+            summaries.append({
+                "serial": r["serial"], "model": r["model"], "officer_id": r["officer_id"],
+                "docked": r["docked_handle"] is not None, "last_seen": r["last_seen"],
+                "clock_offset_s": r["clock_offset_s"],
+                "battery_percent": health.get("battery_percent"),
+                "charging": health.get("charging"), "resolution": health.get("resolution"),
+                "health_at": health.get("at")})
+        return summaries
 
     def outbox_backlog(self) -> int:
         """Events not yet acknowledged by the broker."""

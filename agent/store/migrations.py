@@ -227,4 +227,9 @@ MIGRATIONS: list[str] = [
         ORDER BY seq DESC LIMIT 1)
     WHERE state = 'duplicate'
     """,
+    # 6: the latest battery, charging and resolution reading of each device (JSON,
+    #    overwritten by each reading, so readings never grow the store).
+    """
+    ALTER TABLE devices ADD COLUMN health TEXT;
+    """,
 ]
