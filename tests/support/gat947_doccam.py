@@ -302,7 +302,11 @@ class DocCamera:
     def _zfy_bytes(self) -> bytes:
         out = bytearray(ZFY_LEN)
         for name, (offset, size) in ZFY.items():
-            raw = self.zfy[name].encode("gbk")[:size]
+            raw = b""
+            for char in self.zfy[name]:  # §4: cut at the last whole character that fits
+                if len(raw) + len(char.encode("gbk")) > size:
+                    break
+                raw += char.encode("gbk")
             out[offset:offset + len(raw)] = raw
         return bytes(out)
 

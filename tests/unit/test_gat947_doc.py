@@ -340,6 +340,16 @@ def test_recordings_of_a_camera_with_a_dead_clock_are_flagged(
     assert abs(camera.offset_s) < 1.0
 
 
+def test_text_longer_than_a_field_is_cut_at_a_character_boundary(dock: Dock) -> None:
+    camera = dock.camera()
+    camera.zfy["officer_name"] = "张" * 17  # 34 bytes of GBK for a 32-byte field
+    device = dock.device(camera.port)
+    assert device.identify().officer_name == "张" * 16
+    device.client.write_zfy_info(ZfyInfo(SERIAL, "054321", "A" + "李" * 16, "310101000000",
+                                         "黄浦"))
+    assert camera.zfy["officer_name"] == "A" + "李" * 15  # 31 bytes: no half character
+
+
 # --- frames: resync --------------------------------------------------------------------------
 
 def _answer_of(command: int, seq: int, payload: bytes) -> bytes:
