@@ -107,6 +107,7 @@ class Gat947Device:
         self._lock = threading.RLock()
         self._info: DeviceInfo | None = None
         self._storage: MassStorageDevice | None = None
+        self._clock_set = False  # in this docking (this object lives as long as it)
 
     @property
     def handle(self) -> str:
@@ -321,8 +322,9 @@ class Gat947Device:
         seconds.  (SyncDevTime's own answer cannot measure it: after a lost answer
         the resend finds the clock already set by the lost attempt.)  The set is
         tried twice; DeviceError if the clock read back is still more than
-        CLOCK_CONFIRM_S off, or if the serial interface left with the switch to
-        storage (the dock session sets the clock before the switch).
+        CLOCK_CONFIRM_S off.  Once the serial interface left with the switch to
+        storage: None if the clock was set in this docking before the switch (a
+        later session of the same docking has nothing to do), else DeviceError.
         """
         since = time.monotonic()
 
@@ -330,8 +332,11 @@ class Gat947Device:
             return now + (time.monotonic() - since)
 
         with self._lock:
-            switched = self._storage is not None
+            switched, set_before = self._storage is not None, self._clock_set
         if switched and not self.client.alive():
+            if set_before:
+                log.debug("camera %s: clock set before the switch to storage", self.port)
+                return None
             raise DeviceError(f"camera {self.port}: its clock cannot be set now: its serial "
                               "interface left when it switched to USB storage (the clock is set "
                               "when it docks, before the switch)")
@@ -350,6 +355,8 @@ class Gat947Device:
             raise DeviceError(f"camera {self.port}: setting the camera clock failed: it still "
                               f"reads {after:+.1f} s off after being set twice; the camera's "
                               "clock may be faulty")
+        with self._lock:
+            self._clock_set = True
         log.info("camera %s: clock was off by %+.3f s; set (now off by %+.3f s)", self.port,
                  before, after)
         return round(before, 3)
