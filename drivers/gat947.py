@@ -449,7 +449,7 @@ class Gat947Config:
     command_timeout_s: float = option(1.0, min=0.05, max=30,
                                       doc="Seconds to wait for each response.")
     retries: int = option(2, min=0, max=10,
-                          doc="Resends after a timeout or a corrupt response.")
+                          doc="Resends, 20 ms apart, after a timeout, a damaged answer or BUSY.")
 
 
 class PortInfo(NamedTuple):

@@ -535,3 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report(args.port, results))
     return 1 if any(r.verdict == "FAIL" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
