@@ -82,8 +82,16 @@ _CHARGE_WORDS = {Charge.CHARGING: "charging", Charge.FULL: "full",
                  Charge.NOT_CHARGING: "not_charging"}
 
 
-def clock_text(camera_time: float) -> str | None:
-    """The camera time as RFC 3339, None when it is no date (before year 1, after 9999)."""
+# A clock further than this from the station's is not running: a dead clock battery reads
+# 1970 or 2000 (well inside), garbage reads year 9000 or int64 extremes.  Inside this range
+# every time corrected by the offset is still a date.
+CLOCK_PLAUSIBLE_S = 100 * 365.25 * 86400
+
+
+def clock_text(camera_time: float, now: float) -> str | None:
+    """The camera time as RFC 3339; None when it is no date, or not within 100 years of now."""
+    if not abs(camera_time - now) <= CLOCK_PLAUSIBLE_S:
+        return None
     try:
         return rfc3339(camera_time)
     except (ValueError, OverflowError, OSError):
@@ -145,15 +153,15 @@ class Gat947Device:
         if zfy.serial and zfy.serial != serial_no:
             log.warning("camera %s: the serial in its officer information (%r) differs from its "
                         "ID code (%r); using the ID code", self.port, zfy.serial, serial_no)
-        clock = clock_text(camera_time)
+        clock = clock_text(camera_time, time.time())
         flags: tuple[str, ...] = ()
         if clock is None:
             # A dead clock battery or damaged firmware: evidence is never refused, the
             # clock is set at this dock and every recording says its time was not known.
             flags = (CLOCK_INVALID,)
-            log.warning("camera %s (%s): its clock reads no valid date (a dead clock battery?); "
-                        "it is set at this dock and its recordings are flagged %s", self.port,
-                        serial_no, CLOCK_INVALID)
+            log.warning("camera %s (%s): its clock reads no plausible date (a dead clock "
+                        "battery?); it is set at this dock and its recordings are flagged %s",
+                        self.port, serial_no, CLOCK_INVALID)
             log.debug("camera %s: GetDevTime said %r s since 1970", self.port, camera_time)
         entry = self.entry
         health = self._health()
