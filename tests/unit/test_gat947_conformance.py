@@ -8,6 +8,7 @@ Both cameras answer on real pseudo-terminals.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,9 +28,10 @@ TIMEOUT = "0.3"
 
 def run_kit(port: str, password_file: Path, *extra: str) -> tuple[int, dict[str, str], str]:
     """Exit status, {check: verdict}, and the printed report."""
-    proc = subprocess.run([sys.executable, str(KIT), port, "--password-file",
-                           str(password_file), "--timeout", TIMEOUT, *extra],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    env = dict(os.environ, BWC_VENV=str(Path(sys.executable).parent.parent))
+    proc = subprocess.run([str(KIT), port, "--password-file", str(password_file), "--timeout",
+                           TIMEOUT, *extra], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env=env)
     verdicts = {}
     for line in proc.stdout.splitlines():
         match = re.match(r"\s+(PASS|FAIL|WARN|SKIP)\s+§\d+\s+([a-z0-9-]+): ", line)
