@@ -37,6 +37,7 @@ from agent.errors import (
 )
 from agent.ingest import copy_to_vault
 from agent.media.queue import ProbeQueue
+from agent.progress import DockObserver, NullObserver
 from agent.store import ClipState, Store
 from agent.timeutil import now, parse_rfc3339, rfc3339
 from agent.vault import Vault
@@ -60,7 +61,7 @@ class ClipCopier:
 
     def __init__(self, config: Config, store: Store, vault: Vault, alerts: Alerts,
                  probe: Probe, probes: ProbeQueue, *, after_copy: Callable[[str], None] | None,
-                 stopping: threading.Event) -> None:
+                 stopping: threading.Event, observer: DockObserver | None = None) -> None:
         self.config = config
         self.store = store
         self.vault = vault
@@ -69,6 +70,7 @@ class ClipCopier:
         self.probes = probes
         self.after_copy = after_copy
         self.stopping = stopping
+        self.observer: DockObserver = observer or NullObserver()  # the station's screen
 
     def copy(self, device: Device, info: DeviceInfo, clip_id: str, rec: Recording,
              report: DockReport) -> None:
@@ -82,6 +84,9 @@ class ClipCopier:
         for attempt in range(retries + 1):
             last = attempt == retries
             outcome = self._copy_once(device, info, clip_id, rec, report, last_attempt=last)
+            if outcome in ("duplicate", "quarantined"):
+                self.observer.clip_phase(device.handle, clip_id, rec,
+                                         "done" if outcome == "duplicate" else "failed")
             if outcome == "copied":
                 return  # recorded and sealed by _probe_and_record, on the probe worker
             if outcome == "duplicate":
@@ -101,12 +106,15 @@ class ClipCopier:
                           log_body={"attempt": attempts})
         temp = self.vault.temp_path(clip_id)
         self.vault.discard(temp)  # a leftover from an earlier attempt in this process
+        self.observer.clip_phase(device.handle, clip_id, rec, "copying")
         try:
             before = device.stat(rec)
             self._note_change_since_listing(clip_id, rec, before)
             with device.open(rec) as stream:
-                result = copy_to_vault(stream, temp, chunk_size=ingest.chunk_kib * 1024,
-                                       queue_chunks=ingest.queue_chunks, cancel=self.stopping)
+                result = copy_to_vault(
+                    stream, temp, chunk_size=ingest.chunk_kib * 1024,
+                    queue_chunks=ingest.queue_chunks, cancel=self.stopping,
+                    progress=lambda n: self.observer.clip_bytes(device.handle, clip_id, n))
             after = device.stat(rec)
         except DeviceGoneError as exc:
             self.vault.discard(temp)
@@ -144,8 +152,9 @@ class ClipCopier:
             self.vault.commit(temp, result.sha256)
             quarantine(self.store, clip_id, reason, result.sha256)
             return "quarantined"
+        self.observer.clip_phase(device.handle, clip_id, rec, "verifying")
         return self._store_copy(clip_id, temp, result.sha256, result.size, info, rec, report,
-                                last_attempt=last_attempt)
+                                last_attempt=last_attempt, handle=device.handle)
 
     def _note_change_since_listing(self, clip_id: str, rec: Recording,
                                    current: tuple[int, float]) -> None:
@@ -160,8 +169,8 @@ class ClipCopier:
                 "mtime": [rfc3339(row["mtime_ms"] / 1000), rfc3339(current[1])]})
 
     def _store_copy(self, clip_id: str, temp: Any, sha256: str, size: int, info: DeviceInfo,
-                    rec: Recording, report: DockReport, *,
-                    last_attempt: bool) -> Outcome | Literal["retry"]:
+                    rec: Recording, report: DockReport, *, last_attempt: bool,
+                    handle: str = "") -> Outcome | Literal["retry"]:
         existed = self.vault.has(sha256)
         repairs: list[Path] = []
 
@@ -204,25 +213,29 @@ class ClipCopier:
             # Known before the probe ends, so a second copy of the same bytes is a duplicate.
             tx.update_clip(clip_id, sha256=sha256)
         self.probes.submit(lambda: self._probe_and_record(clip_id, final, sha256, size,
-                                                          verified, info, rec, report))
+                                                          verified, info, rec, report, handle))
         return "copied"
 
     def _probe_and_record(self, clip_id: str, final: Path, sha256: str, size: int,
                           verified: bool, info: DeviceInfo, rec: Recording,
-                          report: DockReport) -> None:
+                          report: DockReport, handle: str = "") -> None:
         """Probe the vault copy, record the clip copied with its media facts, then seal it."""
+        self.observer.clip_phase(handle, clip_id, rec, "probing")
         try:
             self._record_copied(clip_id, final, sha256, size, verified, rec)
         except StoreFullError as exc:
             # The clip stays copying; the next session copies it again (its bytes are kept).
+            self.observer.clip_phase(handle, clip_id, rec, "failed")
             database_full(self.alerts, info, report, exc)
             return
         except AgentError as exc:
+            self.observer.clip_phase(handle, clip_id, rec, "failed")
             report.errors.append(f"{rec.path}: {exc}")
             self.alerts.send(info.serial, "ingest.failed", f"{rec.path}: {exc.diagnostics()}")
             reset_if_copying(self.store, clip_id, f"ingest failed: {exc}")
             return
         report.copied.append(clip_id)
+        self.observer.clip_phase(handle, clip_id, rec, "sealing")
         if self.after_copy is not None:
             try:
                 self.after_copy(clip_id)
@@ -233,6 +246,7 @@ class ClipCopier:
                                  f"clip {clip_id} ({rec.path}) is copied and verified but "
                                  f"not sealed yet: {exc.diagnostics()}; sealing is tried "
                                  "again within custody.checkpoint_interval_s")
+        self.observer.clip_phase(handle, clip_id, rec, "done")
 
     def _record_copied(self, clip_id: str, final: Path, sha256: str, size: int,
                        verified: bool, rec: Recording) -> None:

@@ -23,6 +23,7 @@ import mmap
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -152,8 +153,12 @@ def _open_temp(temp: Path, chunk_size: int) -> tuple[int, bool]:
 
 
 def copy_to_vault(source: BinaryIO, temp: Path, *, chunk_size: int, queue_chunks: int,
-                  cancel: threading.Event | None = None) -> CopyResult:
+                  cancel: threading.Event | None = None,
+                  progress: Callable[[int], None] | None = None) -> CopyResult:
     """Copy ``source`` to ``temp`` (created new, fsynced), hashing in the same pass.
+
+    ``progress(bytes_read_so_far)`` is called after each block is read (for the
+    station's screen); it must return quickly.
 
     Raises DeviceGoneError / DeviceError for the device side, StoreError for the
     vault side.  On any error the temp file is removed.
@@ -185,6 +190,8 @@ def copy_to_vault(source: BinaryIO, temp: Path, *, chunk_size: int, queue_chunks
             total += len(chunk)
             hash_q.put(chunk)
             write_q.put(chunk)
+            if progress is not None:
+                progress(total)
     except BaseException as exc:
         read_error = exc
     finally:

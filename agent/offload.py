@@ -32,6 +32,7 @@ from agent.dockreport import DockReport
 from agent.errors import AgentError, Cancelled, DeviceError, DeviceGoneError, StoreFullError
 from agent.listing import SHOWN, report_skipped, screen
 from agent.media.queue import ProbeQueue
+from agent.progress import DockObserver, NullObserver
 from agent.store import ClipState, Store
 from agent.timeutil import now, parse_rfc3339, rfc3339, uuid7
 from agent.vault import Vault
@@ -50,7 +51,8 @@ class Offloader:
                  after_copy: Callable[[str], None] | None = None,
                  before_listing: Callable[[Device, DeviceInfo], None] | None = None,
                  make_room: Callable[[], object] | None = None,
-                 stopping: threading.Event | None = None) -> None:
+                 stopping: threading.Event | None = None,
+                 observer: DockObserver | None = None) -> None:
         self.config = config
         self.store = store
         self.vault = vault
@@ -58,10 +60,12 @@ class Offloader:
         self.make_room = make_room
         self.stopping = stopping or threading.Event()
         self.alerts = Alerts(store)
+        self.observer: DockObserver = observer or NullObserver()  # the station's screen
         # Copied clips are probed here while the session copies the next recording.
         self.probes = ProbeQueue()
         self.copier = ClipCopier(config, store, vault, self.alerts, self._probe, self.probes,
-                                 after_copy=after_copy, stopping=self.stopping)
+                                 after_copy=after_copy, stopping=self.stopping,
+                                 observer=self.observer)
         self._serial_locks: dict[str, threading.Lock] = {}
         self._serial_locks_guard = threading.Lock()
 
@@ -109,6 +113,7 @@ class Offloader:
             return None
         report.serial, report.model, report.officer_id = info.serial, info.model, info.officer_id
         report.clock_offset_s = _clock_offset(info)
+        self.observer.identified(device.handle, info)
         return info
 
     @contextmanager
@@ -168,6 +173,7 @@ class Offloader:
             clip_id = self._register(info, rec, dock_id, report)
             if clip_id is not None:
                 todo.append((clip_id, rec))
+        self.observer.listed(device.handle, screened.recordings, len(screened.unreadable), todo)
         return todo
 
     def _copy_all(self, device: Device, info: DeviceInfo, todo: list[tuple[str, Recording]],

@@ -25,6 +25,7 @@ from agent.devicehealth import HealthMonitor
 from agent.durable import makedirs_durable
 from agent.errors import AgentError, StoreError, StoreFullError
 from agent.offload import DockReport, Offloader
+from agent.progress import ProgressRegistry
 from agent.store import ClipState, Store
 from agent.sync.retention import releases_due
 from agent.timeutil import now
@@ -65,6 +66,8 @@ class Station:
         self.detectors: list[Detector] = []
         self.sync: Any = None
         self.health: HealthMonitor | None = None
+        self.web: Any = None
+        self.progress = ProgressRegistry()  # live figures for the pages and the status
         self._pool: ThreadPoolExecutor | None = None
         self._active: dict[str, Future[DockReport]] = {}
         self._active_lock = threading.Lock()
@@ -90,6 +93,7 @@ class Station:
             self._start_sync()
             self._start_workers()
             if watch:
+                self._start_web()
                 self._start_detectors()
         except BaseException:
             self.stop()
@@ -191,11 +195,21 @@ class Station:
         make_room = sync.make_room if sync is not None else None
         self.offloader = Offloader(self.config, self.store, self.vault, after_copy=after_copy,
                                    before_listing=before_listing, make_room=make_room,
-                                   stopping=self._stopping)
+                                   stopping=self._stopping, observer=self.progress)
         self._pool = ThreadPoolExecutor(max_workers=self.config.station.max_ingest_workers,
                                         thread_name_prefix="dock")
         pool = self._pool
         self._stops.append(lambda: pool.shutdown(wait=True, cancel_futures=True))
+
+    def _start_web(self) -> None:
+        if self.config.web is None or not self.config.web.enabled:
+            return
+        from agent.web.server import WebServer  # stations without a screen never load it
+
+        assert self.store is not None
+        self.web = WebServer(self.config, self.store, self.vault, self.progress)
+        self.web.start()
+        self._stops.append(self.web.stop)
 
     def _make_detectors(self) -> list[Detector]:
         detectors = []
@@ -305,6 +319,7 @@ class Station:
         """
         if self._stopping.is_set() or self._pool is None:
             return None
+        self.progress.queued(device.handle)
         with self._active_lock:
             self._docked[device.handle] = device
             running = self._active.get(device.handle)
@@ -319,6 +334,7 @@ class Station:
     def _session_done(self, device: Device, future: Future[DockReport]) -> None:
         if not future.cancelled() and future.exception() is not None:
             exc = future.exception()
+            self.progress.finished(device.handle, [f"dock session failed: {exc}"])
             log.error("dock session of %s failed: %s", device.handle, exc)
             if self.store is not None:
                 try:
@@ -347,6 +363,7 @@ class Station:
         assert self.offloader is not None
         log.info("docked: %s", device.handle)
         report = self.offloader.offload(device)
+        self.progress.finished(device.handle, report.errors)
         self.reports.append(report)
         with self._active_lock:
             if report.stopped_full is not None:
@@ -450,6 +467,7 @@ class Station:
 
     def undock(self, handle: str) -> None:
         log.info("undocked: %s", handle)
+        self.progress.undocked(handle)
         with self._active_lock:
             self._docked.pop(handle, None)
         if self.store is None:

@@ -7,12 +7,9 @@ from typing import Any
 
 from agent.cli.common import add_config_arg, human_size, load_config, open_store, print_json
 from agent.config import Config
-from agent.officers.status import officers_status, status_lines
-from agent.store import STATES, Store
-from agent.timeutil import rfc3339
-from agent.vault import disk_usage
-
-BACKLOG_STATES = ("discovered", "copying", "copied", "sealed", "uploading", "uploaded")
+from agent.officers.status import status_lines
+from agent.overview import station_status
+from agent.store import Store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,33 +20,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def collect(config: Config, store: Store) -> dict[str, Any]:
-    counts = store.counts_by_state()
-    checkpoint = store.query_one("SELECT size, at FROM checkpoints ORDER BY size DESC LIMIT 1")
-    last_ack = store.query_one("SELECT MAX(acknowledged_at) AS at FROM clips")
-    # Acknowledged clips whose deletion from their camera keeps failing (retried with
-    # back-off): they stay on the camera until someone looks.
-    failing = store.query(
-        "SELECT device_serial, COUNT(*) AS clips, MIN(release_retry_at) AS retry_at, "
-        "MAX(release_error) AS reason FROM clips WHERE release_failures > 0 AND "
-        "released_at IS NULL AND state IN ('acknowledged', 'purged', 'duplicate') "
-        "GROUP BY device_serial ORDER BY device_serial")
-    return {
-        "station_id": config.station.id,
-        "data_dir": str(config.data_dir),
-        "devices": store.device_summaries(),
-        "clips": {state: counts.get(state, 0) for state in STATES},
-        "backlog": sum(counts.get(s, 0) for s in BACKLOG_STATES),
-        "disk": disk_usage(config.data_dir),
-        "log": {"size": store.log_size(),
-                "checkpoint": dict(checkpoint) if checkpoint else None},
-        "releases_failing": [
-            {"serial": r["device_serial"], "clips": int(r["clips"]), "reason": r["reason"],
-             "next_attempt_at": rfc3339(float(r["retry_at"]))} for r in failing],
-        "sync": {"platform": config.platform is not None,
-                 "outbox_pending": store.outbox_backlog(),
-                 "last_ack": last_ack["at"] if last_ack else None},
-        "officers": officers_status(config, store),
-    }
+    """The same figures the station's pages and its MQTT status show (agent.overview)."""
+    return station_status(config, store)
 
 
 CHARGING_WORDS = {"charging": "charging", "full": "charged", "not_charging": "NOT CHARGING"}
