@@ -21,6 +21,7 @@ which gives each recording its start time and important flag.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import stat
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.configschema import option
 from agent.durable import makedirs_durable, write_atomic
@@ -55,6 +56,8 @@ class SimulatedConfig:
     catalog: Path | None = option(None, doc="Device catalog (name patterns); default: the "
                                             "catalog shipped with bwc-agent.")
     catalog_key: str = option("simulated", doc="Catalog entry of the simulated cameras.")
+    read_kib_s: int = option(0, min=0, doc="Read at most this many KiB/s from each camera, "
+                                           "as a slow USB camera does (0: as fast as the disk).")
 
 
 def read_identity(camera_dir: Path) -> dict[str, Any]:
@@ -94,9 +97,16 @@ class SimulatedDevice(VolumeDevice):
 
     driver_key = KEY
 
-    def __init__(self, camera_dir: Path, entry: catalog_mod.Entry) -> None:
+    def __init__(self, camera_dir: Path, entry: catalog_mod.Entry, read_kib_s: int = 0) -> None:
         super().__init__(camera_dir, entry.extensions, ignore=(IDENTITY_FILE,))
         self.entry = entry
+        self.read_bytes_s = read_kib_s * 1024
+
+    def open(self, recording: Recording) -> BinaryIO:
+        stream = super().open(recording)
+        if not self.read_bytes_s:
+            return stream
+        return io.BufferedReader(_Throttled(stream, self.read_bytes_s))
 
     def identify(self) -> DeviceInfo:
         doc = read_identity(self.root)
@@ -138,12 +148,35 @@ class SimulatedDevice(VolumeDevice):
         return stat.S_ISREG(st.st_mode)
 
 
+class _Throttled(io.RawIOBase):
+    """Reads ``inner`` at ``bytes_s`` at most, in pieces of a tenth of a second."""
+
+    def __init__(self, inner: BinaryIO, bytes_s: int) -> None:
+        self.inner = inner
+        self.bytes_s = bytes_s
+        self.piece = max(1, bytes_s // 10)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(min(len(buffer), self.piece))
+        buffer[:len(data)] = data
+        time.sleep(len(data) / self.bytes_s)
+        return len(data)
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
 class SimulatedDetector(DockWatcher):
     """Watches ``root``: a subdirectory holding BWC_DEVICE.json is a docked camera."""
 
     def __init__(self, config: SimulatedConfig) -> None:
         super().__init__(config.root)
         self.entry = catalog_mod.load(config.catalog).get(config.catalog_key)
+        self.read_kib_s = config.read_kib_s
 
     def prepare(self) -> None:
         try:
@@ -170,7 +203,7 @@ class SimulatedDetector(DockWatcher):
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        return SimulatedDevice(camera_dir, self.entry)
+        return SimulatedDevice(camera_dir, self.entry, self.read_kib_s)
 
 
 def make_detector(config: object) -> Detector:
