@@ -9,7 +9,9 @@ environment variables.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +128,50 @@ class RetentionSection:
                                    "below this.")
 
 
+LANGUAGE_PATTERN = r"[a-z]{2,3}(_[A-Za-z0-9]{2,8})*"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebSection:
+    enabled: bool = option(True, doc="Serve the station's pages (officer page, IT page).")
+    listen: str = option("127.0.0.1", doc="IP address to listen on.  A loopback address "
+                                          "serves the station's own screen; any other needs "
+                                          "tls_cert_file, tls_key_file and users_file.")
+    port: int = option(8947, min=0, max=65535, doc="TCP port (0: any free port).")
+    hostnames: list[str] = option(default_factory=list,
+                                  doc="Host names the pages are reached by besides the listen "
+                                      "address and localhost; requests naming another host "
+                                      "are refused (DNS rebinding).")
+    tls_cert_file: Path | None = option(None, doc="TLS certificate chain (PEM) of the pages.")
+    tls_key_file: Path | None = option(None, doc="TLS private key (PEM, mode 0600).")
+    users_file: Path | None = option(None, doc="IT accounts, made with `bwc-agent web user "
+                                               "add` (default: <data_dir>/web-users.json).")
+    session_timeout_s: int = option(600, min=1, max=86400,
+                                    doc="An IT session idle this long is signed out.")
+    sign_in_attempts: int = option(5, min=1, max=100,
+                                   doc="Failed sign-ins per account or per address within "
+                                       "sign_in_window_s before sign-in is refused.")
+    sign_in_window_s: int = option(300, min=1, max=86400,
+                                   doc="Window of the failed sign-in limit (seconds).")
+    languages: list[str] = option(default_factory=lambda: ["zh_Hans_CN", "en"],
+                                  doc="Message catalogs offered on the pages; the first is "
+                                      "the default.")
+    locale_dir: Path | None = option(None, doc="More message catalogs "
+                                               "(<dir>/<language>/LC_MESSAGES/messages.po), "
+                                               "searched before the shipped ones.")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.listen)
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole configuration.  ``devices`` maps a driver key to that driver's config."""
@@ -138,6 +184,7 @@ class Config:
     officers: OfficersSection
     retention: RetentionSection
     platform: PlatformSection | None
+    web: WebSection | None = None
     source: Path | None = None
 
     @property
@@ -153,6 +200,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "officers": OfficersSection,
     "retention": RetentionSection,
     "platform": PlatformSection,
+    "web": WebSection,
 }
 
 
@@ -182,7 +230,7 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
     for name, cls in _SECTIONS.items():
         table = raw.get(name)
         if table is None:
-            if name == "platform":
+            if name in ("platform", "web"):
                 sections[name] = None
                 continue
             table = {}
@@ -219,6 +267,9 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
     platform = sections["platform"]
     if platform is not None and not problems:
         problems.extend(_check_platform(platform))
+    web = sections["web"]
+    if web is not None and not problems:
+        problems.extend(_check_web(web))
 
     if problems:
         where = f" in {source}" if source else ""
@@ -243,6 +294,35 @@ def _check_platform(p: PlatformSection) -> list[str]:
         problems.append(f"platform.upload_url: {p.upload_url!r} is not an https:// URL")
     if (p.cert_file is None) != (p.key_file is None):
         problems.append("platform.cert_file / platform.key_file: give both or neither")
+    return problems
+
+
+def _check_web(w: WebSection) -> list[str]:
+    problems = []
+    try:
+        ipaddress.ip_address(w.listen)
+    except ValueError:
+        problems.append(f"web.listen: {w.listen!r} is not an IP address (e.g. 127.0.0.1)")
+        return problems
+    if (w.tls_cert_file is None) != (w.tls_key_file is None):
+        problems.append("web.tls_cert_file / web.tls_key_file: give both or neither")
+    if w.enabled and not w.loopback:
+        missing = [key for key, value in (("web.tls_cert_file", w.tls_cert_file),
+                                          ("web.tls_key_file", w.tls_key_file),
+                                          ("web.users_file", w.users_file)) if value is None]
+        if missing:
+            problems.append(f"web.listen: {w.listen} is reachable from the network; the pages "
+                            f"are served there only over TLS to signed-in users: set "
+                            f"{', '.join(missing)}")
+    for i, name in enumerate(w.languages):
+        if not re.fullmatch(LANGUAGE_PATTERN, name):
+            problems.append(f"web.languages[{i}]: {name!r} is not a catalog name "
+                            "(e.g. zh_Hans_CN, en, mn_Mong)")
+    if not w.languages:
+        problems.append("web.languages: name at least one language")
+    for i, host in enumerate(w.hostnames):
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
+            problems.append(f"web.hostnames[{i}]: {host!r} is not a host name")
     return problems
 
 

@@ -25,12 +25,13 @@ from agent.cli import (
     status,
     tag,
     verify,
+    web,
 )
 from agent.errors import AgentError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-COMMANDS = (run, status, clips, tag, officers, requeue, keys, config_cmd, export, verify)
+COMMANDS = (run, status, clips, tag, officers, requeue, keys, config_cmd, export, verify, web)
 
 
 def build_parser() -> argparse.ArgumentParser:

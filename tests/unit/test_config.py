@@ -31,7 +31,8 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
     text = example.read_text(encoding="utf-8")
     cfg = config_mod.load(example)
     assert cfg.platform is not None
-    for section in ("station", "ingest", "media", "custody", "retention", "platform"):
+    assert cfg.web is not None
+    for section in ("station", "ingest", "media", "custody", "retention", "platform", "web"):
         cls = type(getattr(cfg, section))
         for key_path, _default, doc in describe(cls, section):
             key = key_path.split(".")[-1]

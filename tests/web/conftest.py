@@ -1,0 +1,118 @@
+"""A running station with its pages on a free loopback port, and a real browser to look at them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from agent import config as config_mod
+from agent.config import Config
+from agent.station import Station
+from agent.web.accounts import Accounts, users_path
+from tests.conftest import write_station_config
+from tests.support import browser
+
+PASSWORD = "correct horse battery"
+
+
+@contextmanager
+def page_station(base: Path, extra: str = "", *, users: dict[str, str] | None = None
+                 ) -> Iterator[Station]:
+    """A station (detectors watching its simulated root) with ``[web]`` on port 0."""
+    path = write_station_config(base, textwrap.dedent("""
+        [web]
+        port = 0
+        """) + textwrap.dedent(extra))
+    config = config_mod.load(path)
+    accounts = Accounts(users_path(config))
+    for name, password in (users or {}).items():
+        accounts.add(name, password)
+    station = Station(config)
+    station.start(watch=True)
+    try:
+        yield station
+    finally:
+        station.stop()
+
+
+@pytest.fixture
+def make_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
+    stack: list[Any] = []
+
+    def make(extra: str = "", users: dict[str, str] | None = None) -> Station:
+        cm = page_station(tmp_path, extra, users=users)
+        station = cm.__enter__()
+        stack.append(cm)
+        return station
+
+    yield make
+    while stack:
+        stack.pop().__exit__(None, None, None)
+
+
+def url_of(station: Station) -> str:
+    assert station.web is not None
+    return str(station.web.url)
+
+
+def custody(station: Station, kind: str) -> list[dict[str, Any]]:
+    import json
+
+    assert station.store is not None
+    return [{"seq": r["seq"], "clip_id": r["clip_id"], **json.loads(r["body"])}
+            for r in station.store.query("SELECT * FROM custody_log WHERE kind = ? ORDER BY seq",
+                                         (kind,))]
+
+
+def log_size(station: Station) -> int:
+    assert station.store is not None
+    return station.store.log_size()
+
+
+def config_of(station: Station) -> Config:
+    return station.config
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session
+
+
+@contextmanager
+def browser_page(*, width: int = 1024, height: int = 600, touch: bool = True) -> Iterator[Any]:
+    """A page in Debian's chromium with a fresh profile, sized like the station's screen."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="bwc-chromium-") as profile, \
+            sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=browser.chromium(), headless=True,
+            args=browser.CHROMIUM_ARGS, viewport={"width": width, "height": height},
+            has_touch=touch, locale="zh-CN", env={**os.environ, "TZ": "UTC"})
+        try:
+            context.set_default_timeout(20_000)
+            page = context.pages[0] if context.pages else context.new_page()
+            yield page
+        finally:
+            context.close()
+
+
+@pytest.fixture(scope="session")
+def axe() -> str:
+    return browser.axe_source()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    directory = browser.artifact_dir()
+    print(f"\nscreenshots: {directory}")
+    return directory

@@ -1,0 +1,206 @@
+"""The pages' server over real HTTP: headers, hosts, CSRF, sign-in limits, what no route can do."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from agent.station import Station
+from agent.web import app as web_app
+from tests.web.conftest import PASSWORD, custody, log_size, url_of
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match is not None, html
+    return match.group(1)
+
+
+def _sign_in(http: requests.Session, base: str, name: str = "alice",
+             password: str = PASSWORD) -> requests.Response:
+    form = http.get(base + "it/signin", timeout=10)
+    return http.post(base + "it/signin", timeout=30, allow_redirects=False,
+                     headers={"Origin": base.rstrip("/")},
+                     data={"csrf_token": _csrf(form.text), "name": name, "password": password})
+
+
+def test_every_response_carries_the_security_headers(make_station: Callable[..., Station],
+                                                     http: requests.Session) -> None:
+    base = url_of(make_station())
+    for path in ("", "static/pages.css", "it/signin", "nowhere"):
+        response = http.get(base + path, timeout=10)
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "style-src 'self'" in csp
+        assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "server" not in response.headers
+    page = http.get(base, timeout=10)
+    assert page.headers["cache-control"] == "no-store"
+    assert '<html lang="zh-Hans-CN"' in page.text and "执法记录仪采集站" in page.text
+    english = http.get(base + "?lang=en", timeout=10)
+    assert '<html lang="en"' in english.text and "Camera dock" in english.text
+    assert '<html lang="zh-Hans-CN"' in http.get(base + "?lang=xx", timeout=10).text
+
+
+def test_a_foreign_host_name_is_refused(make_station: Callable[..., Station],
+                                        http: requests.Session) -> None:
+    """A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) gets nothing."""
+    base = url_of(make_station())
+    refused = http.get(base, headers={"Host": "evil.example:80"}, timeout=10)
+    assert refused.status_code == 421
+    assert http.get(base, headers={"Host": "localhost"}, timeout=10).status_code == 200
+
+
+def test_no_route_can_delete_anything(make_station: Callable[..., Station],
+                                      http: requests.Session) -> None:
+    station = make_station()
+    base = url_of(station)
+    actions = set()
+    assert station.web is not None
+    app = station.web.app.app  # inside the Guard
+    for route in app.routes:
+        methods = getattr(route, "methods", None) or set()
+        assert not methods & {"DELETE", "PUT", "PATCH"}, route
+        if "POST" in methods:
+            actions.add(route.path)
+    # The only actions: sign in and out, requeue, officer sign-in.  None removes evidence.
+    assert actions == {"/it/signin", "/it/signout", "/it/requeue", "/officer/signin"}
+    for path in ("", "it", "it/requeue", "static/pages.css", "events"):
+        assert http.delete(base + path, timeout=10).status_code in (404, 405)
+    assert http.put(base + "it/requeue", timeout=10).status_code == 405
+
+
+def test_a_post_without_or_with_a_wrong_token_is_refused_and_logs_nothing(
+        make_station: Callable[..., Station], http: requests.Session) -> None:
+    station = make_station(users={"alice": PASSWORD})
+    base = url_of(station)
+    origin = {"Origin": base.rstrip("/")}
+    before = log_size(station)
+    form = http.get(base + "it/signin", timeout=10)
+    good = _csrf(form.text)
+    cases = [
+        ({"name": "alice", "password": PASSWORD}, origin),                        # no token
+        ({"csrf_token": "0" * 64, "name": "alice", "password": PASSWORD}, origin),  # wrong
+        ({"csrf_token": good, "name": "alice", "password": PASSWORD},
+         {"Origin": "http://evil.example"}),                                         # foreign
+        ({"csrf_token": good, "name": "alice", "password": PASSWORD}, {}),           # no origin
+    ]
+    for data, headers in cases:
+        response = http.post(base + "it/signin", data=data, headers=headers, timeout=10,
+                             allow_redirects=False)
+        assert response.status_code == 403, (data, headers)
+        assert "bwc_session" not in response.cookies
+    # The same token from another browser (no CSRF cookie) is refused too.
+    stranger = requests.post(base + "it/signin", data={"csrf_token": good, "name": "alice",
+                                                       "password": PASSWORD},
+                             headers=origin, timeout=10, allow_redirects=False)
+    assert stranger.status_code == 403
+    assert log_size(station) == before
+
+    signed = _sign_in(http, base)
+    assert signed.status_code == 303 and signed.headers["location"].startswith("/it")
+    cookie = signed.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    (entry,) = custody(station, "web.signed_in")
+    assert (entry["user"], entry["role"], entry["address"]) == ("alice", "it", "127.0.0.1")
+    # Signed in, an action still needs the session's own token.
+    size = log_size(station)
+    for token in (None, "x" * 43, good):
+        data = {"clip_id": "0190f1e2-0000-7000-8000-000000000000"}
+        if token:
+            data["csrf_token"] = token
+        refused = http.post(base + "it/requeue", data=data, headers=origin, timeout=10,
+                            allow_redirects=False)
+        assert refused.status_code == 403
+    refused = http.post(base + "it/signout", headers=origin, timeout=10, allow_redirects=False)
+    assert refused.status_code == 403
+    assert log_size(station) == size
+
+
+def test_sign_in_is_rate_limited_and_a_wrong_name_looks_like_a_wrong_password(
+        make_station: Callable[..., Station], http: requests.Session) -> None:
+    station = make_station("""
+        sign_in_attempts = 3
+        sign_in_window_s = 600
+        """, users={"alice": PASSWORD})
+    base = url_of(station)
+    assert _sign_in(http, base, "mallory", "x" * 12).status_code == 401
+    for _ in range(3):
+        wrong = _sign_in(http, base, "alice", "wrong password!")
+        assert wrong.status_code in (401, 429)
+    limited = _sign_in(http, base, "alice", PASSWORD)
+    assert limited.status_code == 429 and "10" in limited.text
+    assert custody(station, "web.signed_in") == []
+
+
+def test_oversized_and_malformed_bodies_are_refused(make_station: Callable[..., Station],
+                                                    http: requests.Session) -> None:
+    base = url_of(make_station())
+    big = http.post(base + "it/signin", data={"name": "a" * 100_000}, timeout=10)
+    assert big.status_code == 413
+    junk = http.post(base + "it/signin", data=b"\xff\xfe" * 100, timeout=10,
+                     headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert junk.status_code == 403
+
+
+def test_officer_sign_in_is_absent_until_officer_credentials_plug_in(
+        make_station: Callable[..., Station], http: requests.Session) -> None:
+    base = url_of(make_station())
+    assert 'id="officer-slot" class="officer-slot" hidden' in http.get(base, timeout=10).text
+    assert http.post(base + "officer/signin", timeout=10).status_code == 404
+
+
+def test_the_it_page_needs_a_session(make_station: Callable[..., Station],
+                                     http: requests.Session) -> None:
+    base = url_of(make_station(users={"alice": PASSWORD}))
+    redirect = http.get(base + "it", allow_redirects=False, timeout=10)
+    assert redirect.status_code == 303 and redirect.headers["location"].startswith("/it/signin")
+    assert http.get(base + "it/events", timeout=10).status_code == 401
+    assert _sign_in(http, base).status_code == 303
+    page = http.get(base + "it", timeout=10)
+    assert page.status_code == 200 and "alice" in page.text
+
+
+def test_no_external_address_in_any_page_asset() -> None:
+    """Stations are often offline: every script, style, font and image is served locally."""
+    root = Path(web_app.__file__).parent
+    files = [p for p in root.rglob("*") if p.suffix in (".html", ".js", ".css", ".po")]
+    assert len(files) >= 8
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}", text), path
+        assert "@import" not in text and "url(" not in text, path
+    for template in root.glob("templates/*.html"):
+        text = template.read_text(encoding="utf-8")
+        assert "<style" not in text and " style=" not in text, template
+        assert not re.search(r"<script(?![^>]*\bsrc=)", text), f"inline script in {template}"
+        assert not re.search(r"\son[a-z]+=", text), f"inline handler in {template}"
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "192.0.2.10"])
+def test_a_network_address_needs_tls_and_accounts(tmp_path: Path, listen: str) -> None:
+    from agent import config as config_mod
+    from agent.errors import ConfigError
+    from tests.conftest import write_station_config
+
+    path = write_station_config(tmp_path, f"""
+        [web]
+        listen = "{listen}"
+        """)
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(path)
+    (problem,) = info.value.problems
+    assert "web.tls_cert_file, web.tls_key_file, web.users_file" in problem
+    path = write_station_config(tmp_path, f"""
+        [web]
+        listen = "{listen}"
+        tls_cert_file = "web.pem"
+        tls_key_file = "web.key"
+        users_file = "users.json"
+        """)
+    assert config_mod.load(path).web is not None
