@@ -101,6 +101,15 @@ def _advice(lang: Language, view: Mapping[str, Any]) -> str:
     return _("Do not undock yet.")
 
 
+def _advice_short(lang: Language, view: Mapping[str, Any]) -> str:
+    """What to do, in a few words, for a tile too small for the whole advice."""
+    if view["state"] != "attention":
+        return ""
+    if set(view["problems"]) <= {"camera.unreadable", "session.failed"}:
+        return lang.gettext("Undock and dock again.")
+    return lang.gettext("Keep it docked; call IT.")
+
+
 def _detail(lang: Language, view: Mapping[str, Any]) -> str:
     state = view["state"]
     if state in ("copying", "checking", "sealing"):
@@ -146,9 +155,10 @@ def tile(lang: Language, view: Mapping[str, Any]) -> dict[str, Any]:
         else "",
         "state_text": camera_state_text(lang, view["state"]),
         "advice": _advice(lang, view),
+        "advice_short": _advice_short(lang, view),
         "detail": _detail(lang, view),
         "progress": {"value": done, "max": max(total, 1) if total else 1,
-                     "full": view["state"] in ("safe", "uploading") or total == 0,
+                     "full": view["state"] in ("safe", "uploading"),
                      "text": (_("%(done)s of %(total)s") % {"done": size_text(done),
                                                            "total": size_text(total)})
                      if total else "",

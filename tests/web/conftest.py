@@ -24,10 +24,15 @@ PASSWORD = "correct horse battery"
 
 
 @contextmanager
-def page_station(base: Path, extra: str = "", *, users: dict[str, str] | None = None
-                 ) -> Iterator[Station]:
-    """A station (detectors watching its simulated root) with ``[web]`` on port 0."""
-    path = write_station_config(base, textwrap.dedent("""
+def page_station(base: Path, extra: str = "", *, users: dict[str, str] | None = None,
+                 sim: str = "", before: str = "") -> Iterator[Station]:
+    """A station (detectors watching its simulated root) with ``[web]`` on port 0.
+
+    ``sim`` adds keys to ``[devices.simulated]``, ``before`` whole tables before ``[web]``,
+    ``extra`` keys to ``[web]``.
+    """
+    path = write_station_config(base, textwrap.dedent(sim) + textwrap.dedent(before)
+                                + textwrap.dedent("""
         [web]
         port = 0
         """) + textwrap.dedent(extra))
@@ -47,8 +52,9 @@ def page_station(base: Path, extra: str = "", *, users: dict[str, str] | None = 
 def make_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
     stack: list[Any] = []
 
-    def make(extra: str = "", users: dict[str, str] | None = None) -> Station:
-        cm = page_station(tmp_path, extra, users=users)
+    def make(extra: str = "", users: dict[str, str] | None = None, sim: str = "",
+             before: str = "") -> Station:
+        cm = page_station(tmp_path, extra, users=users, sim=sim, before=before)
         station = cm.__enter__()
         stack.append(cm)
         return station

@@ -37,6 +37,7 @@
       const score = Math.min(w / 1.5, h);  // the size a tile of ratio 1.5 can have
       if (score > best.score) best = { cols: cols, rows: rows, score: score };
     }
+    list.dataset.count = String(count);
     list.dataset.cols = String(best.cols);
     list.dataset.rows = String(Math.min(best.rows, 8));
   }
@@ -58,6 +59,7 @@
     text(node, ".serial", t.serial);
     text(node, ".state-text", t.state_text);
     text(node, ".advice", t.advice);
+    text(node, ".advice-short", t.advice_short);
     text(node, ".detail-line", t.detail);
     text(node, ".bar-text", t.progress.text);
     const bar = node.querySelector(".bar");
