@@ -22,6 +22,7 @@ from agent.custody.sealer import Custody, key_paths
 from agent.errors import ConfigError
 from agent.officers.inbound import OfficerMessages
 from agent.officers.status import officers_status
+from agent.overview import backlog, dock_summary, dock_views
 from agent.store import ClipState, Store
 from agent.sync.inbound import Inbound, tag_command
 from agent.sync.mqtt import MqttLink
@@ -195,12 +196,16 @@ class SyncService:
     # --- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """The retained MQTT status: the figures the CLI and the pages show (agent.overview)."""
         counts = self.store.counts_by_state()
+        progress = getattr(self.station, "progress", None)
         return {
             "station_id": self.config.station.id,
             "devices": self.store.device_summaries(),
             "clips": counts,
-            "backlog": {s: counts.get(s, 0) for s in ("discovered", "copied", *IN_FLIGHT)},
+            "backlog": backlog(counts, ("discovered", "copied", *IN_FLIGHT)),
+            "docks": [dock_summary(view)
+                      for view in dock_views(self.store, self.vault, progress)],
             "disk": disk_usage(self.config.data_dir),
             "outbox": self.outbox.backlog(),
             "last_sync": self._last_sync,

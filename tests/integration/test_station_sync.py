@@ -132,6 +132,9 @@ def test_commands_tag_and_refusals(stand: DevStand, tmp_path: Path) -> None:
         assert tags[-1]["case_id"] == "CASE-2026-0042" and tags[-1]["source"] == "platform-command"
         status = stand.platform.send_command("ST-0001", "status", {})
         assert status["ok"] and status["result"]["station_id"] == "ST-0001"
+        # The same figures as the station's screen: the camera, its clip acknowledged.
+        (dock,) = status["result"]["docks"]
+        assert (dock["state"], dock["safe_to_undock"], dock["recordings"]) == ("safe", True, 1)
 
         # Replayed: the very same signed envelope again.
         envelope = stand.platform.command_envelope("ST-0001", "tag", {"case_id": "X-1",
