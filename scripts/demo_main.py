@@ -12,14 +12,17 @@ one, and clips tagged with their case by the window.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,27 @@ def wait(what: str, done: Callable[[], bool], timeout: float = 90.0) -> bool:
     return False
 
 
+def with_page(config: Path) -> str:
+    """Add the station's pages on a free local port to ``config``; their address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with open(config, "a", encoding="utf-8") as f:
+        f.write(f"\n[web]\nport = {port}\n")
+    return f"http://127.0.0.1:{port}/"
+
+
+def page_served(url: str) -> bool:
+    """Whether the officer page answers, in Chinese."""
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200 and b'lang="zh-Hans-CN"' in response.read()
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
 def timeline(data_dir: Path) -> None:
     """Each clip's path through the states, from the custody log (times in UTC)."""
     for clip in query(data_dir, "SELECT clip_id, name FROM clips ORDER BY important DESC, name"):
@@ -96,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo")
     parser.add_argument("--workdir", type=Path, default=ROOT / "demo-run")
     parser.add_argument("--clips", type=int, default=6)
+    parser.add_argument("--keep-page", action="store_true",
+                        help="keep the daemon and its page up at the end until Ctrl-C")
     args = parser.parse_args(argv)
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
@@ -134,10 +160,16 @@ def main(argv: list[str] | None = None) -> int:
               " UTC")
 
         heading("The station runs as a daemon; it receives the roster and the case window")
+        page = with_page(config)
         log = open(work / "station" / "agent.log", "w")  # noqa: SIM115 - owned by the daemon
         daemon = subprocess.Popen([sys.executable, "-m", "agent.cli.main", "run", "--config",
                                    str(config)], cwd=ROOT, stdout=log, stderr=log)
         try:
+            served = page_served(page)
+            print(f"station screen: officer page {page}  IT page {page}it "
+                  f"({'served' if served else 'NOT served'}; IT accounts: bwc-agent web user "
+                  f"add NAME --config {config})")
+            ok &= served
             ok &= wait("roster accepted", lambda: bool(query(
                 data_dir, "SELECT 1 FROM custody_log WHERE kind = 'roster.accepted'")))
             publish_case_window(stand.platform, "ST-0001", window)
@@ -162,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             ok &= wait("every clip released", lambda: len(rows := query(
                 data_dir, "SELECT state FROM clips")) == total and all(
                 r["state"] == "released" for r in rows))
+            if args.keep_page:
+                print(f"the station screen stays up at {page} until Ctrl-C", flush=True)
+                with contextlib.suppress(KeyboardInterrupt):
+                    daemon.wait()
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=60)
