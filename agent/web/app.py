@@ -35,7 +35,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from agent.config import Config
+from agent.config import Config, is_loopback
 from agent.errors import AgentError, StoreError
 from agent.overview import dock_views
 from agent.progress import ProgressRegistry
@@ -164,6 +164,13 @@ class Pages:
     def address(request: Request) -> str:
         return request.client.host if request.client else ""
 
+    def from_network(self, request: Request) -> bool:
+        """A request from another machine: it sees nothing without an IT session."""
+        web = self.ctx.config.web
+        return (web is not None and not web.loopback
+                and not is_loopback(self.address(request))
+                and self.session(request, touch=False) is None)
+
     # --- the live figures -------------------------------------------------------------------
 
     def figures(self, kinds: set[str]) -> dict[str, Any]:
@@ -201,10 +208,14 @@ class Pages:
 
     async def kiosk(self, request: Request) -> Response:
         lang = self.lang(request)
+        if self.from_network(request):
+            return RedirectResponse(f"/it/signin?lang={lang.code}", status_code=303)
         return self.page("kiosk.html", request, lang,
                          officer_sign_in=self.ctx.officer_sign_in is not None)
 
     async def kiosk_events(self, request: Request) -> Response:
+        if self.from_network(request):
+            return Response("sign in first", status_code=401, media_type="text/plain")
         return self._stream("kiosk", self.lang(request))
 
     async def officer_signin(self, request: Request) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ import requests
 
 from agent.station import Station
 from agent.web import app as web_app
+from agent.web.accounts import Accounts
 from tests.web.conftest import PASSWORD, custody, log_size, url_of
 
 
@@ -204,3 +206,101 @@ def test_a_network_address_needs_tls_and_accounts(tmp_path: Path, listen: str) -
         users_file = "users.json"
         """)
     assert config_mod.load(path).web is not None
+
+
+def test_over_tls_cookies_are_secure_and_hsts_is_sent(make_station: Callable[..., Station],
+                                                       tmp_path: Path) -> None:
+    from agent.devpki import DevCA
+
+    ca = DevCA(tmp_path / "ca")
+    issued = ca.issue("station-web", "web", server=True, client=False)
+    os.chmod(issued.key_path, 0o600)
+    station = make_station(f"""
+        tls_cert_file = "{issued.cert_path}"
+        tls_key_file = "{issued.key_path}"
+        """, users={"alice": PASSWORD})
+    base = url_of(station).replace("127.0.0.1", "localhost")
+    assert base.startswith("https://")
+    with requests.Session() as http:
+        http.trust_env = False  # REQUESTS_CA_BUNDLE would replace the station's CA
+        http.verify = str(ca.cert_path)
+        page = http.get(base, timeout=10)
+        assert page.status_code == 200
+        assert page.headers["strict-transport-security"].startswith("max-age=")
+        signed = _sign_in(http, base)
+        assert signed.status_code == 303
+        cookie = signed.headers["set-cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(base, timeout=10)  # not trusted without the station's CA
+
+
+def _asgi_get(app: object, path: str, client: str) -> int:
+    """One GET through the real application, from ``client`` (no LAN traffic in tests)."""
+    import asyncio
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+             "http_version": "1.1", "method": "GET", "scheme": "https", "path": path,
+             "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"station.example")], "client": (client, 50000),
+             "server": ("192.0.2.1", 8947)}
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(int(message["status"]))  # type: ignore[call-overload]
+
+    asyncio.run(app(scope, receive, send))  # type: ignore[operator]
+    return statuses[0]
+
+
+def test_from_the_network_the_officer_page_needs_a_session(tmp_path: Path) -> None:
+    """Listening on a LAN address, a client elsewhere is sent to sign in; the station is not."""
+    from agent import config as config_mod
+    from agent.store import Store
+    from agent.web.server import WebServer
+    from tests.conftest import write_station_config
+
+    path = write_station_config(tmp_path, f"""
+        [web]
+        listen = "192.0.2.1"
+        hostnames = ["station.example"]
+        tls_cert_file = "{tmp_path / 'web.pem'}"
+        tls_key_file = "{tmp_path / 'web.key'}"
+        users_file = "{tmp_path / 'users.json'}"
+        """)
+    config = config_mod.load(path)
+    Accounts(tmp_path / "users.json").add("alice", PASSWORD)
+    (tmp_path / "web.key").write_text("unused here")
+    os.chmod(tmp_path / "web.key", 0o600)
+    store = Store(tmp_path / "state.db", station_id="ST-0001")
+    try:
+        server = WebServer(config, store, None, None)  # never started: nothing is bound
+        assert _asgi_get(server.app, "/", "192.0.2.7") == 303
+        assert _asgi_get(server.app, "/events", "192.0.2.7") == 401
+        assert _asgi_get(server.app, "/", "127.0.0.1") == 200
+        assert _asgi_get(server.app, "/it/signin", "192.0.2.7") == 200
+    finally:
+        store.close()
+
+
+def test_a_network_address_without_accounts_does_not_start(tmp_path: Path) -> None:
+    from agent import config as config_mod
+    from agent.errors import ConfigError
+    from agent.station import Station
+    from tests.conftest import write_station_config
+
+    path = write_station_config(tmp_path, f"""
+        [web]
+        listen = "0.0.0.0"
+        port = 0
+        tls_cert_file = "{tmp_path / 'web.pem'}"
+        tls_key_file = "{tmp_path / 'web.key'}"
+        users_file = "{tmp_path / 'users.json'}"
+        """)
+    station = Station(config_mod.load(path))
+    with pytest.raises(ConfigError, match="no IT accounts yet"):
+        station.start(watch=True)
