@@ -122,3 +122,10 @@ def artifacts() -> Path:
     directory = browser.artifact_dir()
     print(f"\nscreenshots: {directory}")
     return directory
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where the page screenshots are (the test artifacts of the browser tests)."""
+    shots = sorted(browser.ARTIFACTS.glob("*.png")) if browser.ARTIFACTS.is_dir() else []
+    if shots:
+        terminalreporter.write_line(f"page screenshots ({len(shots)}): {browser.ARTIFACTS}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 from collections.abc import Callable
@@ -304,3 +306,49 @@ def test_a_network_address_without_accounts_does_not_start(tmp_path: Path) -> No
     station = Station(config_mod.load(path))
     with pytest.raises(ConfigError, match="no IT accounts yet"):
         station.start(watch=True)
+
+
+def test_one_stream_carries_coalesced_updates_only_when_something_changed(
+        make_station: Callable[..., Station]) -> None:
+    """A copy makes hundreds of progress reports; the page gets a few messages a second."""
+    import time
+
+    from agent.web.live import TICK_S
+    from drivers.simcam import make_camera
+
+    station = make_station(sim="read_kib_s = 512\n", before="""
+        [ingest]
+        chunk_kib = 64
+        """)
+    base = url_of(station)
+    reports = [0]
+    real = station.progress.clip_bytes
+
+    def counted(handle: str, clip_id: str, done: int) -> None:
+        reports[0] += 1
+        real(handle, clip_id, done)
+
+    station.progress.clip_bytes = counted  # type: ignore[method-assign]
+    messages: list[tuple[float, dict[str, object]]] = []
+    with requests.get(base + "events", stream=True, timeout=30) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines(chunk_size=1, decode_unicode=True)
+        make_camera(Path(station.config.devices["simulated"].root), serial="ZFY0042",
+                    clips=2, seconds=2.0, width=640, height=480)
+        started = time.monotonic()
+        for line in lines:
+            if line.startswith("data: "):
+                data = json.loads(line[6:])
+                messages.append((time.monotonic(), data))
+                tiles = data["tiles"]
+                if tiles and tiles[0]["safe"]:
+                    break
+            assert time.monotonic() - started < 60
+    elapsed = messages[-1][0] - started
+    assert reports[0] >= 8  # 64 KiB chunks of ~560 KB
+    # At most one message per tick (plus the first), and no two identical in a row.
+    assert len(messages) <= elapsed / TICK_S + 2, (len(messages), elapsed)
+    texts = [json.dumps(m, sort_keys=True) for _t, m in messages]
+    assert all(a != b for a, b in itertools.pairwise(texts))
+    done = [m["tiles"][0]["progress"]["value"] for _t, m in messages if m["tiles"]]
+    assert done == sorted(done) and len(set(done)) >= 3
