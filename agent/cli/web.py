@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             print(name)
         return 0
     if args.action == "remove":
-        accounts.remove(args.name)
+        accounts.revoke(args.name)
         print(f"removed {args.name} from {accounts.path}")
         return 0
     if args.action == "passwd" and args.name not in accounts.names():

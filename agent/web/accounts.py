@@ -151,7 +151,8 @@ class Accounts:
         doc["users"][name] = {"scrypt": hash_password(password), "created_at": now()}
         self._write(doc)
 
-    def remove(self, name: str) -> None:
+    def revoke(self, name: str) -> None:
+        """Take the account out of the file: it cannot sign in any more."""
         doc = self._read(missing_ok=False)
         if doc["users"].pop(name, None) is None:
             raise AccountError(f"no account {name!r} in {self.path}")

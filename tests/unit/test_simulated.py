@@ -68,7 +68,7 @@ def test_spec_and_config_validation(tmp_path: Path) -> None:
     assert problems == [] and cfg.catalog is None
     assert SimulatedDetector(SimulatedConfig(root=tmp_path)).entry.key == "simulated"
     load_section(SimulatedConfig, {"rot": "x"}, "devices.simulated", problems)
-    assert "devices.simulated.rot: unknown key (allowed here: catalog, catalog_key, root)" \
+    assert "devices.simulated.rot: unknown key (allowed here: catalog, catalog_key, read_kib_s, root)" \
         in problems
     assert "devices.simulated.root: required key is missing" in problems
     det = make_detector(SimulatedConfig(root=tmp_path, catalog=REPO_CATALOG))
@@ -91,6 +91,22 @@ def test_identify_and_recordings(tmp_path: Path, entry: catalog.Entry) -> None:
         ("DCIM/20240105/thumb.jpg", "not a recording type")]
     with device.open(listing.recordings[1]) as f:
         assert f.read() == b"v22"
+
+
+def test_a_slow_camera_reads_at_its_rate(tmp_path: Path, entry: catalog.Entry) -> None:
+    cam = make_dir_camera(tmp_path, "cam")
+    data = os.urandom(150 * 1024)
+    (cam / "DCIM" / "20240105" / "SIM0042_010203_20240105090000_0002.AVI").write_bytes(data)
+    device = SimulatedDevice(cam, entry, read_kib_s=1000)
+    rec = device.recordings().recordings[1]
+    started = time.monotonic()
+    with device.open(rec) as f:
+        pieces = []
+        while chunk := f.read(64 * 1024):
+            pieces.append(chunk)
+    assert b"".join(pieces) == data
+    assert time.monotonic() - started >= 0.14  # 150 KiB at 1000 KiB/s
+    assert [len(p) for p in pieces] == [65536, 65536, 22528]  # whole reads, as from a disk
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.conftest import write_station_config
 from tests.support import browser
 
 PASSWORD = "correct horse battery"
+_STARTED = time.time()
 
 
 @contextmanager
@@ -126,6 +128,7 @@ def artifacts() -> Path:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say where the page screenshots are (the test artifacts of the browser tests)."""
-    shots = sorted(browser.ARTIFACTS.glob("*.png")) if browser.ARTIFACTS.is_dir() else []
+    shots = [p for p in browser.ARTIFACTS.glob("*.png") if p.stat().st_mtime >= _STARTED] \
+        if browser.ARTIFACTS.is_dir() else []
     if shots:
         terminalreporter.write_line(f"page screenshots ({len(shots)}): {browser.ARTIFACTS}")
