@@ -49,8 +49,10 @@ class DevStand:
         self.broker_port = free_port()
         self.broker_conf = write_mosquitto_conf(self.pki, self.dir / "broker", self.broker_port)
         self.broker: subprocess.Popen[bytes] | None = None
+        # A persistent session, as a real platform's consumers keep: events a station sends
+        # while the platform's own connection is down (a broker restart) wait for it.
         self.platform = DevPlatform(self.dir / "platform", self.pki,
-                                    broker_port=self.broker_port)
+                                    broker_port=self.broker_port, session_expiry_s=3600)
         self.officers = OfficerAuthority(self.dir / "pki")
 
     # --- broker --------------------------------------------------------------------------
