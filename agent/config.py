@@ -108,6 +108,17 @@ class PlatformSection:
     keepalive_s: int = option(30, min=5, max=3600, doc="MQTT keep-alive.")
     status_interval_s: int = option(60, min=5, max=3600, doc="Seconds between status reports.")
     upload_concurrency: int = option(2, min=1, max=16, doc="Uploads at the same time.")
+    upload_origins: list[str] = option(
+        default_factory=list,
+        doc="Other origins (https://host:port) the upload server may send uploads to; "
+            "by default only upload_url's own.")
+    request_timeout_s: float = option(60.0, min=1, max=3600,
+                                      doc="Overall deadline of one upload request "
+                                          "(a PATCH also gets its body's time at "
+                                          "min_upload_kib_s).")
+    min_upload_kib_s: int = option(32, min=1,
+                                   doc="Slowest upload rate allowed for a PATCH body "
+                                       "(KiB/s) before the request is cut.")
     # Bytes per PATCH are the resume granularity, not memory (bodies stream from the file
     # in 256 KiB pieces).  scripts/bench upload found 4 to 64 MiB alike within the noise.
     upload_chunk_mib: int = option(32, min=1, max=256,
@@ -294,6 +305,12 @@ def _check_platform(p: PlatformSection) -> list[str]:
         problems.append(f"platform.upload_url: {p.upload_url!r} is not an https:// URL")
     if (p.cert_file is None) != (p.key_file is None):
         problems.append("platform.cert_file / platform.key_file: give both or neither")
+    from agent.sync.tus import origin_problem  # the tus client owns what an origin is
+
+    for i, origin in enumerate(p.upload_origins):
+        problem = origin_problem(origin, allow_http=p.insecure)
+        if problem is not None:
+            problems.append(f"platform.upload_origins[{i}]: {problem}")
     return problems
 
 

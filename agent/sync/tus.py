@@ -5,9 +5,20 @@ extensions (https://tus.io/protocols/resumable-upload).  Works against any
 tus server (tusd, @tus/server, scripts/devplatform/tusserver.py).
 
 Invariants:
-- TLS certificate verification is always on: ``session.verify`` is the
-  configured CA file.  Plain ``http://`` only with ``allow_http=True``
-  (development), and an upload URL never downgrades the endpoint's scheme.
+- TLS certificate verification is always on, against the configured CA
+  only (agent.sync.tlsfiles).  Plain ``http://`` only with ``allow_http=True``
+  (development).
+- Footage and the station's client certificate go only to the endpoint's
+  origin (scheme, host, port) or an origin the configuration allows
+  (``allowed_origins``): an upload URL elsewhere, from a POST's Location or
+  stored by an earlier run, is refused before any byte is sent to it.
+- Every request has an overall deadline (``deadline_s``, plus the time a
+  PATCH body needs at ``min_rate_bytes_s``), from the first byte sent to
+  the last byte of the answer, whatever the server trickles; response
+  bodies are read up to ``_MAX_BODY`` bytes only.
+- A server offset the client cannot believe (beyond the upload's length,
+  behind an offset the server itself confirmed, or a PATCH confirming bytes
+  it was not sent) raises OffsetError: the caller starts a fresh upload.
 - A PATCH body is read from the file in small pieces just before they go
   out (``_PIECE``, one reused buffer), so memory does not grow with
   ``chunk_size`` (the bytes per PATCH, i.e. the resume granularity) and a
@@ -33,16 +44,19 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from agent import __version__
 from agent.errors import ConfigError, IntegrityError, StoreError, TransportError
+from agent.sync.deadline import DeadlineAdapter, overall_deadline
+from agent.sync.tlsfiles import client_context
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +74,12 @@ _THROTTLE_BLOCK = 16 * 1024
 # cache while it is encrypted, instead of streaming 32 MiB through memory twice.
 _PIECE = 256 * 1024
 _HASH_BLOCK = 1024 * 1024
+# Answers are headers; a body is only an error text, shown cut to 300 characters.
+_MAX_BODY = 64 * 1024
+# A Location longer than this is not an upload address (it would be stored and logged).
+_MAX_URL = 2048
+DEFAULT_DEADLINE_S = 60.0
+DEFAULT_MIN_RATE = 32 * 1024
 
 
 class TusStatusError(TransportError):
@@ -81,6 +101,68 @@ class UploadGone(TusStatusError):
 
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message, status=status, retryable=True)
+
+
+class OffsetError(TransportError):
+    """The server's offset for an upload cannot be right: the caller starts a fresh upload.
+
+    ``server_offset`` is what the server said; the upload at that URL must
+    not be resumed (nor counted as complete).
+    """
+
+    def __init__(self, message: str, *, server_offset: int) -> None:
+        super().__init__(message, retryable=True)
+        self.server_offset = server_offset
+
+
+Origin = tuple[str, str, int]
+
+
+def origin_of(url: str) -> Origin | None:
+    """(scheme, host, port) of an http(s) URL, with the default port filled in; None if none."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    default = {"https": 443, "http": 80}.get(scheme)
+    if not host or default is None:
+        return None
+    return scheme, host, port or default
+
+
+def format_origin(origin: Origin) -> str:
+    scheme, host, port = origin
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def origin_problem(text: str, *, allow_http: bool = False) -> str | None:
+    """Why ``text`` is not a bare origin (``https://host[:port]``); None if it is one."""
+    origin = origin_of(text)
+    if origin is None:
+        return f"{text!r} is not an https://host[:port] origin"
+    parts = urlsplit(text)
+    if origin[0] != "https" and not allow_http:
+        return f"{text!r} is not https:// (http:// only with platform.insecure = true)"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        return f"{text!r} must be an origin only (scheme, host, port), without a path"
+    return None
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What the client keeps of an HTTP response: status, headers and at most _MAX_BODY bytes."""
+
+    status_code: int
+    reason: str
+    headers: requests.structures.CaseInsensitiveDict[str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -226,28 +308,44 @@ class TusClient:
         bandwidth_bytes_s: int = 0,
         limiter: RateLimiter | None = None,
         timeout_s: float = 30.0,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        min_rate_bytes_s: int = DEFAULT_MIN_RATE,
+        allowed_origins: Sequence[str] = (),
         allow_http: bool = False,
     ) -> None:
         scheme = urlsplit(endpoint).scheme
-        if scheme != "https" and not (allow_http and scheme == "http"):
-            raise ConfigError(f"tus endpoint {endpoint!r} is not an https:// URL")
+        home = origin_of(endpoint)
+        if home is None or (scheme != "https" and not (allow_http and scheme == "http")):
+            raise ConfigError(f"platform.upload_url: {endpoint!r} is not an https:// URL")
         if chunk_size <= 0:
             raise ConfigError(f"tus chunk size must be > 0, got {chunk_size}")
-        if not Path(ca_file).is_file():
-            raise ConfigError(f"tus CA file {ca_file} does not exist")
-        for item in cert or ():
-            if not Path(item).is_file():
-                raise ConfigError(f"tus client certificate or key {item} does not exist")
+        if deadline_s <= 0 or min_rate_bytes_s <= 0:
+            raise ConfigError("tus request deadline and minimum rate must be > 0")
+        self._origins = {home}
+        for i, text in enumerate(allowed_origins):
+            problem = origin_problem(text, allow_http=allow_http)
+            if problem is not None:
+                raise ConfigError(f"platform.upload_origins[{i}]: {problem}")
+            self._origins.add(origin_of(text))  # type: ignore[arg-type]
+        context = client_context(ca_file, cert[0] if cert else None, cert[1] if cert else None)
         self.endpoint = endpoint
         self.chunk_size = chunk_size
-        self._scheme = scheme
+        self._home = home
         self._timeout = timeout_s
+        self._deadline_s = deadline_s
+        self._min_rate = float(min_rate_bytes_s)
         self._limiter = limiter or (RateLimiter(bandwidth_bytes_s) if bandwidth_bytes_s else None)
+        if self._limiter is not None:
+            # A capped link is no faster than its cap: the body allowance must not cut it.
+            self._min_rate = min(self._min_rate, self._limiter.rate / 2)
         self._caps: ServerCaps | None = None
         self._session = requests.Session()
+        adapter = DeadlineAdapter(context)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        # The context holds the CA and the client certificate; the path is given again
+        # because requests would otherwise load its own CA bundle (certifi) into it.
         self._session.verify = str(ca_file)
-        if cert is not None:
-            self._session.cert = (str(cert[0]), str(cert[1]))
         # trust_env would let REQUESTS_CA_BUNDLE silently replace the configured CA
         # (requests prefers it over session.verify), and pick up proxies and netrc.
         self._session.trust_env = False
@@ -282,7 +380,8 @@ class TusClient:
             extensions=frozenset(e.lower() for e in _csv(resp.headers.get("Tus-Extension"))),
             checksum_algorithms=frozenset(
                 a.lower() for a in _csv(resp.headers.get("Tus-Checksum-Algorithm"))),
-            max_size=int(max_size) if max_size and max_size.isdigit() else None,
+            max_size=int(max_size) if max_size and max_size.isascii() and max_size.isdigit()
+            and len(max_size) <= 19 else None,
         )
         return self._caps
 
@@ -300,16 +399,31 @@ class TusClient:
         if not location:
             raise TransportError(f"tus POST {self.endpoint}: HTTP {resp.status_code} "
                                  "without a Location header", retryable=False)
+        if len(location) > _MAX_URL:
+            raise TransportError(f"tus POST {self.endpoint}: a Location of {len(location)} "
+                                 "characters is not an upload address", retryable=False)
         # Servers may answer with a relative Location (@tus/server relativeLocation).
         url = urljoin(self.endpoint, location)
-        if urlsplit(url).scheme != self._scheme:
-            raise TransportError(f"tus POST {self.endpoint}: upload URL {url!r} changes the "
-                                 "scheme; refusing to send footage there", retryable=False)
+        self._check_pinned("POST", url)
         log.debug("created tus upload %s (%d bytes)", url, length)
         return url
 
+    def pinned(self, url: str) -> bool:
+        """True if footage may go to ``url``: the endpoint's origin or an allowed one."""
+        return origin_of(url) in self._origins
+
+    def _check_pinned(self, method: str, url: str) -> None:
+        if not self.pinned(url):
+            where = origin_of(url)
+            raise TransportError(
+                f"tus {method}: the upload address {format_origin(where) if where else url!r} "
+                f"is not the configured upload server {format_origin(self._home)} (nor in "
+                "platform.upload_origins); refusing to send footage or the station's "
+                "certificate there", retryable=False)
+
     def offset(self, upload_url: str) -> int:
         """The server's offset of an upload (HEAD).  Raises UploadGone on 404/410."""
+        self._check_pinned("HEAD", upload_url)
         resp = self._send("HEAD", upload_url)
         if resp.status_code not in (200, 204):
             raise self._status_error(resp, "HEAD", upload_url, upload=True)
@@ -317,6 +431,7 @@ class TusClient:
 
     def terminate(self, upload_url: str) -> None:
         """Delete an upload on the server (DELETE); an upload already gone is fine."""
+        self._check_pinned("DELETE", upload_url)
         resp = self._send("DELETE", upload_url)
         if resp.status_code in (404, 410):
             log.info("tus upload %s was already gone at termination", upload_url)
@@ -336,11 +451,13 @@ class TusClient:
 
         ``on_progress`` gets each server-confirmed offset so the caller can
         persist it.  A 409 (offset mismatch) re-reads the server's offset and
-        carries on from there; every other failure raises, and the caller
-        resumes later from ``offset()``.
+        carries on from there, unless that offset is past ``total`` or behind
+        what the server had confirmed (OffsetError); every other failure
+        raises, and the caller resumes later from ``offset()``.
         """
         if not 0 <= start <= total:
             raise ValueError(f"start {start} outside 0..{total}")
+        self._check_pinned("PATCH", upload_url)
         algorithm = self._checksum_algorithm()
         hasher: _Prehasher | None = None
         try:
@@ -369,13 +486,14 @@ class TusClient:
                     if conflicts > _MAX_CONFLICTS:
                         raise TransportError(f"tus PATCH {upload_url}: offset conflict "
                                              f"{conflicts} times in a row")
-                    offset = self.offset(upload_url)
+                    server = self.offset(upload_url)
                     log.info("tus upload %s: offset conflict, server is at %d", upload_url,
-                             offset)
-                    if offset > total:
-                        raise TransportError(f"tus upload {upload_url}: server offset {offset} "
-                                             f"is past the file length {total}",
-                                             retryable=False)
+                             server)
+                    problem = offset_problem(server, confirmed=offset, total=total)
+                    if problem is not None:
+                        raise OffsetError(f"tus upload {upload_url}: {problem}",
+                                          server_offset=server)
+                    offset = server
                     continue
                 conflicts = 0
                 offset = confirmed
@@ -411,28 +529,53 @@ class TusClient:
             raise TransportError(f"tus PATCH {url}: the server accepted none of {len(body)} "
                                  f"bytes at offset {offset}")
         if not offset < confirmed <= offset + len(body):
-            raise TransportError(f"tus PATCH {url}: server confirmed offset {confirmed} after "
-                                 f"{len(body)} bytes at {offset}", retryable=False)
+            raise OffsetError(f"tus PATCH {url}: server confirmed offset {confirmed} after "
+                              f"{len(body)} bytes at {offset}", server_offset=confirmed)
         return confirmed
 
     def _send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-              data: _FileBody | None = None) -> requests.Response:
-        """The one place where requests/ssl/socket exceptions become TransportError."""
-        try:
-            return self._session.request(method, url, headers=headers, data=data,  # type: ignore[arg-type]
-                                         timeout=self._timeout, allow_redirects=False)
-        except requests.exceptions.SSLError as exc:
-            raise TransportError(f"tus {method} {url}: TLS failed ({_describe(exc)}); check "
-                                 "the CA file and the server's certificate") from exc
-        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-                requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader) as exc:
-            raise TransportError(f"tus {method} {url}: {_describe(exc)}",
-                                 retryable=False) from exc
-        except (requests.exceptions.RequestException, OSError) as exc:
-            raise TransportError(f"tus {method} {url}: {_describe(exc)}") from exc
+              data: _FileBody | None = None) -> _Answer:
+        """The one place where requests/urllib3/ssl/socket exceptions become TransportError.
+
+        The whole exchange (connect, body, headers, the answer's body) runs
+        under one overall deadline.
+        """
+        budget = self._deadline_s + (len(data) / self._min_rate if data is not None else 0.0)
+        with overall_deadline(budget) as deadline:
+            try:
+                resp = self._session.request(method, url, headers=headers, data=data,  # type: ignore[arg-type]
+                                             timeout=self._timeout, allow_redirects=False,
+                                             stream=True)
+                try:
+                    body = resp.raw.read(_MAX_BODY + 1) if method != "HEAD" else b""
+                finally:
+                    if len(body) > _MAX_BODY:
+                        resp.close()  # the rest is never read: the connection is dropped
+                    else:
+                        resp.raw.release_conn()
+                return _Answer(resp.status_code, resp.reason or "", resp.headers,
+                               body[:_MAX_BODY])
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+                    OSError) as exc:
+                if deadline.passed:
+                    raise TransportError(
+                        f"tus {method} {url}: no complete answer within the overall deadline "
+                        f"of {budget:.0f} s (platform.request_timeout_s); the server is too "
+                        "slow or trickles its answer") from exc
+                if isinstance(exc, requests.exceptions.SSLError):
+                    raise TransportError(f"tus {method} {url}: TLS failed ({_describe(exc)}); "
+                                         "check the CA file and the server's certificate"
+                                         ) from exc
+                if isinstance(exc, (requests.exceptions.InvalidURL,
+                                    requests.exceptions.InvalidSchema,
+                                    requests.exceptions.MissingSchema,
+                                    requests.exceptions.InvalidHeader)):
+                    raise TransportError(f"tus {method} {url}: {_describe(exc)}",
+                                         retryable=False) from exc
+                raise TransportError(f"tus {method} {url}: {_describe(exc)}") from exc
 
     @staticmethod
-    def _status_error(resp: requests.Response, method: str, url: str, *,
+    def _status_error(resp: _Answer, method: str, url: str, *,
                       upload: bool = False) -> TusStatusError:
         status = resp.status_code
         text = " ".join(resp.text.split())[:300] if method != "HEAD" else ""
@@ -445,12 +588,27 @@ class TusClient:
                               retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
 
     @staticmethod
-    def _header_offset(resp: requests.Response, method: str, url: str) -> int:
+    def _header_offset(resp: _Answer, method: str, url: str) -> int:
         value = resp.headers.get("Upload-Offset", "")
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit() and len(value) <= 19):
             raise TransportError(f"tus {method} {url}: HTTP {resp.status_code} with a missing "
                                  f"or malformed Upload-Offset {value!r}", retryable=False)
         return int(value)
+
+
+def offset_problem(server: int, *, confirmed: int, total: int) -> str | None:
+    """Why the server's offset ``server`` cannot be believed; None if it can.
+
+    ``confirmed`` is the offset the server itself confirmed last (0 if none):
+    a server may be ahead of it (a PATCH whose answer was lost), never behind
+    it, and never past the upload's length.
+    """
+    if server > total:
+        return f"the server's offset {server} is past the file's length {total}"
+    if server < confirmed:
+        return (f"the server's offset went back to {server} after it had confirmed "
+                f"{confirmed} bytes")
+    return None
 
 
 class _Prehasher:

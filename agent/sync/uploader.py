@@ -7,6 +7,13 @@ failure, a server restart or an agent restart resumes from the server's
 offset (asked with HEAD), never from zero.  Transient failures back off
 exponentially with jitter; a 4xx that will never succeed quarantines the clip
 with the reason.  Nothing here ever deletes a clip.
+
+A server offset that cannot be right (past the file's length, behind what
+the server confirmed before) is never resumed nor taken as "complete": the
+upload is abandoned, a fresh one is created (``upload.restarted`` in the
+custody log, an ``upload.offset_invalid`` alert).  A stored upload URL that
+is no longer on an allowed origin is abandoned the same way, without a
+request to it.
 """
 
 from __future__ import annotations
@@ -19,7 +26,15 @@ from pathlib import Path
 from agent.config import Config
 from agent.errors import AgentError, IntegrityError, StoreError, TransportError
 from agent.store import ClipState, Store
-from agent.sync.tus import RateLimiter, TusClient, TusStatusError, UploadGone, backoff_delay
+from agent.sync.tus import (
+    OffsetError,
+    RateLimiter,
+    TusClient,
+    TusStatusError,
+    UploadGone,
+    backoff_delay,
+    offset_problem,
+)
 from agent.timeutil import now
 from agent.vault import Vault
 
@@ -124,9 +139,14 @@ class Uploader:
     def _client(self) -> TusClient:
         p = self.platform
         cert = (p.cert_file, p.key_file) if p.cert_file and p.key_file else None
+        # The bandwidth cap is shared by every worker: each one's body allowance uses its share.
+        share = (p.bandwidth_kib_s * 1024 // p.upload_concurrency) if p.bandwidth_kib_s else 0
+        min_rate = p.min_upload_kib_s * 1024
         return TusClient(p.upload_url, ca_file=p.ca_file, cert=cert,
                          chunk_size=p.upload_chunk_mib * 1024 * 1024, limiter=self._limiter,
-                         allow_http=p.insecure)
+                         deadline_s=p.request_timeout_s,
+                         min_rate_bytes_s=min(min_rate, share // 2) if share else min_rate,
+                         allowed_origins=p.upload_origins, allow_http=p.insecure)
 
     # --- one clip ------------------------------------------------------------------------
 
@@ -143,6 +163,11 @@ class Uploader:
         try:
             url = clip["upload_url"]
             offset = 0
+            if url and not client.pinned(url):
+                self._abandon(clip_id, url, None, size, "the stored upload address is not on "
+                              "the configured upload server (platform.upload_url / "
+                              "upload_origins changed)", alert=False)
+                url = None
             if url:
                 try:
                     offset = client.offset(url)
@@ -150,6 +175,12 @@ class Uploader:
                     log.warning("upload %s of clip %s is gone on the server; starting anew",
                                 url, clip_id)
                     url = None
+                else:
+                    problem = offset_problem(offset, confirmed=int(clip["upload_offset"]),
+                                             total=size)
+                    if problem is not None:
+                        self._abandon(clip_id, url, offset, size, problem, client=client)
+                        url, offset = None, 0
             if not url:
                 url = client.create(size, {
                     "clip_id": clip_id, "sha256": clip["sha256"],
@@ -166,6 +197,10 @@ class Uploader:
                 if offset:
                     log.info("clip %s: resuming upload at %d of %d", clip_id, offset, size)
                 client.upload(url, path, start=offset, total=size, on_progress=progress)
+        except OffsetError as exc:
+            self._abandon(clip_id, url, exc.server_offset, size, str(exc), client=client)
+            self._failed(clip_id, int(clip["upload_attempts"]) + 1, exc)
+            return
         except TransportError as exc:
             self._failed(clip_id, int(clip["upload_attempts"]) + 1, exc)
             return
@@ -186,6 +221,31 @@ class Uploader:
             tx.event("clip.uploaded", {"clip_id": clip_id, "sha256": clip["sha256"],
                                        "size": size, "upload_url": url})
         log.info("clip %s uploaded (%d bytes)", clip_id, size)
+
+    def _abandon(self, clip_id: str, url: str, server_offset: int | None, size: int,
+                 reason: str, *, client: TusClient | None = None, alert: bool = True) -> None:
+        """Forget upload ``url`` of a clip (its next attempt creates a fresh one); log and alert.
+
+        The server's copy is deleted if it lets us (best effort: a server that
+        lies about offsets may refuse that too).
+        """
+        log.warning("clip %s: abandoning upload %s and starting a fresh one: %s", clip_id,
+                    url, reason)
+        with self.store.transaction() as tx:
+            tx.update_clip(clip_id, upload_url=None, upload_offset=0)
+            tx.log("upload.restarted", clip_id, {"upload_url": url,
+                                                  "server_offset": server_offset,
+                                                  "size": size, "reason": reason})
+            if alert:
+                tx.event("alert", {"code": "upload.offset_invalid", "clip_id": clip_id,
+                                   "message": f"upload {url}: {reason}; a fresh upload of "
+                                              f"the {size} bytes is started"})
+        if client is not None:
+            try:
+                client.terminate(url)
+            except TransportError as exc:
+                log.info("clip %s: the abandoned upload %s could not be deleted: %s",
+                         clip_id, url, exc)
 
     def _quarantine(self, clip_id: str, reason: str) -> None:
         log.error("clip %s: %s", clip_id, reason)
