@@ -29,7 +29,9 @@ Invariants:
 - the birth message is published when the subscriptions are acknowledged,
   i.e. after paho has retransmitted the previous connection's messages, so
   a stale status can never overwrite the fresh one in the retained slot;
-- the password is handed to paho and never logged.
+- the password is handed to paho and never logged;
+- TLS files are loaded once, at construction: an unusable one is a ConfigError
+  naming its configuration key (agent.sync.tlsfiles).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent import __version__
 from agent.errors import AgentError, ConfigError, TransportError
 from agent.sync.outbox import Outbox
+from agent.sync.tlsfiles import client_context
 from agent.timeutil import now, uuid7
 
 log = logging.getLogger(__name__)
@@ -291,13 +294,12 @@ class MqttLink:
         client.reconnect_delay_set(*self._reconnect)
         client.max_inflight_messages_set(self.window)
         if self._tls:
-            try:
-                client.tls_set(ca_certs=self._ca_file, certfile=self._cert_file,
-                               keyfile=self._key_file, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ValueError) as exc:
-                raise TransportError(
-                    f"cannot load TLS files (CA {self._ca_file}, certificate "
-                    f"{self._cert_file}, key {self._key_file}): {exc}", retryable=False) from exc
+            if self._ca_file is None:
+                raise ConfigError("platform.ca_file: mqtts:// needs the CA that verifies "
+                                  "the broker")
+            # ConfigError naming platform.ca_file / cert_file / key_file for a bad file.
+            client.tls_set_context(client_context(self._ca_file, self._cert_file,
+                                                  self._key_file))
             client.tls_insecure_set(False)
         if self._username is not None:
             client.username_pw_set(self._username, self._password)
