@@ -14,6 +14,11 @@ upload is abandoned, a fresh one is created (``upload.restarted`` in the
 custody log, an ``upload.offset_invalid`` alert).  A stored upload URL that
 is no longer on an allowed origin is abandoned the same way, without a
 request to it.
+
+Workers sleep on one condition; ``poke`` and ``stop`` bump a generation
+counter under its lock, and a worker waits only if the generation did not
+move since it last looked for work, so no wake-up is lost between "nothing
+to do" and the wait.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Uploader:
         self.store = store
         self.vault = vault
         self._wake = threading.Condition()
+        self._generation = 0  # bumped under _wake by poke() and stop()
         self._claimed: set[str] = set()
         # The platform's Retry-After, for every upload of this station (not only the
         # clip that got it): no request before this time.  In memory on purpose: a
@@ -72,7 +78,8 @@ class Uploader:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._wake:
+            self._stop.set()
         self.poke()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -80,6 +87,7 @@ class Uploader:
     def poke(self) -> None:
         """Something may be ready to upload (a seal, a retry time reached)."""
         with self._wake:
+            self._generation += 1
             self._wake.notify_all()
 
     def busy(self) -> bool:
@@ -114,6 +122,8 @@ class Uploader:
         client = self._client()
         try:
             while not self._stop.is_set():
+                with self._wake:
+                    seen = self._generation
                 try:
                     clip_id = self._claim()
                 except AgentError:
@@ -121,8 +131,11 @@ class Uploader:
                     self._stop.wait(1.0)
                     clip_id = None
                 if clip_id is None:
+                    due = self._next_due()
                     with self._wake:
-                        self._wake.wait(self._next_due())
+                        # A poke or stop since ``seen`` is not lost: no wait at all then.
+                        if not self._stop.is_set() and self._generation == seen:
+                            self._wake.wait(due)
                     continue
                 try:
                     self.upload_one(client, clip_id)
