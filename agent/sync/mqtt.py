@@ -65,6 +65,7 @@ paho_log = logging.getLogger(f"{__name__}.paho")
 # MQTT 5 CONNACK "Unsupported Protocol Version"; paho also reports a v3
 # broker's "unacceptable protocol version" (CONNACK code 1) under this code.
 _RC_UNSUPPORTED_PROTOCOL = 0x84
+RECEIVE_MAXIMUM = 64
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,9 @@ class MqttLink:
         if self.protocol == "5":
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self._session_expiry_s
+            # Bounds how many messages to us the broker may have in flight (we acknowledge
+            # each once handled), so a flood waits in the broker, not in this process.
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs = {"clean_start": False, "properties": props}
         self._client.connect_async(self.host, self.port, self._keepalive, **kwargs)
         self._client.loop_start()
