@@ -23,6 +23,7 @@ from cryptography import x509
 from agent.errors import ConfigError
 from agent.verify.bundle import verify_bundle
 from agent.verify.datadir import verify_data_dir
+from agent.verify.files import LIMITS, Unreadable, read_file
 from agent.verify.pair import verify_clip_file
 from agent.verify.report import ClipResult, Report
 
@@ -33,9 +34,9 @@ def load_trust(path: str | os.PathLike[str]) -> list[x509.Certificate]:
     """Every PEM certificate in ``path`` (the platform CA bundle); ConfigError if none."""
     target = Path(path)
     try:
-        data = target.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"--trust: cannot read {target}: {exc.strerror}") from None
+        data = read_file(target, LIMITS["small"], follow=True)
+    except Unreadable as exc:
+        raise ConfigError(f"--trust: {exc}") from None
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:

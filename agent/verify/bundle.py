@@ -13,13 +13,20 @@ What is checked, in order (each step runs whatever the earlier ones found):
 5. each earlier checkpoint: signature and consistency with the newest;
 6. each clip: manifest signature (keyid of the certificate), fields, digest
    and size of the bytes, the ``clip.sealed`` entry naming this manifest,
-   and a state history without gaps.
+   and a state history without gaps; and its trust (the certificate's
+   verdict is part of every clip's).
+
+The bundle is hostile until proven otherwise: only the regular files the
+scan found are read (agent.verify.files: no link followed anywhere in a
+path, FIFOs and devices refused, sizes capped), JSON is parsed with bounds
+(agent.boundedjson), and every such refusal is a named finding.  Files that
+are not part of the layout are reported as warnings, not ignored.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,21 +41,31 @@ from agent.verify.bagit import bagit_txt_problems, parse_bag_info, parse_manifes
 from agent.verify.checks import (
     Digest,
     Identity,
+    apply_trust,
     check_certificate,
-    hash_paths,
+    hash_all,
     history_problems,
-    load_identity,
-    load_json_file,
+    identity_from_pem,
     manifest_digest,
     manifest_problems,
     open_checkpoint,
     open_envelope,
     parse_canonical,
+    parse_json,
     seal_link_problems,
     sha256_hex,
     signed_time,
+    trust_status,
 )
+from agent.verify.files import LIMITS, Unreadable, hash_beneath, read_beneath
 from agent.verify.report import Report
+
+# The tag files of a bwc.bundle/v1 bundle; anything else outside data/ is reported.
+_TAG_FILES = frozenset({layout.BAGIT_TXT, layout.BAG_INFO, layout.PAYLOAD_MANIFEST,
+                        layout.TAG_MANIFEST, layout.README, layout.FORMATS, layout.ENTRIES,
+                        layout.PROOFS, layout.CHECKPOINT, layout.CHECKPOINTS})
+_CERT_FILE = re.compile(r"certs/[^/]+\.pem")
+_PAYLOAD_FILE = re.compile(r"data/clips/[^/]+/[^/]+|data/manifests/[^/]+\.dsse\.json")
 
 
 def verify_bundle(root: Path, report: Report,
@@ -70,6 +87,7 @@ class _BundleCheck:
         self.trust = trust
         self.source = str(root)
         self.files: dict[str, int] = {}  # relative path -> size, regular files only
+        self.refused: dict[str, str] = {}  # relative path -> why it is never read
         self.digests: dict[str, Digest | str] = {}
         self.identity: Identity | None = None
         self.checkpoint: dict[str, Any] | None = None
@@ -102,14 +120,49 @@ class _BundleCheck:
         self.report.targets.append({"path": self.source, "kind": "bundle"})
         self.scan()
         self.check_bag()
-        self.identity = load_identity(self.root / layout.STATION_CERT, self.report, self.source)
+        self.identity = self.load_identity()
         self.check_checkpoint()
+        cert_problems: list[str] = []
         if self.identity is not None:
-            check_certificate(self.identity, self.report, self.source, self.trust,
-                              signed_time(self.checkpoint))
+            cert_problems = check_certificate(self.identity, self.report, self.source,
+                                              self.trust, signed_time(self.checkpoint))
         self.check_entries()
         self.check_earlier_checkpoints()
         self.check_clips()
+        apply_trust(self.report, self.source,
+                    trust_status(self.identity, cert_problems, self.trust),
+                    cert_problems)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def read(self, rel: str, limit: int) -> bytes:
+        """The bytes of a file the scan accepted; Unreadable (with the reason) for any other."""
+        if rel not in self.files:
+            raise Unreadable(self.refused.get(rel) or self._missing(rel))
+        return read_beneath(self.root, rel, limit)
+
+    def _missing(self, rel: str) -> str:
+        parts = rel.split("/")
+        for depth in range(1, len(parts)):
+            above = "/".join(parts[:depth])
+            if above in self.refused:
+                return f"{rel} lies below {above}, which is not read ({self.refused[above]})"
+        return f"{rel} is missing"
+
+    def read_json(self, rel: str, limit: int) -> tuple[Any, str | None]:
+        try:
+            data = self.read(rel, limit)
+        except Unreadable as exc:
+            return None, str(exc)
+        return parse_json(data, rel, max_bytes=limit)
+
+    def load_identity(self) -> Identity | None:
+        try:
+            data = self.read(layout.STATION_CERT, LIMITS["small"])
+        except Unreadable as exc:
+            self.problem(f"cert-missing: {self.source}: no usable station certificate: {exc}")
+            return None
+        return identity_from_pem(data, layout.STATION_CERT, self.report, self.source)
 
     def scan(self) -> None:
         def unreadable(exc: OSError) -> None:
@@ -120,23 +173,38 @@ class _BundleCheck:
             for name in sorted(dirnames + filenames):
                 path = base / name
                 rel = path.relative_to(self.root).as_posix()
-                mode = path.lstat().st_mode
+                try:
+                    info = path.lstat()
+                except OSError as exc:
+                    self.refused[rel] = f"{rel} cannot be examined: {exc.strerror}"
+                    self.file_problem(rel, f"bag-format: {self.refused[rel]}")
+                    continue
+                mode = info.st_mode
                 if stat.S_ISLNK(mode):
+                    self.refused[rel] = f"{rel} is a symbolic link (not followed)"
                     self.file_problem(rel, f"bag-format: {rel} is a symbolic link; a bundle "
                                            "holds regular files only (not followed)")
                 elif stat.S_ISREG(mode):
-                    self.files[rel] = path.lstat().st_size
+                    self.files[rel] = info.st_size
                 elif not stat.S_ISDIR(mode):
+                    self.refused[rel] = f"{rel} is {_kind(mode)}, not a regular file (not read)"
                     self.file_problem(rel, f"bag-format: {rel} is not a regular file")
-            dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+            dirnames[:] = [d for d in dirnames
+                           if (base / d).relative_to(self.root).as_posix() not in self.refused]
 
-    def read_text(self, rel: str) -> str | None:
-        if rel not in self.files:
+    def read_text(self, rel: str, limit: int = LIMITS["small"]) -> str | None:
+        """The UTF-8 text of a tag file; None (after a finding, unless missing) if unusable."""
+        try:
+            data = self.read(rel, limit)
+        except Unreadable as exc:
+            if rel in self.files or rel in self.refused:
+                self.problem(f"bag-format: cannot read {exc}")
             return None
         try:
-            return (self.root / rel).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            self.problem(f"bag-format: cannot read {rel} as UTF-8 text: {exc}")
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.problem(f"bag-format: {rel} is not UTF-8 text: {exc.reason} at byte "
+                         f"{exc.start}")
             return None
 
     def check_bag(self) -> None:
@@ -144,9 +212,9 @@ class _BundleCheck:
             self.problem(finding)
         manifests: dict[str, dict[str, str]] = {}
         for name in (layout.PAYLOAD_MANIFEST, layout.TAG_MANIFEST):
-            text = self.read_text(name)
+            text = self.read_text(name, LIMITS["tag-manifest"])
             if text is None:
-                self.problem(f"bag-missing: {name} is missing")
+                self.problem(f"bag-missing: {name} is missing or unreadable")
                 manifests[name] = {}
                 continue
             manifests[name], problems = parse_manifest(text, name)
@@ -155,8 +223,8 @@ class _BundleCheck:
         payload, tags = manifests[layout.PAYLOAD_MANIFEST], manifests[layout.TAG_MANIFEST]
         data_files = [rel for rel in self.files if rel.startswith("data/")]
         to_hash = set(data_files) | {rel for rel in tags if rel in self.files}
-        hashed = hash_paths([self.root / rel for rel in sorted(to_hash)], self.report)
-        self.digests = {p.relative_to(self.root).as_posix(): d for p, d in hashed.items()}
+        self.digests = hash_all(sorted(to_hash), lambda rel: hash_beneath(self.root, rel),
+                                self.report)
 
         for name, listing in ((layout.PAYLOAD_MANIFEST, payload), (layout.TAG_MANIFEST, tags)):
             for rel, expected in sorted(listing.items()):
@@ -180,6 +248,14 @@ class _BundleCheck:
         if unlisted_tags:
             self.report.warning(f"{self.source}: tag files not covered by "
                                 f"{layout.TAG_MANIFEST}: {', '.join(unlisted_tags)}")
+        for rel in sorted(self.files):
+            if not (rel in _TAG_FILES or _CERT_FILE.fullmatch(rel)
+                    or _PAYLOAD_FILE.fullmatch(rel)):
+                listed = " (listed in a BagIt manifest)" if rel in tags or rel in payload \
+                    else ""
+                self.report.warning(f"{self.source}: {rel} is not part of a "
+                                    f"{layout.BUNDLE_FORMAT} bundle{listed}; its content is "
+                                    "not checked")
         self.check_bag_info(data_files)
 
     def check_bag_info(self, data_files: list[str]) -> None:
@@ -200,11 +276,15 @@ class _BundleCheck:
                                 f"this verifier reads {layout.BUNDLE_FORMAT}")
 
     def check_checkpoint(self) -> None:
-        envelope, error = load_json_file(self.root / layout.CHECKPOINT)
+        envelope, error = self.read_json(layout.CHECKPOINT, LIMITS["small"])
         if error is not None:
             self.problem(f"checkpoint-missing: {layout.CHECKPOINT}: {error}")
             return
-        self.checkpoint, problems = open_checkpoint(envelope, self.identity, layout.CHECKPOINT)
+        warnings: list[str] = []
+        self.checkpoint, problems = open_checkpoint(envelope, self.identity, layout.CHECKPOINT,
+                                                    warnings)
+        for w in warnings:
+            self.report.warning(f"{self.source}: {w}")
         if self.checkpoint is not None and self.identity is not None \
                 and self.identity.station_id is not None \
                 and self.checkpoint.get("station_id") != self.identity.station_id:
@@ -270,9 +350,9 @@ class _BundleCheck:
 
     def load_entries(self) -> list[tuple[int, dict[str, Any]]]:
         try:
-            raw = (self.root / layout.ENTRIES).read_bytes()
-        except OSError:
-            self.problem(f"log-missing: {layout.ENTRIES} is missing or unreadable")
+            raw = self.read(layout.ENTRIES, LIMITS["log"])
+        except Unreadable as exc:
+            self.problem(f"log-missing: {layout.ENTRIES} is missing or unreadable: {exc}")
             return []
         out = []
         for number, line in enumerate(raw.split(b"\n"), 1):
@@ -281,18 +361,25 @@ class _BundleCheck:
             value, problems = parse_canonical(line, "log-format", f"{layout.ENTRIES} line "
                                                                    f"{number}")
             entry = _entry(value)
+            if value is None and problems:
+                self.problem(problems[0])
+                continue
             if entry is None:
                 self.problem(f"log-format: {layout.ENTRIES} line {number} is not a log entry "
                              "{seq, at, kind, clip_id, body}")
                 continue
             if problems:
-                self.report.warning(f"{self.source}: {problems[0].removeprefix('log-format: ')}"
-                                    " (the leaf is computed from its canonical form)")
+                # Lines must be exactly JCS(entry) (FORMATS.md 10): then the line's bytes and
+                # the canonical form give the same leaf, whichever a verifier hashes.
+                self.problem(f"{problems[0]}: a log line must be exactly the entry's "
+                             "canonical form", entry["clip_id"]
+                             if isinstance(entry["clip_id"], str)
+                             and layout.is_clip_id(entry["clip_id"]) else None)
             out.append((number, entry))
         return out
 
     def load_proofs(self) -> dict[int, dict[str, Any]]:
-        doc, error = load_json_file(self.root / layout.PROOFS)
+        doc, error = self.read_json(layout.PROOFS, LIMITS["log"])
         if error is not None or not isinstance(doc, dict):
             self.problem(f"log-missing: {layout.PROOFS}: {error or 'not a JSON object'}")
             return {}
@@ -310,31 +397,30 @@ class _BundleCheck:
         return proofs
 
     def check_earlier_checkpoints(self) -> None:
-        path = self.root / layout.CHECKPOINTS
-        if not path.exists():
-            self.problem(f"checkpoint-missing: {layout.CHECKPOINTS} is missing")
+        try:
+            raw = self.read(layout.CHECKPOINTS, LIMITS["log"])
+        except Unreadable as exc:
+            self.problem(f"checkpoint-missing: {layout.CHECKPOINTS}: {exc}")
             return
         if self.checkpoint is None:
             return
         new_size, new_root = self.checkpoint["size"], bytes.fromhex(self.checkpoint["root"])
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            self.problem(f"checkpoint-missing: cannot read {layout.CHECKPOINTS}: {exc.strerror}")
-            return
         for number, line in enumerate(raw.split(b"\n"), 1):
             if not line.strip():
                 continue
             where = f"{layout.CHECKPOINTS} line {number}"
-            try:
-                item = json.loads(line)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                self.problem(f"checkpoint-field: {where} is not JSON: {exc}")
+            item, error = parse_json(line, where, max_bytes=LIMITS["small"])
+            if error is not None:
+                self.problem(f"checkpoint-field: {error}")
                 continue
             if not isinstance(item, dict):
                 self.problem(f"checkpoint-field: {where} is not a JSON object")
                 continue
-            old, problems = open_checkpoint(item.get("envelope"), self.identity, where)
+            warnings: list[str] = []
+            old, problems = open_checkpoint(item.get("envelope"), self.identity, where,
+                                            warnings)
+            for w in warnings:
+                self.report.warning(f"{self.source}: {w}")
             for p in problems:
                 self.problem(p)
             if old is None:
@@ -379,11 +465,15 @@ class _BundleCheck:
             result.add(p)
         if not entries:
             result.add(f"log-link: {layout.ENTRIES} has no entries for this clip")
-        envelope, error = load_json_file(self.root / layout.manifest_path(clip_id))
+        envelope, error = self.read_json(layout.manifest_path(clip_id), LIMITS["small"])
         if error is not None:
             result.add(f"manifest-missing: {layout.manifest_path(clip_id)}: {error}")
             return
-        payload, problems = open_envelope(envelope, self.identity, dsse.MANIFEST, "manifest")
+        warnings: list[str] = []
+        payload, problems = open_envelope(envelope, self.identity, dsse.MANIFEST, "manifest",
+                                          warnings)
+        for w in warnings:
+            self.report.warning(f"{clip_id}: {w}")
         for p in problems:
             result.add(p)
         if payload is None:
@@ -419,6 +509,14 @@ def _entry(value: Any) -> dict[str, Any] | None:
     if not (clip_id is None or isinstance(clip_id, str)) or not isinstance(value["body"], dict):
         return None
     return value
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
 def _hex_list(value: Any) -> list[bytes] | None:

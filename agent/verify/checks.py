@@ -3,7 +3,9 @@
 Every function here returns its findings (``"<code>: <details>"`` strings)
 instead of raising, so that a verifier can go on and report everything.
 Inputs are untrusted: malformed JSON, wrong types and bad encodings become
-findings, never exceptions.
+findings, never exceptions.  JSON is parsed with agent.boundedjson (size,
+depth, number length and duplicate keys bounded), files are read through
+agent.verify.files (no link followed, regular files only, sizes capped).
 """
 
 from __future__ import annotations
@@ -14,25 +16,28 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from agent import boundedjson
 from agent.custody import dsse
 from agent.custody.jcs import canonicalize
 from agent.custody.keys import certificate_problems, certificate_station_id, keyid_of
 from agent.custody.manifest import SCHEMA as MANIFEST_SCHEMA
-from agent.errors import AgentError
 from agent.timeutil import parse_rfc3339
-from agent.vault import hash_file
+from agent.verify.files import LIMITS, Unreadable, hash_file, read_file
 from agent.verify.report import Report
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
+#: Deepest nesting accepted in any JSON of a target (the station writes at most 4).
+MAX_DEPTH = 32
+K = TypeVar("K")
 # Hash files in parallel: hashlib and file reads release the GIL, and a bundle
 # or a vault is many files.  More threads than this only thrash the disk.
 _HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -44,14 +49,20 @@ Digest = tuple[str, int]
 
 
 def hash_paths(paths: Iterable[Path], report: Report) -> dict[Path, Digest | str]:
-    """SHA-256 and size of each file, or the reason it could not be read."""
-    unique = list(dict.fromkeys(paths))
+    """SHA-256 and size of each regular file (a final link is not followed), or why not."""
+    return hash_all(paths, hash_file, report)
+
+
+def hash_all(keys: Iterable[K], hasher: Callable[[K], Digest],
+             report: Report) -> dict[K, Digest | str]:
+    """``hasher`` of every key, several at once; the reason instead where it failed."""
+    unique = list(dict.fromkeys(keys))
     started = time.monotonic()
 
-    def one(path: Path) -> Digest | str:
+    def one(key: K) -> Digest | str:
         try:
-            return hash_file(path)
-        except AgentError as exc:
+            return hasher(key)
+        except Unreadable as exc:
             return str(exc)
 
     with ThreadPoolExecutor(max_workers=_HASH_THREADS, thread_name_prefix="verify-hash") as pool:
@@ -77,16 +88,23 @@ class Identity:
         return {self.keyid: self.public_key}
 
 
-def load_identity(path: Path, report: Report, where: str) -> Identity | None:
-    """The first certificate in ``path``; a finding (and None) if it is missing or unusable."""
+def load_identity(path: Path, report: Report, where: str, *,
+                  follow: bool = False) -> Identity | None:
+    """The first certificate in ``path``; a finding (and None) if it is missing or unusable.
+
+    ``follow``: the path was named by the user (``--cert``), so a link is followed.
+    """
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        report.problem(f"cert-missing: {where}: no station certificate at {path}")
+        data = read_file(path, LIMITS["small"], follow=follow)
+    except Unreadable as exc:
+        report.problem(f"cert-missing: {where}: no usable station certificate: {exc}")
         return None
-    except OSError as exc:
-        report.problem(f"cert-missing: {where}: cannot read {path}: {exc.strerror}")
-        return None
+    return identity_from_pem(data, path, report, where)
+
+
+def identity_from_pem(data: bytes, path: Path | str, report: Report,
+                      where: str) -> Identity | None:
+    """The first certificate in PEM ``data`` (read from ``path``); None after a finding if not."""
     try:
         cert = x509.load_pem_x509_certificate(data)
     except ValueError as exc:
@@ -103,19 +121,22 @@ def load_identity(path: Path, report: Report, where: str) -> Identity | None:
 
 def check_certificate(identity: Identity, report: Report, where: str,
                       trust: Sequence[x509.Certificate] | None,
-                      signed_at: dt.datetime | None) -> None:
+                      signed_at: dt.datetime | None) -> list[str]:
     """Validity when the signatures were made (and now), CN, key type, chain to ``trust``.
 
     Without ``trust`` the certificate cannot be anchored: that is a warning,
     since a self-signed development station is legitimate, but the auditor
     must then obtain the certificate (or its fingerprint) from elsewhere.
+    Returns the problems it reported (empty: the certificate is usable).
     """
     now = dt.datetime.now(dt.UTC)
     when = signed_at or now
     cert = identity.cert
     anchors = list(trust) if trust is not None else [cert]
-    for text in certificate_problems(cert, when, anchors):
-        report.problem(f"cert-invalid: {where}: {text}")
+    problems = [f"cert-invalid: {where}: {text}"
+                for text in certificate_problems(cert, when, anchors)]
+    for problem in problems:
+        report.problem(problem)
     if signed_at is not None and now > cert.not_valid_after_utc >= signed_at:
         report.warning(f"{where}: the station certificate expired at "
                        f"{cert.not_valid_after_utc.isoformat()}, after the signatures were made")
@@ -126,16 +147,40 @@ def check_certificate(identity: Identity, report: Report, where: str,
         report.warning(f"{where}: station certificate {cert.subject.rfc4514_string()} is {kind} "
                        f"/ not anchored (no --trust given); its SHA-256 fingerprint is "
                        f"{fingerprint}: compare it with the platform's record of the station")
+    return problems
+
+
+def trust_status(identity: Identity | None, cert_problems: Sequence[str],
+                 trust: Sequence[x509.Certificate] | None) -> str:
+    """How far each clip's signatures can be trusted: anchored, unanchored or failed."""
+    if identity is None or cert_problems:
+        return "failed"
+    return "anchored" if trust is not None else "unanchored"
+
+
+def apply_trust(report: Report, source: str, status: str, cert_problems: Sequence[str]) -> None:
+    """Put the certificate's verdict into every clip of ``source``: a clip is no better."""
+    why = cert_problems[0] if cert_problems else "cert-missing: no usable station certificate"
+    for result in report.clips:
+        if result.source != source:
+            continue
+        result.trust = status
+        if status == "failed":
+            result.add(f"trust: the station certificate does not establish who signed this "
+                       f"clip ({why})")
 
 
 # --- signatures --------------------------------------------------------------------------
 
 def open_envelope(envelope: Any, identity: Identity | None, expected_type: str,
-                  what: str) -> tuple[bytes | None, list[str]]:
+                  what: str, warnings: list[str] | None = None) -> tuple[bytes | None, list[str]]:
     """The payload of a DSSE envelope, and every signature problem (``signature: ...``).
 
     The payload is returned even when the signature fails, so that its
-    fields can still be checked and reported.
+    fields can still be checked and reported.  When the station's signature
+    verifies, every other signature (another key, or one that does not
+    verify) is appended to ``warnings``: DSSE accepts an envelope with one
+    good signature, but an auditor should know what else it carries.
     """
     problems: list[str] = []
     if identity is None:
@@ -144,6 +189,8 @@ def open_envelope(envelope: Any, identity: Identity | None, expected_type: str,
         problems.extend(f"signature: {what}: {p}"
                         for p in dsse.envelope_problems(envelope, identity.trusted,
                                                         expected_type))
+        if not problems and warnings is not None:
+            warnings.extend(_other_signatures(envelope, identity, expected_type, what))
     payload = None
     if isinstance(envelope, Mapping) and isinstance(envelope.get("payload"), str):
         try:
@@ -155,24 +202,43 @@ def open_envelope(envelope: Any, identity: Identity | None, expected_type: str,
     return payload, problems
 
 
-def load_json_file(path: Path) -> tuple[Any, str | None]:
-    """Parsed JSON of a file, or the reason it cannot be read."""
+def _other_signatures(envelope: Any, identity: Identity, expected_type: str,
+                      what: str) -> list[str]:
+    found = []
+    signatures = envelope.get("signatures") if isinstance(envelope, Mapping) else None
+    for index, entry in enumerate(signatures if isinstance(signatures, list) else []):
+        alone = {"payloadType": envelope.get("payloadType"), "payload": envelope.get("payload"),
+                 "signatures": [entry]}
+        if dsse.envelope_problems(alone, identity.trusted, expected_type):
+            keyid = entry.get("keyid") if isinstance(entry, Mapping) else None
+            name = f"keyid {str(keyid)[:80]}" if isinstance(keyid, str) and keyid else "no keyid"
+            found.append(f"{what}: signature {index} ({name}) is not the station's, or does "
+                         "not verify; it is ignored (only the station's signature counts)")
+    return found
+
+
+def parse_json(data: bytes, what: str, *, max_bytes: int) -> tuple[Any, str | None]:
+    """JSON from untrusted bytes (agent.boundedjson), or why it is not acceptable."""
     try:
-        return json.loads(path.read_bytes()), None
-    except FileNotFoundError:
-        return None, f"{path.name} is missing"
-    except OSError as exc:
-        return None, f"cannot read {path.name}: {exc.strerror}"
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"{path.name} is not valid JSON: {exc}"
+        return boundedjson.loads(data, max_bytes=max_bytes, max_depth=MAX_DEPTH), None
+    except boundedjson.JSONInputError as exc:
+        return None, f"{what} is not acceptable JSON: {exc}"
+
+
+def load_json_file(path: Path, *, follow: bool = False) -> tuple[Any, str | None]:
+    """Parsed JSON of a small file named by the user, or the reason it cannot be read."""
+    try:
+        data = read_file(path, LIMITS["small"], follow=follow)
+    except Unreadable as exc:
+        return None, str(exc)
+    return parse_json(data, path.name, max_bytes=LIMITS["small"])
 
 
 def parse_canonical(payload: bytes, code: str, what: str) -> tuple[Any, list[str]]:
     """JSON from signed bytes, with a finding unless the bytes are its RFC 8785 form."""
-    try:
-        value = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, [f"{code}: {what} payload is not JSON: {exc}"]
+    value, error = parse_json(payload, f"{what} payload", max_bytes=LIMITS["small"])
+    if error is not None:
+        return None, [f"{code}: {error}"]
     try:
         canonical = canonicalize(value) == payload
     except (ValueError, TypeError) as exc:
@@ -295,10 +361,10 @@ def manifest_digest(manifest: Any) -> tuple[str | None, int | None]:
 
 # --- checkpoints -------------------------------------------------------------------------
 
-def open_checkpoint(envelope: Any, identity: Identity | None,
-                    what: str) -> tuple[dict[str, Any] | None, list[str]]:
+def open_checkpoint(envelope: Any, identity: Identity | None, what: str,
+                    warnings: list[str] | None = None) -> tuple[dict[str, Any] | None, list[str]]:
     """A signed checkpoint's checked fields (None if unusable) and every problem found."""
-    payload, problems = open_envelope(envelope, identity, dsse.CHECKPOINT, what)
+    payload, problems = open_envelope(envelope, identity, dsse.CHECKPOINT, what, warnings)
     if payload is None:
         return None, problems
     fields, more = checkpoint_fields(payload, what)

@@ -34,6 +34,7 @@ from agent.verify.checks import (
     HEX64,
     Digest,
     Identity,
+    apply_trust,
     check_certificate,
     hash_paths,
     history_problems,
@@ -46,6 +47,7 @@ from agent.verify.checks import (
     seal_link_problems,
     sha256_hex,
     signed_time,
+    trust_status,
 )
 from agent.verify.report import ClipResult, Report
 
@@ -58,7 +60,8 @@ def verify_data_dir(root: Path, report: Report,
                     trust: Sequence[x509.Certificate] | None = None) -> None:
     source = str(root)
     report.targets.append({"path": source, "kind": "data_dir"})
-    identity = load_identity(root / "keys" / "station.pem", report, source)
+    # The station's own directory: its certificate may be a link an installer made.
+    identity = load_identity(root / "keys" / "station.pem", report, source, follow=True)
     try:
         store = Store(root / "state.db", station_id="", readonly=True)
     except StoreError as exc:
@@ -67,10 +70,14 @@ def verify_data_dir(root: Path, report: Report,
     try:
         entries = _check_log(store, report, source)
         newest = _check_checkpoints(store, report, identity, entries, source)
+        cert_problems: list[str] = []
         if identity is not None:
-            check_certificate(identity, report, source, trust, signed_time(newest))
+            cert_problems = check_certificate(identity, report, source, trust,
+                                              signed_time(newest))
         objects = _check_vault(root / "vault", report)
         _check_clips(store, report, identity, entries=entries, objects=objects, source=source)
+        apply_trust(report, source, trust_status(identity, cert_problems, trust),
+                    cert_problems)
     finally:
         store.close()
 

@@ -3,6 +3,7 @@
 A bundle is a BagIt 1.0 bag (RFC 8493)::
 
     bagit.txt  bag-info.txt  manifest-sha256.txt  tagmanifest-sha256.txt  README.txt
+    FORMATS.md                            the format specification (docs/FORMATS.md)
     data/clips/<clip_id>/<safe name>      the clip's bytes, exactly as in the vault
     data/manifests/<clip_id>.dsse.json    the clip's signed manifest (DSSE envelope)
     custody/entries.jsonl                 the clips' custody log entries, one JCS line each
@@ -27,6 +28,7 @@ BAG_INFO = "bag-info.txt"
 PAYLOAD_MANIFEST = "manifest-sha256.txt"
 TAG_MANIFEST = "tagmanifest-sha256.txt"
 README = "README.txt"
+FORMATS = "FORMATS.md"
 CLIPS_DIR = "data/clips"
 MANIFESTS_DIR = "data/manifests"
 MANIFEST_SUFFIX = ".dsse.json"

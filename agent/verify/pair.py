@@ -17,14 +17,17 @@ from cryptography import x509
 from agent.custody import dsse
 from agent.timeutil import parse_rfc3339
 from agent.verify.checks import (
+    apply_trust,
     check_certificate,
-    hash_paths,
+    hash_all,
     load_identity,
     load_json_file,
     manifest_problems,
     open_envelope,
     parse_canonical,
+    trust_status,
 )
+from agent.verify.files import hash_file
 from agent.verify.layout import safe_name
 from agent.verify.report import Report
 
@@ -33,10 +36,12 @@ def verify_clip_file(clip: Path, manifest_path: Path, cert: Path, report: Report
                      trust: Sequence[x509.Certificate] | None = None) -> None:
     source = f"{clip} + {manifest_path}"
     report.targets.append({"path": source, "kind": "clip"})
-    identity = load_identity(cert, report, source)
-    envelope, error = load_json_file(manifest_path)
+    # Files the user named: a link they give is followed (a FIFO or device is not read).
+    identity = load_identity(cert, report, source, follow=True)
+    envelope, error = load_json_file(manifest_path, follow=True)
+    warnings: list[str] = []
     payload, problems = (None, [f"manifest-missing: {error}"]) if error is not None else \
-        open_envelope(envelope, identity, dsse.MANIFEST, "manifest")
+        open_envelope(envelope, identity, dsse.MANIFEST, "manifest", warnings)
     manifest = None
     if payload is not None:
         manifest, more = parse_canonical(payload, "manifest-canonical", "manifest")
@@ -48,7 +53,9 @@ def verify_clip_file(clip: Path, manifest_path: Path, cert: Path, report: Report
     result = report.clip(str(clip_id), source, str(name))
     for p in problems:
         result.add(p)
-    got = hash_paths([clip], report)[clip]
+    for w in warnings:
+        report.warning(f"{source}: {w}")
+    got = hash_all([clip], lambda path: hash_file(path, follow=True), report)[clip]
     if isinstance(got, str):
         result.add(f"file-missing: {got}")
     if manifest is not None:
@@ -61,8 +68,11 @@ def verify_clip_file(clip: Path, manifest_path: Path, cert: Path, report: Report
         if clip.name not in (name, safe_name(str(name))):
             report.warning(f"{clip_id}: the file is named {clip.name!r}, the manifest names "
                            f"it {name!r}")
+    cert_problems: list[str] = []
     if identity is not None:
-        check_certificate(identity, report, source, trust, _sealed_time(info))
+        cert_problems = check_certificate(identity, report, source, trust, _sealed_time(info))
+    apply_trust(report, source, trust_status(identity, cert_problems, trust),
+                cert_problems)
     report.warning(f"{source}: custody log not checked (a clip and its manifest carry no log "
                    "proof; verify the export bundle or the station data directory for that)")
 
