@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
 from agent import boundedjson
@@ -38,6 +39,9 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 #: Deepest nesting accepted in any JSON of a target (the station writes at most 4).
 MAX_DEPTH = 32
 K = TypeVar("K")
+# What cryptography raises for a damaged certificate, at load or when a part is first used.
+_CERT_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+                x509.UnsupportedGeneralNameType)
 # Hash files in parallel: hashlib and file reads release the GIL, and a bundle
 # or a vault is many files.  More threads than this only thrash the disk.
 _HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -107,16 +111,19 @@ def identity_from_pem(data: bytes, path: Path | str, report: Report,
     """The first certificate in PEM ``data`` (read from ``path``); None after a finding if not."""
     try:
         cert = x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
-        report.problem(f"cert-invalid: {where}: {path} is not a PEM certificate: {exc}")
+        # cryptography parses lazily: a damaged name or key fails here, not above.
+        key = cert.public_key()
+        station_id = certificate_station_id(cert)
+        cert.issuer.rfc4514_string()
+    except _CERT_ERRORS as exc:
+        report.problem(f"cert-invalid: {where}: {path} is not a usable PEM certificate: "
+                       f"{str(exc)[:300]}")
         return None
-    key = cert.public_key()
     if not isinstance(key, dsse.PublicKey):
         report.problem(f"cert-invalid: {where}: {path} carries a {type(key).__name__} key; "
                        "station signatures are Ed25519")
         return None
-    return Identity(cert=cert, keyid=keyid_of(key), public_key=key,
-                    station_id=certificate_station_id(cert))
+    return Identity(cert=cert, keyid=keyid_of(key), public_key=key, station_id=station_id)
 
 
 def check_certificate(identity: Identity, report: Report, where: str,
@@ -133,8 +140,12 @@ def check_certificate(identity: Identity, report: Report, where: str,
     when = signed_at or now
     cert = identity.cert
     anchors = list(trust) if trust is not None else [cert]
-    problems = [f"cert-invalid: {where}: {text}"
-                for text in certificate_problems(cert, when, anchors)]
+    try:
+        problems = [f"cert-invalid: {where}: {text}"
+                    for text in certificate_problems(cert, when, anchors)]
+    except _CERT_ERRORS as exc:  # a damaged extension, parsed lazily
+        problems = [f"cert-invalid: {where}: the certificate cannot be checked: "
+                    f"{str(exc)[:300]}"]
     for problem in problems:
         report.problem(problem)
     if signed_at is not None and now > cert.not_valid_after_utc >= signed_at:
