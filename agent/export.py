@@ -190,6 +190,7 @@ def export_bundle(config: Config, store: Store, vault: Vault, clips: Sequence[sq
         writer.write(layout.CHECKPOINTS, b"".join(
             json.dumps(c, sort_keys=True, separators=(",", ":")).encode() + b"\n"
             for c in earlier))
+        writer.write(layout.FORMATS, layout.formats_text())
         writer.write(layout.STATION_CERT, cert_pem)
         for name, data in chain:
             writer.write(f"{layout.CERTS_DIR}/{name}", data)
@@ -203,8 +204,8 @@ def export_bundle(config: Config, store: Store, vault: Vault, clips: Sequence[sq
             station_id=config.station.id, keyid=certificate_keyid(cert),
             clip_id=clip_ids[0], clip_path=writer.clip_paths[clip_ids[0]],
             entry_line=entries.index(example) + 1, entry_seq=example.seq, entry_kind=example.kind,
-            leaf_hash=leaves[example.seq - 1].hex(), clips=len(clips)).encode()
-            + officers.readme.encode())
+            leaf_hash=leaves[example.seq - 1].hex(), clips=len(clips),
+            earlier=len(earlier)).encode() + officers.readme.encode())
         writer.finish(config.station.id, clips=len(clips), checkpoint_size=size)
         _rename_into_place(tmp, out)
     except BaseException:

@@ -200,6 +200,9 @@ def open_envelope(envelope: Any, identity: Identity | None, expected_type: str,
         problems.extend(f"signature: {what}: {p}"
                         for p in dsse.envelope_problems(envelope, identity.trusted,
                                                         expected_type))
+        if not problems and not _station_signed(envelope, identity, expected_type):
+            problems.append(f"signature: {what}: no signature names the station's keyid "
+                            f"{identity.keyid} (a keyid is required, FORMATS.md section 4)")
         if not problems and warnings is not None:
             warnings.extend(_other_signatures(envelope, identity, expected_type, what))
     payload = None
@@ -213,14 +216,26 @@ def open_envelope(envelope: Any, identity: Identity | None, expected_type: str,
     return payload, problems
 
 
+def _alone(envelope: Mapping[str, Any], entry: Any) -> dict[str, Any]:
+    return {"payloadType": envelope.get("payloadType"), "payload": envelope.get("payload"),
+            "signatures": [entry]}
+
+
+def _station_signed(envelope: Any, identity: Identity, expected_type: str) -> bool:
+    """A signature that names the station's keyid verifies (DSSE alone would accept none)."""
+    signatures = envelope.get("signatures") if isinstance(envelope, Mapping) else None
+    return any(isinstance(entry, Mapping) and entry.get("keyid") == identity.keyid
+               and not dsse.envelope_problems(_alone(envelope, entry), identity.trusted,
+                                              expected_type)
+               for entry in (signatures if isinstance(signatures, list) else []))
+
+
 def _other_signatures(envelope: Any, identity: Identity, expected_type: str,
                       what: str) -> list[str]:
     found = []
     signatures = envelope.get("signatures") if isinstance(envelope, Mapping) else None
     for index, entry in enumerate(signatures if isinstance(signatures, list) else []):
-        alone = {"payloadType": envelope.get("payloadType"), "payload": envelope.get("payload"),
-                 "signatures": [entry]}
-        if dsse.envelope_problems(alone, identity.trusted, expected_type):
+        if dsse.envelope_problems(_alone(envelope, entry), identity.trusted, expected_type):
             keyid = entry.get("keyid") if isinstance(entry, Mapping) else None
             name = f"keyid {str(keyid)[:80]}" if isinstance(keyid, str) and keyid else "no keyid"
             found.append(f"{what}: signature {index} ({name}) is not the station's, or does "

@@ -19,6 +19,7 @@ component.  The signed manifest keeps the true name.
 
 from __future__ import annotations
 
+import importlib.resources
 import re
 
 BUNDLE_FORMAT = "bwc.bundle/v1"
@@ -44,6 +45,11 @@ BAGIT_TXT_CONTENT = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
 _CLIP_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SAFE_PUNCT = frozenset("._-+=@,#~")
 _MAX_NAME_BYTES = 200
+
+
+def formats_text() -> bytes:
+    """docs/FORMATS.md as shipped with this bwc-agent (package data of agent.verify)."""
+    return importlib.resources.files("agent.verify").joinpath(FORMATS).read_bytes()
 
 
 def is_clip_id(text: str) -> bool:

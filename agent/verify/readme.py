@@ -23,7 +23,8 @@ signed log, and the station certificate.  The easiest check is
 
 which reports every failure (docs/AUDIT.md explains each one).  Everything
 below checks the same by hand, with sha256sum, openssl (3.0 or later) and
-python3.  Run the commands from this directory, in one bash session; the
+python3.  Run the commands from this directory, in one bash session; they
+write only into a temporary directory ($W), never into the bundle.  The
 worked example uses clip {clip_id}.
 Lines starting with "=>" show the expected output.
 
@@ -38,7 +39,8 @@ custody/proofs.json                inclusion proof of each entry
 custody/checkpoint.dsse.json       the signed checkpoint (log size and root)
 custody/checkpoints.jsonl          earlier checkpoints + consistency proofs
 certs/station.pem                  the station certificate
-docs/FORMATS.md of bwc-agent describes every format precisely.
+FORMATS.md                         every format, precisely (for writing
+                                   your own verifier)
 
 1. Every file is intact (BagIt manifests)
 -----------------------------------------
@@ -61,8 +63,9 @@ platform CA issued the certificate, also run
 3. The clip's manifest is signed by the station
 -----------------------------------------------
 DSSE signs PAE = "DSSEv1 <len(type)> <type> <len(payload)> <payload>".
-J reads one field of a JSON file (python3 -c "$J" FILE KEY...):
-$ J='import json,sys; v=json.load(open(sys.argv[1])); [v := v[int(k) if k.isdigit() else k] for k in sys.argv[2:]]; print(v)'
+J reads one field of a JSON file (python3 -c "$J" FILE KEY...); for a
+.jsonl file the first KEY is a line number, from 1:
+$ J='import json,sys; a=sys.argv[1:]; f=open(a.pop(0)); v=json.loads(f.readlines()[int(a.pop(0))-1]) if f.name.endswith(".jsonl") else json.load(f); [v := v[int(k) if k.isdigit() else k] for k in a]; print(v)'
 $ M=data/manifests/{clip_id}.dsse.json
 $ python3 -c "$J" "$M" payload | openssl base64 -d -A > "$W/payload.json"
 $ python3 -c "$J" "$M" signatures 0 sig | openssl base64 -d -A > "$W/sig.bin"
@@ -137,7 +140,8 @@ Repeat with any other line.  Each entry's leaf_index must be its seq - 1.
 --------------------------------------------------------------------------
 Each line of custody/checkpoints.jsonl is an earlier signed checkpoint with a
 consistency proof (RFC 9162 section 2.1.4.2).  Check their signatures as in
-step 5 (the "envelope" member), then:
+step 5, with the "envelope" member of each line{earlier_signature}
+Then check that each is a prefix of the newest:
 $ python3 - <<'EOF'
 import base64, hashlib, json, sys
 node = lambda left, right: hashlib.sha256(b"\\x01" + left + right).digest()
@@ -175,14 +179,32 @@ EOF
 """  # noqa: E501 (commands are kept whole, to be pasted)
 
 
+# Step 7's signature check of the first earlier checkpoint (when there is one).
+_EARLIER_SIGNATURE = """; for line 1:
+$ E=custody/checkpoints.jsonl
+$ python3 -c "$J" "$E" 1 envelope payload | openssl base64 -d -A > "$W/earlier.json"
+$ python3 -c "$J" "$E" 1 envelope signatures 0 sig | openssl base64 -d -A > "$W/earlier.sig"
+$ python3 -c "$J" "$E" 1 envelope signatures 0 keyid
+=> {keyid}
+$ ETYPE=$(python3 -c "$J" "$E" 1 envelope payloadType)
+$ {{ printf 'DSSEv1 %d %s %d ' "${{#ETYPE}}" "$ETYPE" "$(wc -c < "$W/earlier.json")"; cat "$W/earlier.json"; }} > "$W/earlier.pae"
+$ openssl pkeyutl -verify -pubin -inkey "$W/station.pub" -rawin -in "$W/earlier.pae" -sigfile "$W/earlier.sig"
+=> Signature Verified Successfully
+Repeat with the other lines ({earlier} in all)."""  # noqa: E501 (commands are kept whole)
+
+
 def readme_text(*, station_id: str, keyid: str, clip_id: str, clip_path: str, entry_line: int,
-                entry_seq: int, entry_kind: str, leaf_hash: str, clips: int) -> str:
+                entry_seq: int, entry_kind: str, leaf_hash: str, clips: int,
+                earlier: int = 0) -> str:
     """README.txt for a bundle; the worked example uses ``clip_id`` and log line ``entry_line``.
 
     ``clip_path`` is a safe name (layout.safe_name): it needs no shell quoting
-    beyond the single quotes used here.
+    beyond the single quotes used here.  ``earlier``: how many lines
+    custody/checkpoints.jsonl has (the first one's signature is checked).
     """
+    signature = (_EARLIER_SIGNATURE.format(keyid=keyid, earlier=earlier) if earlier
+                 else " (this bundle has none).")
     return _TEMPLATE.format(fmt=BUNDLE_FORMAT, station_id=station_id, keyid=keyid,
                             clip_id=clip_id, clip_path=clip_path, entry_line=entry_line,
                             entry_seq=entry_seq, entry_kind=entry_kind, leaf_hash=leaf_hash,
-                            clips=clips)
+                            clips=clips, earlier_signature=signature)

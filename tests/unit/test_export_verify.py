@@ -373,7 +373,8 @@ def test_readme_commands_work_by_hand(bundle: Path) -> None:
     result = _bash(script, bundle)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert out.count("Signature Verified Successfully") == 2
+    # The manifest, the newest checkpoint and the first earlier one (checkpoints.jsonl).
+    assert out.count("Signature Verified Successfully") == 3
     payload_lines = (bundle / "manifest-sha256.txt").read_text().splitlines()
     assert out.count(": OK\n") >= len(payload_lines) + 9
     assert "clip matches its signed manifest" in out
