@@ -22,13 +22,13 @@ are untrusted: every file is read bounded, parse errors become findings.
 
 from __future__ import annotations
 
-import json
-import stat
+import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent import boundedjson
 from agent.custody import dsse
 from agent.custody.keys import keyid_of, load_public_key
 from agent.errors import AgentError
@@ -47,6 +47,7 @@ from agent.officers.times import overlaps
 from agent.officers.windows import CaseWindow, parse_window
 from agent.timeutil import parse_rfc3339
 from agent.verify import layout
+from agent.verify.files import Unreadable, read_beneath
 from agent.verify.report import Report
 
 MAX_FILE = 64 * 1024 * 1024
@@ -90,18 +91,13 @@ class _Audit:
     # --- reading --------------------------------------------------------------------------
 
     def read(self, rel: str) -> bytes | None:
-        path = self.root / rel
-        try:
-            info = path.lstat()
-        except OSError:
-            return None
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE:
-            self.problem(f"bag-format: {rel} is not a regular file of at most {MAX_FILE} bytes")
+        """A regular file of the bundle, read without following links (agent.verify.files)."""
+        if not os.path.lexists(self.root / rel):
             return None
         try:
-            return path.read_bytes()
-        except OSError as exc:
-            self.problem(f"bag-format: cannot read {rel}: {exc.strerror}")
+            return read_beneath(self.root, rel, MAX_FILE)
+        except Unreadable as exc:
+            self.problem(f"bag-format: {exc}")
             return None
 
     def load_keys(self) -> None:
@@ -110,7 +106,7 @@ class _Audit:
             key = load_public_key(self.officer_key)
             given = keyid_of(key)
             self.keys = {given: key}
-        if (self.root / CREDENTIAL_KEY).exists():
+        if self.read(CREDENTIAL_KEY) is not None:  # a regular file, not a link or a FIFO
             try:
                 bundled = load_public_key(self.root / CREDENTIAL_KEY)
             except AgentError as exc:
@@ -125,7 +121,7 @@ class _Audit:
                 self.report.warning(f"{self.source}: the credential key {CREDENTIAL_KEY} is not "
                                     f"anchored (no --officer-key given); its key id is {keyid}: "
                                     "compare it with the platform's record")
-        if (self.root / PLATFORM_KEY).exists():
+        if self.read(PLATFORM_KEY) is not None:
             try:
                 platform = load_public_key(self.root / PLATFORM_KEY)
                 self.platform_keys = {keyid_of(platform): platform}
@@ -141,7 +137,7 @@ class _Audit:
                 continue
             where = f"{ROSTERS} line {number}"
             try:
-                item = json.loads(line)
+                item = _json(line)
                 if not isinstance(item, dict) or item.get("kind") not in ("snapshot", "update"):
                     raise ValueError("not {kind, version, message}")
                 message = parse_message(item.get("message"), item["kind"], self.keys)
@@ -163,7 +159,7 @@ class _Audit:
             if raw is None:
                 continue
             try:
-                credential = parse_credential(json.loads(raw))
+                credential = parse_credential(_json(raw))
             except (ValueError, AgentError) as exc:
                 self.problem(f"officer-credential: {rel}: {exc}")
                 continue
@@ -177,7 +173,7 @@ class _Audit:
             if not line.strip():
                 continue
             try:
-                window = parse_window(json.loads(line), self.platform_keys, None)
+                window = parse_window(_json(line), self.platform_keys, None)
             except (ValueError, AgentError) as exc:
                 self.problem(f"case-window: {WINDOWS} line {number}: {exc}")
                 continue
@@ -186,8 +182,10 @@ class _Audit:
     def manifest(self, clip_id: str) -> dict[str, Any] | None:
         raw = self.read(layout.manifest_path(clip_id))
         try:
-            value = json.loads(dsse.b64decode(json.loads(raw)["payload"])) if raw else None
-        except (ValueError, KeyError, TypeError):
+            envelope = _json(raw) if raw else None
+            payload = envelope.get("payload") if isinstance(envelope, dict) else None
+            value = _json(dsse.b64decode(payload)) if isinstance(payload, str) else None
+        except ValueError:
             return None
         return value if isinstance(value, dict) else None
 
@@ -320,7 +318,7 @@ class _Audit:
             rel = f"{CASES_DIR}/{path.name}"
             raw = self.read(rel)
             try:
-                index = _obj(json.loads(raw) if raw is not None else None)
+                index = _obj(_json(raw) if raw is not None else None)
                 case_id = index["case_id"]
                 listed = {c["clip_id"]: c["tag_seqs"] for c in index["clips"]}
             except (ValueError, KeyError, TypeError):
@@ -330,6 +328,11 @@ class _Audit:
                 self.problem(f"case-index: {rel} lists {sorted(listed)} in case {case_id!r}; "
                              f"the signed log entries put {sorted(replay.get(case_id, {}))} "
                              "there")
+
+
+def _json(data: bytes) -> Any:
+    """Bounded JSON (agent.boundedjson): a hostile file raises ValueError, nothing else."""
+    return boundedjson.loads(data, max_bytes=MAX_FILE, max_depth=32)
 
 
 def _recorded_at(manifest: Mapping[str, Any]) -> datetime:

@@ -65,6 +65,10 @@ _TAG_FILES = frozenset({layout.BAGIT_TXT, layout.BAG_INFO, layout.PAYLOAD_MANIFE
                         layout.TAG_MANIFEST, layout.README, layout.FORMATS, layout.ENTRIES,
                         layout.PROOFS, layout.CHECKPOINT, layout.CHECKPOINTS})
 _CERT_FILE = re.compile(r"certs/[^/]+\.pem")
+# Officers and cases (agent/officers/layout.py; FORMATS.md section 15), checked by
+# agent/officers/audit.py.
+_OFFICER_FILE = re.compile(r"officers/(credential-key\.pem|platform-key\.pem|rosters\.jsonl"
+                           r"|case-windows\.jsonl|credentials/[^/]+)|cases/[^/]+")
 _PAYLOAD_FILE = re.compile(r"data/clips/[^/]+/[^/]+|data/manifests/[^/]+\.dsse\.json")
 
 
@@ -255,7 +259,7 @@ class _BundleCheck:
             self.problem(f"bag-unlisted: {rel} is a tag file but not in {layout.TAG_MANIFEST}")
         for rel in sorted(self.files):
             if not (rel in _TAG_FILES or _CERT_FILE.fullmatch(rel)
-                    or _PAYLOAD_FILE.fullmatch(rel)):
+                    or _OFFICER_FILE.fullmatch(rel) or _PAYLOAD_FILE.fullmatch(rel)):
                 listed = " (listed in a BagIt manifest)" if rel in tags or rel in payload \
                     else ""
                 self.report.warning(f"{self.source}: {rel} is not part of a "

@@ -161,8 +161,8 @@ def test_readme_hand_steps_verify_the_officer_and_the_case(bundle: Path) -> None
     result = _bash(script, bundle)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     out = result.stdout
-    # Manifest, checkpoint, credential and roster signatures.
-    assert out.count("Signature Verified Successfully") == 4
+    # Manifest, checkpoint, first earlier checkpoint, credential and roster signatures.
+    assert out.count("Signature Verified Successfully") == 5
     assert "recorded within the credential's validity: yes" in out
     assert "lists credential C-1 with its SHA-256: yes" in out
     assert "revoked by version 1 : no" in out

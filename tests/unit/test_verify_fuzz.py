@@ -44,6 +44,7 @@ from agent.verify.checks import (
 from agent.verify.report import Report
 from tests.conftest import write_station_config
 from tests.support.stations import camera, running_station
+from tests.unit.test_officer_export import exported  # noqa: F401 (a fixture: officers, cases)
 
 FAST = settings(max_examples=40, deadline=2000,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -54,7 +55,10 @@ CODES = {"bag-missing", "bag-digest", "bag-unlisted", "bag-oxum", "bag-format", 
          "manifest-canonical", "manifest-clip", "manifest-station", "file-missing",
          "file-size", "file-digest", "log-missing", "log-format", "log-order", "log-leaf",
          "log-inclusion", "log-history", "log-link", "checkpoint-missing", "checkpoint-field",
-         "checkpoint-consistency"}
+         "checkpoint-consistency",
+         # officers and cases (agent/officers/audit.py)
+         "officer-key", "officer-roster", "officer-credential", "case-window", "case-index",
+         "log-tag"}
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
@@ -154,6 +158,32 @@ def test_any_json_as_proofs_or_checkpoint_is_a_named_finding(work: Path, value: 
         report = _verify_with(work, rel, json.dumps(value).encode())
         _assert_named(report)
         assert not report.ok
+
+
+@pytest.fixture(scope="module")
+def officer_work(exported: dict[str, Any],  # noqa: F811 (the imported fixture)
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    copy = tmp_path_factory.mktemp("officers") / "bundle"
+    shutil.copytree(exported["bundle"], copy)
+    return copy
+
+
+@FAST
+@given(data=st.data())
+def test_any_content_in_officer_and_case_files_is_a_named_finding(officer_work: Path,
+                                                                  data: Any) -> None:
+    files = [rel for rel in _files(officer_work) if rel.startswith(("officers/", "cases/"))]
+    assert len(files) >= 3
+    rel = data.draw(st.sampled_from(files), label="file")
+    content = data.draw(
+        st.binary(max_size=1024) | json_values.map(lambda v: json.dumps(v).encode())
+        | st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n)
+        | st.lists(json_values, max_size=4).map(
+            lambda vs: b"".join(json.dumps(v).encode() + b"\n" for v in vs)), label="content")
+    assume(content != (officer_work / rel).read_bytes())
+    report = _verify_with(officer_work, rel, content)
+    _assert_named(report)
+    assert not report.ok
 
 
 # --- envelopes, checkpoints, manifests --------------------------------------------------------
