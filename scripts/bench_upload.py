@@ -38,7 +38,7 @@ print(json.dumps({"seconds": elapsed,
 AGENT_HASH = r"""
 import json, resource, sys, time
 from pathlib import Path
-from agent.vault import hash_file
+from agent.verify.files import hash_file  # what bwc-agent verify hashes files with
 t0 = time.perf_counter()
 digest, size = hash_file(Path(sys.argv[1]))
 print(json.dumps({"seconds": time.perf_counter() - t0, "sha256": digest,
