@@ -236,6 +236,24 @@ def test_an_upload_address_on_another_host_or_port_gets_nothing(
         assert elsewhere.connections == 0, "the station's certificate never went there"
 
 
+def test_a_redirect_is_never_followed(rig: Any, pki: Pki) -> None:
+    with HostileServer(pki.server.cert_path, pki.server.key_path, LyingTus()) as elsewhere:
+        def redirect(request: Request, conn: Conn) -> None:
+            if request.method == "OPTIONS":
+                LyingTus()(request, conn)
+            else:
+                conn.respond(307, "Temporary Redirect",
+                             {"Location": f"{elsewhere.origin}/files/"})
+
+        with HostileServer(pki.server.cert_path, pki.server.key_path, redirect) as server:
+            station: Rig = rig(f"{server.origin}/files/")
+            clip = station.clip()
+            _upload(station, clip["clip_id"])
+            row = station.store.clip(clip["clip_id"])
+            assert row["state"] == "quarantined" and "HTTP 307" in row["reason"]
+        assert elsewhere.connections == 0
+
+
 def test_an_allow_listed_upload_origin_is_followed(
         rig: Any, pki: Pki, lying: tuple[LyingTus, HostileServer]) -> None:
     tus, server = lying
