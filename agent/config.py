@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.configschema import load_section, option
+from agent.devicepolicy import RESERVED_KEYS, DevicePolicy, parse_policy
 from agent.errors import ConfigError
 
 STATION_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -184,6 +185,25 @@ def is_loopback(address: str) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MountSection:
+    """Camera volumes mounted by the station itself (``bwc-agent mount``, the udev rule)."""
+
+    user: str = option("bwc-agent", pattern=r"[a-z_][a-z0-9_-]{0,31}",
+                       doc="The agent's user: owner of every file on a mounted volume.")
+    run_dir: Path = option(Path("/run/bwc-agent/volumes"),
+                           doc="Where the mount helper and the daemon leave each other notes "
+                               "(mounted, done, refused); owned by the agent's user.")
+    codepage: int = option(936, min=437, max=1258,
+                           doc="Code page of FAT short names (936: GBK, Simplified Chinese).")
+    fuse: str = option("fallback", choices=("fallback", "never", "always"),
+                       doc="FUSE (fusefat, exfat-fuse) when the kernel has no vfat/exfat: "
+                           "'fallback', 'never' or 'always'.")
+    hold_s: float = option(600.0, min=0, max=86400,
+                           doc="After a dock session, keep the volume mounted this long while "
+                               "its clips wait for the platform's acknowledgement (release).")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole configuration.  ``devices`` maps a driver key to that driver's config."""
 
@@ -196,6 +216,8 @@ class Config:
     retention: RetentionSection
     platform: PlatformSection | None
     web: WebSection | None = None
+    device_policy: DevicePolicy = dataclasses.field(default_factory=DevicePolicy)
+    mount: MountSection | None = None
     source: Path | None = None
 
     @property
@@ -212,7 +234,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "retention": RetentionSection,
     "platform": PlatformSection,
     "web": WebSection,
+    "mount": MountSection,
 }
+# Sections that are absent unless the file has them (no table: the feature is off).
+_OPTIONAL = ("platform", "web", "mount")
 
 
 def _resolve_paths(obj: Any, base: Path) -> Any:
@@ -241,7 +266,7 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
     for name, cls in _SECTIONS.items():
         table = raw.get(name)
         if table is None:
-            if name in ("platform", "web"):
+            if name in _OPTIONAL:
                 sections[name] = None
                 continue
             table = {}
@@ -255,7 +280,10 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
     if not isinstance(dev_table, dict):
         problems.append("devices: expected a table of driver sections")
         dev_table = {}
+    device_policy = parse_policy(dev_table, problems)
     for key, table in dev_table.items():
+        if key in RESERVED_KEYS:
+            continue
         spec = REGISTRY.get(key)
         if spec is None:
             problems.append(f"devices.{key}: unknown driver (known: {', '.join(sorted(REGISTRY))})")
@@ -288,7 +316,7 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
 
     resolved = {name: _resolve_paths(value, base_dir) for name, value in sections.items()}
     devices = {k: _resolve_paths(v, base_dir) for k, v in devices.items()}
-    return Config(devices=devices, source=source, **resolved)
+    return Config(devices=devices, device_policy=device_policy, source=source, **resolved)
 
 
 def _check_platform(p: PlatformSection) -> list[str]:

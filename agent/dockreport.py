@@ -33,6 +33,7 @@ class DockReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
     unreadable: list[dict[str, str]] = field(default_factory=list)  # may hide recordings
     refused: list[dict[str, str]] = field(default_factory=list)  # left on the camera
+    refused_device: str = ""  # why the device policy refused the device (nothing was read)
     errors: list[str] = field(default_factory=list)
     clock_offset_s: float | None = None
     # Which disk was full when ingest stopped ("vault" or "database"), if it stopped so.

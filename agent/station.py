@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import threading
 import time
@@ -22,8 +23,10 @@ from typing import Any
 from agent.config import Config
 from agent.custody.sealer import Custody
 from agent.devicehealth import HealthMonitor
+from agent.devicepolicy import record_refusal
 from agent.durable import makedirs_durable
 from agent.errors import AgentError, StoreError, StoreFullError
+from agent.mount.keeper import Keeper
 from agent.offload import DockReport, Offloader
 from agent.progress import ProgressRegistry
 from agent.store import ClipState, Store
@@ -31,7 +34,8 @@ from agent.sync.retention import releases_due
 from agent.timeutil import now
 from agent.vault import Vault
 from drivers import REGISTRY
-from drivers.base import Detector, Device
+from drivers.base import Detector, Device, DeviceContext
+from drivers.refused import RefusalNotes, RefusedDevice
 
 log = logging.getLogger(__name__)
 S = ClipState
@@ -73,7 +77,8 @@ class Station:
         self._active_lock = threading.Lock()
         self._docked: dict[str, Device] = {}  # handle -> device, while docked
         self._device_locks: dict[str, threading.Lock] = {}  # one owner at a time per device
-        self._jobs: set[Future[Any]] = set()
+        self._jobs: dict[Future[Any], str] = {}  # release and clock jobs -> device handle
+        self._keeper: Keeper | None = None  # station-mounted volumes, with [mount]
         self._redock: set[str] = set()  # handles docked again while their session ran
         # Handles whose last session stopped on a full disk: "vault" or "database".
         self._stopped_full: dict[str, str] = {}
@@ -114,6 +119,8 @@ class Station:
         self._lock_data_dir(data_dir)
         self.store = Store(data_dir / "state.db", station_id=self.config.station.id)
         self._stops.append(self.store.close)
+        if self.config.mount is not None:
+            self._keeper = Keeper(self.config, self.store)
         self._stops.append(self._clear_docked)  # after every session ended, before close
         self.vault = Vault(data_dir / "vault")
 
@@ -212,14 +219,19 @@ class Station:
         self._stops.append(self.web.stop)
 
     def _make_detectors(self) -> list[Detector]:
-        detectors = []
+        mount = self.config.mount
+        context = DeviceContext(policy=self.config.device_policy,
+                                run_dir=mount.run_dir if mount is not None else None)
+        detectors: list[Detector] = []
         for key, driver_config in self.config.devices.items():
             try:
-                detectors.append(REGISTRY[key].make_detector(driver_config))
+                detectors.append(REGISTRY[key].make_detector(driver_config, context))
             except AgentError:
                 raise
             except Exception as exc:
                 raise AgentError(f"driver {key!r} failed to start: {exc}") from exc
+        if mount is not None:
+            detectors.append(RefusalNotes(mount.run_dir))  # devices the mount helper refused
         return detectors
 
     def _start_detectors(self) -> None:
@@ -236,6 +248,31 @@ class Station:
         self.health = HealthMonitor(self.store, self.docked_devices)
         self.health.start()
         self._stops.append(self.health.stop)
+        if self._keeper is not None:
+            keeper = threading.Thread(target=self._keeper_timer, name="let-go", daemon=True)
+            keeper.start()
+            self._stops.append(lambda: keeper.join(timeout=5))
+
+    def _keeper_timer(self) -> None:
+        while not self._stopping.wait(1.0):
+            try:
+                self._let_go()
+            except Exception:
+                log.exception("letting mounted volumes go failed")  # tried again next time
+
+    def _busy(self) -> set[str]:
+        """Handles of devices with a session or a job queued or running."""
+        with self._active_lock:
+            busy = {h for h, f in self._active.items() if not f.done()}
+            busy.update(self._redock)
+            busy.update(self._jobs.values())
+        return busy
+
+    def _let_go(self, *, now: float | None = None) -> list[str]:
+        """Detach station-mounted volumes the station is done with (see agent.mount.keeper)."""
+        if self._keeper is None or self._stopping.is_set():
+            return []
+        return self._keeper.let_go(self._busy(), now=now)
 
     def _resume_timer(self) -> None:
         while not self._stopping.wait(RESUME_INTERVAL_S):
@@ -351,6 +388,9 @@ class Station:
             current = self._docked.get(device.handle)
         if again and current is not None and not self._stopping.is_set() and current.present():
             self.dock(current)
+        elif self._keeper is not None and not future.cancelled() and future.exception() is None:
+            self._keeper.session_ended(device, future.result().serial)
+            self._let_go()
 
     def _owned(self, device: Device, job: Callable[[Device], Any]) -> Any:
         """Run ``job`` as the device's only owner (sessions and releases never overlap)."""
@@ -361,6 +401,8 @@ class Station:
 
     def _session(self, device: Device) -> DockReport:
         assert self.offloader is not None
+        if isinstance(device, RefusedDevice):
+            return self._refused(device)
         log.info("docked: %s", device.handle)
         report = self.offloader.offload(device)
         self.progress.finished(device.handle, report.errors)
@@ -384,20 +426,31 @@ class Station:
                  report.already_ingested, len(report.quarantined), report.skipped_count)
         return report
 
+    def _refused(self, device: RefusedDevice) -> DockReport:
+        """Record a device the policy refused; nothing on it is read."""
+        assert self.store is not None
+        refusal = device.refusal
+        log.warning("%s", refusal.message())
+        record_refusal(self.store, refusal)
+        device.recorded()
+        return DockReport(handle=device.handle, serial=refusal.identity.serial,
+                          refused_device=refusal.reason)
+
     def _submit(self, device: Device, job: Callable[[Device], Any]) -> Future[Any] | None:
         if self._stopping.is_set() or self._pool is None:
             return None
         future = self._pool.submit(self._owned, device, job)
         with self._active_lock:
-            self._jobs.add(future)
+            self._jobs[future] = device.handle
         future.add_done_callback(self._job_done)
         return future
 
     def _job_done(self, future: Future[Any]) -> None:
         with self._active_lock:
-            self._jobs.discard(future)
+            self._jobs.pop(future, None)
         if not future.cancelled() and future.exception() is not None:
             log.error("device job failed: %s", future.exception())
+        self._let_go()
 
     def releasing(self) -> bool:
         """Whether release jobs are queued or running (``run --once`` waits for them)."""
@@ -470,6 +523,8 @@ class Station:
         self.progress.undocked(handle)
         with self._active_lock:
             self._docked.pop(handle, None)
+        if self._keeper is not None:
+            self._keeper.forget(handle)
         if self.store is None:
             return
         with self.store.transaction() as tx:
@@ -496,10 +551,13 @@ class Station:
             for device in detector.scan():
                 future = self.dock(device)
                 if future is not None:
-                    futures.append(future)
-        for future in futures:
+                    futures.append((device, future))
+        for device, future in futures:
             try:
-                summary.reports.append(future.result())
+                report = future.result()
+                summary.reports.append(report)
+                if self._keeper is not None:
+                    self._keeper.session_ended(device, report.serial)
             except AgentError as exc:
                 summary.failures.append(exc.diagnostics())
         assert self.custody is not None
@@ -511,6 +569,8 @@ class Station:
             if self.custody.checkpoint() is not None and not summary.failures:
                 summary.failures.extend(self.sync.drain(timeout_s=min(30.0,
                                                                       platform_timeout_s)))
+        # Done: every station-mounted volume of this run is let go (the helper unmounts it).
+        self._let_go(now=math.inf)
         reported = {c for r in summary.reports for c in r.quarantined}
         for row in self.store.clips(S.QUARANTINED.value):
             if row["clip_id"] not in quarantined_before and row["clip_id"] not in reported:

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
+
+from agent.devicepolicy import DevicePolicy
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,19 @@ class HealthReporter(Protocol):
         ...
 
 
+@runtime_checkable
+class Detachable(Protocol):
+    """A device whose volume the station mounted itself (``bwc-agent mount``).
+
+    ``detach()`` tells the mount helper the station is done with it for this
+    docking (dock session and releases over), and the helper unmounts it.
+    """
+
+    def station_mounted(self) -> bool: ...
+
+    def detach(self) -> None: ...
+
+
 DockCallback = Callable[[Device], None]
 UndockCallback = Callable[[str], None]  # handle
 
@@ -166,13 +182,28 @@ class Detector(Protocol):
 
 
 @dataclass(frozen=True)
+class DeviceContext:
+    """What a driver gets from the station besides its own table.
+
+    ``policy`` judges USB devices before anything on them is read; a refused
+    device is handed to ``on_dock`` as a :class:`drivers.refused.RefusedDevice`
+    so the station records it.  ``run_dir`` is ``[mount] run_dir`` when the
+    station mounts camera volumes itself (None otherwise).
+    """
+
+    policy: DevicePolicy = field(default_factory=DevicePolicy)
+    run_dir: Path | None = None
+
+
+@dataclass(frozen=True)
 class DriverSpec:
     """What the registry knows of a driver: its key, its config model, its detector factory.
 
-    ``make_detector(config)`` receives the validated instance of ``config_cls``
-    (the ``[devices.<key>]`` table) and returns a Detector.
+    ``make_detector(config, context)`` receives the validated instance of
+    ``config_cls`` (the ``[devices.<key>]`` table) and the station's
+    :class:`DeviceContext`, and returns a Detector.
     """
 
     key: str
     config_cls: type
-    make_detector: Callable[[object], Detector]
+    make_detector: Callable[[object, DeviceContext], Detector]

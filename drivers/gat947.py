@@ -48,13 +48,16 @@ from typing import BinaryIO, NamedTuple
 from serial.tools import list_ports
 
 from agent.configschema import option
+from agent.devicepolicy import Refusal, UsbIdentity
 from agent.errors import DeviceError, DeviceGoneError
+from agent.mount.notes import expect_msdc
 from agent.timeutil import now as time_now
 from agent.timeutil import rfc3339
 from drivers import catalog as catalog_mod
 from drivers.base import (
     Detector,
     Device,
+    DeviceContext,
     DeviceHealth,
     DeviceInfo,
     DriverSpec,
@@ -63,7 +66,14 @@ from drivers.base import (
 )
 from drivers.gat947_client import Gat947Client
 from drivers.gat947_wire import Charge, Password, read_password
-from drivers.mass_storage import MassStorageConfig, MassStorageDevice, read_mounts, usb_for_source
+from drivers.mass_storage import (
+    MassStorageConfig,
+    MassStorageDevice,
+    read_mounts,
+    station_mount,
+    usb_for_source,
+)
+from drivers.refused import RefusedDevice
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +114,11 @@ class Gat947Device:
     driver_key = KEY
 
     def __init__(self, port: str, config: Gat947Config, *, password: Password,
-                 entry: catalog_mod.Entry | None, usb_id: str = "") -> None:
+                 entry: catalog_mod.Entry | None, usb_id: str = "",
+                 run_dir: Path | None = None, usb_port: str = "") -> None:
         self.port = port
+        self.run_dir = run_dir  # [mount] run_dir when the station mounts volumes itself
+        self.usb_port = usb_port
         self.config = config
         self.entry = entry
         self.usb_id = usb_id
@@ -224,6 +237,9 @@ class Gat947Device:
             info = self._info if self._info is not None else self.identify()
             before = set(self._entries())
             log.info("camera %s (%s): switching to USB storage", self.port, info.serial)
+            if self.run_dir is not None:
+                # The station's mount helper puts the volume below our mount_root.
+                expect_msdc(self.run_dir, self.usb_port or None)
             failed: DeviceError | None = None
             try:
                 self.client.set_msdc()
@@ -241,7 +257,8 @@ class Gat947Device:
                           else MassStorageConfig(mount_root=self.mount_root).extensions)
             self._storage = MassStorageDevice(
                 mount_point, usb=usb, entry=self.entry, extensions=extensions,
-                mounts_file=MOUNTS_FILE if self.config.require_mount else None, known=info)
+                mounts_file=MOUNTS_FILE if self.config.require_mount else None, known=info,
+                station_mount=station_mount(self.run_dir, mount_point, source))
             log.info("camera %s (%s): storage mounted at %s", self.port, info.serial,
                      mount_point)
             return self._storage
@@ -258,6 +275,17 @@ class Gat947Device:
     def release(self, recording: Recording, *, sha256: str,
                 before_delete: Callable[[], None] | None = None) -> None:
         self.storage().release(recording, sha256=sha256, before_delete=before_delete)
+
+    def station_mounted(self) -> bool:
+        with self._lock:
+            return self._storage is not None and self._storage.station_mounted()
+
+    def detach(self) -> None:
+        """Let the station-mounted volume go (the camera stays docked on its port, if any)."""
+        with self._lock:
+            storage = self._storage
+        if storage is not None:
+            storage.detach()
 
     def _entries(self) -> list[str]:
         try:
@@ -463,6 +491,13 @@ class Gat947Config:
 class PortInfo(NamedTuple):
     path: str
     usb_id: str  # "vvvv:pppp", "" when unknown
+    serial: str = ""  # USB serial number, "" when unknown
+    usb_port: str = ""  # USB port path ("1-1.2"), "" when unknown
+
+    def identity(self) -> UsbIdentity | None:
+        if not self.usb_id:
+            return None
+        return UsbIdentity(usb_id=self.usb_id, serial=self.serial, port=self.usb_port)
 
 
 class Gat947Detector:
@@ -473,14 +508,16 @@ class Gat947Detector:
     volume is there.  Callbacks run on the polling thread, one at a time.
     """
 
-    def __init__(self, config: Gat947Config) -> None:
+    def __init__(self, config: Gat947Config, context: DeviceContext | None = None) -> None:
         self.config = config
+        self.context = context or DeviceContext()
         self.catalog = catalog_mod.load(config.catalog)
         self.fallback = self.catalog.get(config.catalog_key) if config.catalog_key else None
         self.password = read_password(config.password_file)
         self._usb_ids = frozenset(u for e in self.catalog.entries for u in e.usb_ids)
         self._lock = threading.RLock()
         self._known: dict[str, Gat947Device] = {}
+        self._refused: dict[str, RefusedDevice] = {}
         self._on_dock: Callable[[Device], None] | None = None
         self._on_undock: Callable[[str], None] | None = None
         self._stopping = threading.Event()
@@ -492,12 +529,15 @@ class Gat947Detector:
         try:
             for p in list_ports.comports():
                 if p.vid is not None and p.pid is not None:
-                    by_path[os.path.realpath(p.device)] = PortInfo(p.device,
-                                                                   f"{p.vid:04x}:{p.pid:04x}")
+                    by_path[os.path.realpath(p.device)] = PortInfo(
+                        p.device, f"{p.vid:04x}:{p.pid:04x}",
+                        str(getattr(p, "serial_number", None) or ""),
+                        # location is "<usb port>:<configuration>.<interface>", e.g. 1-1.2:1.0
+                        str(getattr(p, "location", None) or "").split(":", 1)[0])
         except (OSError, ValueError) as exc:
             log.warning("cannot list serial ports: %s", exc)
         if self.config.ports:
-            return [PortInfo(path, by_path.get(os.path.realpath(path), PortInfo(path, "")).usb_id)
+            return [by_path.get(os.path.realpath(path), PortInfo(path, ""))._replace(path=path)
                     for path in self.config.ports if os.path.exists(path)]
         return sorted(p for p in by_path.values() if p.usb_id in self._usb_ids)
 
@@ -509,9 +549,25 @@ class Gat947Detector:
             log.warning("camera port %s (USB %s) matches no catalog entry: no model, no name "
                         "pattern", port.path, port.usb_id or "unknown")
         return _claim(port.path, self.config, lambda: Gat947Device(
-            port.path, self.config, password=self.password, entry=entry, usb_id=port.usb_id))
+            port.path, self.config, password=self.password, entry=entry, usb_id=port.usb_id,
+            run_dir=self.context.run_dir, usb_port=port.usb_port))
 
-    def _reconcile(self) -> list[Gat947Device]:
+    def _refusal(self, port: PortInfo) -> RefusedDevice | None:
+        """A RefusedDevice for a port the device policy refuses; judged before any login."""
+        entry = self.catalog.match_usb(port.usb_id) if port.usb_id else None
+        # A port given by path with catalog_key set: IT staff named its catalog entry.
+        catalogued = entry is not None or (self.fallback is not None and not port.usb_id
+                                           and port.path in self.config.ports)
+        identity = port.identity()
+        reason = self.context.policy.refusal(identity, catalogued=catalogued)
+        if reason is None:
+            return None
+        refusal = Refusal(identity=identity or UsbIdentity(usb_id=""), reason=reason,
+                          policy=self.context.policy.policy, driver=KEY, handle=port.path,
+                          facts={"device": port.path})
+        return RefusedDevice(refusal, present=lambda: os.path.exists(port.path))
+
+    def _reconcile(self) -> list[Device]:
         """Update the docked set, report changes if started; the devices docked now."""
         with self._lock:
             for path, device in list(self._known.items()):
@@ -521,15 +577,27 @@ class Gat947Detector:
                     log.info("undocked: %s", path)
                     if self._on_undock is not None:
                         self._on_undock(device.handle)
+            for path, gone in list(self._refused.items()):
+                if not gone.present():
+                    del self._refused[path]
+                    if self._on_undock is not None:
+                        self._on_undock(gone.handle)
             for port in self.ports():
-                if port.path in self._known:
+                if port.path in self._known or port.path in self._refused:
+                    continue
+                refused = self._refusal(port)
+                if refused is not None:
+                    self._refused[port.path] = refused
+                    log.warning("%s", refused.refusal.message())
+                    if self._on_dock is not None:
+                        self._on_dock(refused)
                     continue
                 device = self._device_for(port)
                 self._known[port.path] = device
                 log.info("docked: %s", port.path)
                 if self._on_dock is not None:
                     self._on_dock(device)
-            return list(self._known.values())
+            return [*self._known.values(), *self._refused.values()]
 
     def scan(self) -> list[Device]:
         return list(self._reconcile())
@@ -560,10 +628,10 @@ class Gat947Detector:
             self._thread = None
 
 
-def make_detector(config: object) -> Detector:
+def make_detector(config: object, context: DeviceContext | None = None) -> Detector:
     if not isinstance(config, Gat947Config):
         raise TypeError(f"gat947 driver: expected Gat947Config, got {type(config).__name__}")
-    return Gat947Detector(config)
+    return Gat947Detector(config, context)
 
 
 SPEC = DriverSpec(KEY, Gat947Config, make_detector)

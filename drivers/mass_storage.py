@@ -28,6 +28,7 @@ not the device's own).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -37,12 +38,24 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from agent.configschema import option
-from agent.errors import DeviceError
+from agent.devicepolicy import Refusal, UsbIdentity
+from agent.errors import DeviceError, DeviceGoneError
+from agent.mount import notes
 from drivers import catalog as catalog_mod
-from drivers.base import Detector, Device, DeviceInfo, DriverSpec, Listing, Recording
-from drivers.paths import printable_name
+from drivers.base import (
+    Detector,
+    Device,
+    DeviceContext,
+    DeviceInfo,
+    DriverSpec,
+    Listing,
+    Recording,
+)
+from drivers.paths import os_error, printable_name
+from drivers.refused import RefusedDevice
 from drivers.volume import DockWatcher, VolumeDevice
 
 log = logging.getLogger(__name__)
@@ -84,24 +97,48 @@ class UsbInfo:
     def usb_id(self) -> str:
         return f"{self.vendor_id}:{self.product_id}"
 
+    @property
+    def port(self) -> str:
+        """The USB port path (sysfs name of the USB device, e.g. ``1-1.2``)."""
+        return self.sysfs_path.name
+
 
 def _unescape(field: bytes) -> str:
     # The kernel escapes space, tab, newline and backslash as \ooo.
     return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
 
 
-def read_mounts(mounts_file: Path) -> dict[str, str]:
-    """Mount point -> source, from a mounts file (the last mount on a point wins)."""
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of a mounts file, unescaped."""
+
+    source: str
+    point: str
+    fstype: str
+    options: frozenset[str]
+
+
+def read_mount_table(mounts_file: Path) -> list[MountEntry]:
+    """Every mount in a mounts file (normally /proc/self/mounts), in order."""
     try:
         data = mounts_file.read_bytes()
     except OSError as exc:
         raise DeviceError(f"cannot read the mount table {mounts_file}: {exc.strerror}") from exc
-    mounts: dict[str, str] = {}
+    entries = []
     for line in data.splitlines():
         fields = line.split()
         if len(fields) >= 2:
-            mounts[_unescape(fields[1])] = _unescape(fields[0])
-    return mounts
+            entries.append(MountEntry(
+                source=_unescape(fields[0]), point=_unescape(fields[1]),
+                fstype=_unescape(fields[2]) if len(fields) > 2 else "",
+                options=frozenset(_unescape(fields[3]).split(",")) if len(fields) > 3
+                else frozenset()))
+    return entries
+
+
+def read_mounts(mounts_file: Path) -> dict[str, str]:
+    """Mount point -> source, from a mounts file (the last mount on a point wins)."""
+    return {entry.point: entry.source for entry in read_mount_table(mounts_file)}
 
 
 def block_name(source: str) -> str | None:
@@ -154,6 +191,55 @@ def usb_for_source(sysfs_root: Path, source: str) -> UsbInfo | None:
     return read_usb_info(usb_dir) if usb_dir is not None else None
 
 
+@dataclass(frozen=True)
+class StationMount:
+    """A volume the station's mount helper mounted: its note, and where to say "done"."""
+
+    run_dir: Path
+    note: notes.MountNote
+
+    def done(self) -> None:
+        notes.write_done(self.run_dir, self.note.name, self.note.token)
+        log.info("done with %s: the mount helper unmounts it", self.note.mount_point)
+
+
+def station_mount(run_dir: Path | None, mount_point: Path, source: str | None
+                  ) -> StationMount | None:
+    """The helper's note for the volume at ``mount_point``, if the station mounted it."""
+    if run_dir is None or source is None:
+        return None
+    note = notes.read_mounted(run_dir, mount_point.name)
+    if note is None or note.mount_point != str(mount_point) or note.device != source:
+        return None
+    return StationMount(run_dir, note)
+
+
+class _GoneAware(io.RawIOBase):
+    """A recording's stream whose read errors say "gone" once the volume is unmounted."""
+
+    def __init__(self, inner: BinaryIO, device: MassStorageDevice) -> None:
+        super().__init__()
+        self.inner, self.device = inner, device
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.inner.read(size)
+        except OSError as exc:
+            raise self.device._gone_or(os_error(exc, f"reading {self.device.root}")) from exc
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
 class MassStorageDevice(VolumeDevice):
     """A mounted camera volume.
 
@@ -167,7 +253,8 @@ class MassStorageDevice(VolumeDevice):
     def __init__(self, mount_point: Path, *, usb: UsbInfo | None,
                  entry: catalog_mod.Entry | None, extensions: Iterable[str],
                  mounts_file: Path | None = None, known: DeviceInfo | None = None,
-                 catalog: catalog_mod.Catalog | None = None) -> None:
+                 catalog: catalog_mod.Catalog | None = None,
+                 station_mount: StationMount | None = None) -> None:
         super().__init__(mount_point, entry.extensions if entry is not None else extensions)
         self.usb = usb
         self.entry = entry
@@ -175,6 +262,7 @@ class MassStorageDevice(VolumeDevice):
         self.known = known
         self.catalog = catalog  # whose patterns are tried when ``entry`` is None
         self.guessed: catalog_mod.Entry | None = None  # the pattern the names matched
+        self.station_mount = station_mount
 
     @property
     def names_entry(self) -> catalog_mod.Entry | None:
@@ -187,6 +275,36 @@ class MassStorageDevice(VolumeDevice):
             self.guessed = self.catalog.guess([r.name for r in listing.recordings])
             listing.recordings = [self.annotate(r) for r in listing.recordings]
         return listing
+
+    # --- a volume that goes away is "gone", not "unreadable" ---------------------------------
+
+    def _gone_or(self, exc: DeviceError) -> DeviceError:
+        """``exc``, or DeviceGoneError when the volume is no longer mounted (yanked)."""
+        if isinstance(exc, DeviceGoneError) or self.present():
+            return exc
+        return DeviceGoneError(f"{self.root} is no longer mounted (device removed): {exc}")
+
+    def open(self, recording: Recording) -> BinaryIO:
+        try:
+            return cast(BinaryIO, _GoneAware(super().open(recording), self))
+        except DeviceError as exc:
+            raise self._gone_or(exc) from exc
+
+    def stat(self, recording: Recording) -> tuple[int, float]:
+        try:
+            return super().stat(recording)
+        except DeviceError as exc:
+            raise self._gone_or(exc) from exc
+
+    # --- station-mounted volumes ---------------------------------------------------------------
+
+    def station_mounted(self) -> bool:
+        return self.station_mount is not None
+
+    def detach(self) -> None:
+        """Tell the mount helper the station is done with this volume (it unmounts it)."""
+        if self.station_mount is not None:
+            self.station_mount.done()
 
     def annotate(self, recording: Recording) -> Recording:
         entry = self.names_entry
@@ -229,6 +347,10 @@ class MassStorageDevice(VolumeDevice):
         usb, entry = self.usb, self.entry
         pattern = self.names_entry
         serial = (usb.serial if usb is not None and usb.serial else "") or name_serial
+        if not serial and self.station_mount is not None and self.station_mount.note.uuid:
+            # The station names mount points by kernel name (sdb1): the file system's
+            # volume id is the stabler fallback.
+            serial = VOLUME_SERIAL_PREFIX + self.station_mount.note.uuid
         if not serial:
             serial = VOLUME_SERIAL_PREFIX + printable_name(os.fsencode(self.root.name))
         return DeviceInfo(
@@ -256,10 +378,11 @@ class MassStorageDevice(VolumeDevice):
 class MassStorageDetector(DockWatcher):
     """Watches ``mount_root`` and the mount table for camera volumes."""
 
-    def __init__(self, config: MassStorageConfig) -> None:
+    def __init__(self, config: MassStorageConfig, context: DeviceContext | None = None) -> None:
         # Mount tables hold resolved paths; compare like with like.
         super().__init__(Path(os.path.realpath(config.mount_root)))
         self.config = config
+        self.context = context or DeviceContext()
         self.catalog = catalog_mod.load(config.catalog)
         self.rescan_interval_s = config.rescan_interval_s
         self._mounts_fd: int | None = None
@@ -304,12 +427,40 @@ class MassStorageDetector(DockWatcher):
                 source = read_mounts(self.config.mounts_file).get(str(mount_point))
             except DeviceError:
                 source = None
-        return self.device_at(mount_point, source)
+        usb = usb_for_source(self.config.sysfs_root, source) if source else None
+        refused = self._refused(mount_point, source, usb)
+        return refused if refused is not None else self.device_at(mount_point, source, usb=usb)
+
+    def _refused(self, mount_point: Path, source: str | None,
+                 usb: UsbInfo | None) -> RefusedDevice | None:
+        """A RefusedDevice when the policy refuses the volume's USB device, else None."""
+        identity = usb_identity(usb)
+        catalogued = usb is not None and self.catalog.match_usb(usb.usb_id) is not None
+        reason = self.context.policy.refusal(identity, catalogued=catalogued)
+        if reason is None:
+            return None
+        handle = printable_name(os.fsencode(mount_point))
+        refusal = Refusal(identity=identity or UsbIdentity(usb_id=""), reason=reason,
+                          policy=self.context.policy.policy, driver=KEY, handle=handle,
+                          facts={"device": source or ""})
+        mounted = station_mount(self.context.run_dir, mount_point, source)
+        mounts_file = self.config.mounts_file
+
+        def still_mounted() -> bool:
+            try:
+                return str(mount_point) in read_mounts(mounts_file)
+            except DeviceError:
+                return False
+
+        return RefusedDevice(refusal, handle=handle, present=still_mounted,
+                             on_recorded=mounted.done if mounted is not None else None)
 
     def device_at(self, mount_point: Path, source: str | None,
-                  known: DeviceInfo | None = None) -> MassStorageDevice:
+                  known: DeviceInfo | None = None, *,
+                  usb: UsbInfo | None = None) -> MassStorageDevice:
         """A device for a volume mounted at ``mount_point`` from ``source`` (e.g. /dev/sdb1)."""
-        usb = usb_for_source(self.config.sysfs_root, source) if source else None
+        if usb is None and source:
+            usb = usb_for_source(self.config.sysfs_root, source)
         entry = self.catalog.match_usb(usb.usb_id) if usb is not None else None
         if usb is not None and entry is None:
             log.warning("camera %s (USB %s, %s %s) is not in the device catalog",
@@ -318,14 +469,23 @@ class MassStorageDetector(DockWatcher):
             mount_point, usb=usb, entry=entry, extensions=self.config.extensions,
             mounts_file=self.config.mounts_file if self.config.require_mount else None,
             known=known, catalog=self.catalog,
+            station_mount=station_mount(self.context.run_dir, mount_point, source),
         )
 
 
-def make_detector(config: object) -> Detector:
+def usb_identity(usb: UsbInfo | None) -> UsbIdentity | None:
+    """What the device policy judges: the USB ids, serial and port from sysfs."""
+    if usb is None:
+        return None
+    return UsbIdentity(usb_id=usb.usb_id, serial=usb.serial, port=usb.port,
+                       manufacturer=usb.manufacturer, product=usb.product)
+
+
+def make_detector(config: object, context: DeviceContext | None = None) -> Detector:
     if not isinstance(config, MassStorageConfig):
         raise TypeError(f"mass_storage driver: expected MassStorageConfig, "
                         f"got {type(config).__name__}")
-    return MassStorageDetector(config)
+    return MassStorageDetector(config, context)
 
 
 SPEC = DriverSpec(KEY, MassStorageConfig, make_detector)

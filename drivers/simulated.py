@@ -36,7 +36,7 @@ from agent.durable import makedirs_durable, write_atomic
 from agent.errors import DeviceError
 from agent.timeutil import rfc3339
 from drivers import catalog as catalog_mod
-from drivers.base import Detector, Device, DeviceInfo, DriverSpec, Recording
+from drivers.base import Detector, Device, DeviceContext, DeviceInfo, DriverSpec, Recording
 from drivers.paths import open_inside
 from drivers.volume import DockWatcher, VolumeDevice
 
@@ -206,7 +206,8 @@ class SimulatedDetector(DockWatcher):
         return SimulatedDevice(camera_dir, self.entry, self.read_kib_s)
 
 
-def make_detector(config: object) -> Detector:
+def make_detector(config: object, context: DeviceContext | None = None) -> Detector:
+    """Simulated cameras are no USB devices: the device policy does not apply to them."""
     if not isinstance(config, SimulatedConfig):
         raise TypeError(f"simulated driver: expected SimulatedConfig, got {type(config).__name__}")
     return SimulatedDetector(config)

@@ -19,6 +19,7 @@ from agent.cli import (
     config_cmd,
     export,
     keys,
+    mount,
     officers,
     requeue,
     run,
@@ -31,7 +32,8 @@ from agent.errors import AgentError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-COMMANDS = (run, status, clips, tag, officers, requeue, keys, config_cmd, export, verify, web)
+COMMANDS = (run, status, clips, tag, officers, requeue, keys, config_cmd, export, verify, web,
+            mount)
 
 
 def build_parser() -> argparse.ArgumentParser:
