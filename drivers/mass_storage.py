@@ -236,8 +236,15 @@ class _GoneAware(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
-        self.inner.close()
-        super().close()
+        if self.closed:
+            return
+        try:
+            self.inner.close()
+        except OSError as exc:  # FUSE reports a dead connection on close too
+            raise self.device._gone_or(os_error(exc, f"closing a file on {self.device.root}")
+                                       ) from exc
+        finally:
+            super().close()
 
 
 class MassStorageDevice(VolumeDevice):
@@ -418,15 +425,17 @@ class MassStorageDetector(DockWatcher):
                 return None
         except OSError:
             return None
+        entry: MountEntry | None = None
         if self.config.require_mount:
-            source = read_mounts(self.config.mounts_file).get(str(mount_point))
-            if source is None:
+            entry = _mount_at(self.config.mounts_file, mount_point)
+            if entry is None:
                 return None
         else:
-            try:  # not required, but identifies the device when it is there
-                source = read_mounts(self.config.mounts_file).get(str(mount_point))
-            except DeviceError:
-                source = None
+            with contextlib.suppress(DeviceError):  # not required, but identifies the device
+                entry = _mount_at(self.config.mounts_file, mount_point)
+        source = entry.source if entry is not None else None
+        if entry is not None and not _ready(entry, self.context.run_dir, mount_point):
+            return None  # the helper is still securing it; its remount wakes us again
         usb = usb_for_source(self.config.sysfs_root, source) if source else None
         refused = self._refused(mount_point, source, usb)
         return refused if refused is not None else self.device_at(mount_point, source, usb=usb)
@@ -471,6 +480,24 @@ class MassStorageDetector(DockWatcher):
             known=known, catalog=self.catalog,
             station_mount=station_mount(self.context.run_dir, mount_point, source),
         )
+
+
+def _mount_at(mounts_file: Path, mount_point: Path) -> MountEntry | None:
+    found = None
+    for entry in read_mount_table(mounts_file):
+        if entry.point == str(mount_point):
+            found = entry  # the last mount on a point is the visible one
+    return found
+
+
+STATION_MOUNT_FLAGS = frozenset({"nosuid", "nodev", "noexec"})
+
+
+def _ready(entry: MountEntry, run_dir: Path | None, mount_point: Path) -> bool:
+    """A volume the station's helper is mounting is read only once it has its safe flags."""
+    if run_dir is None or notes.read_mounted(run_dir, mount_point.name) is None:
+        return True
+    return entry.options >= STATION_MOUNT_FLAGS
 
 
 def usb_identity(usb: UsbInfo | None) -> UsbIdentity | None:

@@ -166,24 +166,31 @@ def hold(config: Config, device_arg: str, env: Mapping[str, str],
         handler.install()
         stop = handler.event
     point = fs.prepare_point(target.mount_root, device.name)
+    method = _method(found.fstype, section)
+    note = notes.MountNote(name=device.name, token=secrets.token_hex(16), device=str(device.node),
+                           mount_point=str(point), driver=target.driver, fstype=found.fstype,
+                           method=method, identity=identity, uuid=found.uuid)
+    # The note is there before the mount appears: the daemon, woken by the mount
+    # table, always finds it (and with it the token to say "done" with).
+    notes.write_mounted(run_dir, note)
     try:
-        mounted = _mount(device, point, found.fstype, owner, section)
+        mounted = _mount(device, point, found.fstype, method, owner, section)
     except BaseException:
         fs.remove_point(point)
+        notes.clear(run_dir, device.name)
         raise
-    return _hold_mounted(mounted, device, run_dir, stop,
-                         notes.MountNote(name=device.name, token=secrets.token_hex(16),
-                                         device=str(device.node), mount_point=str(point),
-                                         driver=target.driver, fstype=found.fstype,
-                                         method=mounted.method, identity=identity,
-                                         uuid=found.uuid))
+    return _hold_mounted(mounted, device, run_dir, stop, note)
 
 
-def _mount(device: BlockDevice, point: Path, fstype: str, owner: fs.Owner,
+def _method(fstype: str, section: MountSection) -> str:
+    if section.fuse == "never" or (section.fuse == "fallback" and fs.kernel_supports(fstype)):
+        return "kernel"
+    return "fuse"
+
+
+def _mount(device: BlockDevice, point: Path, fstype: str, method: str, owner: fs.Owner,
            section: MountSection) -> fs.Mounted:
-    use_kernel = section.fuse == "never" or (section.fuse == "fallback"
-                                             and fs.kernel_supports(fstype))
-    if use_kernel:
+    if method == "kernel":
         mounted = fs.mount_kernel(device.node, point, fstype, owner, section.codepage)
     else:
         mounted = fs.mount_fuse(device.node, point, fstype, owner)
@@ -196,7 +203,6 @@ def _hold_mounted(mounted: fs.Mounted, device: BlockDevice, run_dir: Path,
                   stop: threading.Event, note: notes.MountNote) -> str:
     outcome = "gone"
     try:
-        notes.write_mounted(run_dir, note)
         while True:
             if stop.is_set():
                 outcome = "stopped"
