@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import Config
+from agent.devicepolicy import recent_refusals
 from agent.officers.status import officers_status
 from agent.offload import mtime_ms
 from agent.progress import DockProgress, ProgressRegistry
@@ -305,6 +306,7 @@ def station_status(config: Config, store: Store, *, vault: Vault | None = None,
         "station_id": config.station.id,
         "data_dir": str(config.data_dir),
         "devices": store.device_summaries(),
+        "refused": recent_refusals(store),
         "clips": counts,
         "backlog": sum(backlog(counts).values()),
         "disk": disk_usage(config.data_dir),

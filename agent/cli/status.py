@@ -59,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
               + battery_text(d))
     if not info["devices"]:
         print("  (none seen yet)")
+    if info["refused"]:
+        print("refused devices (latest first):")
+        for r in info["refused"]:
+            print(f"  {r['at']}  USB {r['usb_id'] or '-'} serial {r['serial'] or '-'} "
+                  f"port {r['port'] or '-'}: {r['reason']}")
     print("clips: " + (", ".join(f"{k} {v}" for k, v in info["clips"].items() if v) or "none"))
     print(f"backlog: {info['backlog']}")
     for f in info["releases_failing"]:

@@ -124,3 +124,33 @@ def test_a_mount_appearing_after_the_daemon_started_is_offloaded(
     assert [e["handle"] for e in rig.log_entries("device.undocked")] == [str(rig.point(volume))]
     rig.unplug(volume)
     rig.assert_nothing_mounted()
+
+
+def test_short_names_only_in_gbk(rig: Rig, clips: dict[str, bytes]) -> None:
+    """Firmware without long names writes GBK bytes in 8.3 entries only.
+
+    The kernel's vfat (codepage=936) reads them; fusefat lists them but cannot
+    open them: then the station says so by name (device.unreadable), the run
+    fails, and nothing is dropped silently.
+    """
+    files = fat32_image(rig.base / "images" / "cam.img", [
+        ("执法01.MP4", None, clips["a.mp4"]),
+        ("现场录音.MP4", None, clips["b.mp4"]),
+    ])
+    volume = rig.add(rig.base / "images" / "cam.img", CAMERA, "vfat", files)
+    rig.dock(volume)
+    method = json.loads((rig.run_dir / f"{volume.loop}.json").read_text())["method"]
+    done = rig.run_once()
+    assert rig.finish(volume) == "done"
+    if method == "kernel":
+        assert done.returncode == 0, done.stderr.decode()
+        rig.assert_in_vault(volume)
+    else:
+        assert done.returncode == 1
+        (skipped,) = rig.log_entries("device.skipped")
+        assert {e["path"] for e in skipped["entries"]} >= {"DCIM/执法01.MP4", "DCIM/现场录音.MP4"}
+        alerts = [e for e in rig.log_entries("alert") if e["code"] == "device.unreadable"]
+        assert alerts and "执法01.MP4" in str(alerts[0]["message"])
+        assert rig.clips() == []
+    rig.unplug(volume)
+    rig.assert_nothing_mounted()
