@@ -303,6 +303,9 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
             if (base_dir / root_a).resolve() == (base_dir / root_b).resolve():
                 problems.append(f"{key_b}: {root_b} is also {key_a}; a camera volume would be "
                                 "docked twice (once without its serial identity)")
+    mount = sections["mount"]
+    if mount is not None and not problems:
+        problems.extend(_check_mount(mount, roots, base_dir))
     platform = sections["platform"]
     if platform is not None and not problems:
         problems.extend(_check_platform(platform))
@@ -317,6 +320,17 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
     resolved = {name: _resolve_paths(value, base_dir) for name, value in sections.items()}
     devices = {k: _resolve_paths(v, base_dir) for k, v in devices.items()}
     return Config(devices=devices, device_policy=device_policy, source=source, **resolved)
+
+
+def _check_mount(m: MountSection, roots: list[tuple[str, Path]], base_dir: Path) -> list[str]:
+    if not roots:
+        return ["mount: the station mounts camera volumes below a driver's mount_root: "
+                "configure [devices.mass_storage] or [devices.gat947]"]
+    run_dir = (base_dir / m.run_dir).resolve()
+    return [f"mount.run_dir: {m.run_dir} is inside {key} ({root}); notes would look like "
+            "camera volumes" for key, root in roots
+            if run_dir == (base_dir / root).resolve()
+            or (base_dir / root).resolve() in run_dir.parents]
 
 
 def _check_platform(p: PlatformSection) -> list[str]:

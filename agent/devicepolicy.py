@@ -65,11 +65,6 @@ class Rule:
 class _PolicyKeys:
     policy: str = option("any", choices=POLICIES,
                          doc="Which USB devices are read: 'any', 'catalog' or 'allow-list'.")
-    allow: list[Rule] = option(default_factory=list,
-                               doc="Devices read besides the catalog ('catalog') or the only "
-                                   "ones ('allow-list').")
-    block: list[Rule] = option(default_factory=list,
-                               doc="Devices never read, whatever the policy.")
 
 
 @dataclass(frozen=True)
@@ -125,14 +120,22 @@ class DevicePolicy:
 
 def parse_policy(table: dict[str, Any], problems: list[str]) -> DevicePolicy:
     """Read the reserved keys of the ``[devices]`` table; problems name their key paths."""
-    raw = {k: v for k, v in table.items() if k in RESERVED_KEYS}
     before = len(problems)
-    keys = load_section(_PolicyKeys, raw, "devices", problems)
-    if len(problems) > before:
-        return DevicePolicy()
-    for name in ("allow", "block"):
-        for i, rule in enumerate(getattr(keys, name)):
+    keys = load_section(_PolicyKeys, {k: table[k] for k in ("policy",) if k in table},
+                        "devices", problems)
+    rules: dict[str, list[Rule]] = {"allow": [], "block": []}
+    for name, found in rules.items():
+        items = table.get(name, [])
+        if not isinstance(items, list):
+            problems.append(f"devices.{name}: expected a list of tables, got "
+                            f"{type(items).__name__}")
+            continue
+        for i, item in enumerate(items):
             where = f"devices.{name}[{i}]"
+            if not isinstance(item, dict):
+                problems.append(f"{where}: expected a table, got {type(item).__name__}")
+                continue
+            rule = load_section(Rule, item, where, problems)
             if rule.usb_id is None and rule.serial is None:
                 problems.append(f"{where}: give usb_id, serial or both")
             if rule.usb_id is not None and not USB_ID.fullmatch(rule.usb_id):
@@ -141,10 +144,13 @@ def parse_policy(table: dict[str, Any], problems: list[str]) -> DevicePolicy:
             if rule.serial is not None and not _SERIAL.fullmatch(rule.serial):
                 problems.append(f"{where}.serial: {rule.serial!r} is not a USB serial number "
                                 "(1 to 126 printable characters, no spaces)")
-    if keys.policy == "allow-list" and not keys.allow:
+            found.append(rule)
+    if keys.policy == "allow-list" and "allow" not in table:
         problems.append("devices.allow: policy 'allow-list' needs at least one entry "
                         "(otherwise no device is ever read)")
-    return DevicePolicy(keys.policy, tuple(keys.allow), tuple(keys.block))
+    if len(problems) > before:
+        return DevicePolicy()
+    return DevicePolicy(keys.policy, tuple(rules["allow"]), tuple(rules["block"]))
 
 
 @dataclass(frozen=True)

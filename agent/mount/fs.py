@@ -28,6 +28,7 @@ import collections
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -221,20 +222,20 @@ def prepare_point(mount_root: Path, name: str) -> Path:
     otherwise the agent's user could swap the mount point for a symlink and
     have root mount a camera over any directory.
     """
+    if os.path.realpath(mount_root) != os.path.abspath(mount_root):
+        raise DeviceError(f"{mount_root}: its path goes through a symlink; name the real "
+                          "directory in the configuration")
     try:
         root = os.stat(mount_root, follow_symlinks=False)
     except FileNotFoundError:
         os.makedirs(mount_root, mode=0o755, exist_ok=True)
         root = os.stat(mount_root, follow_symlinks=False)
-    if not os.path.isdir(mount_root) or os.path.islink(mount_root):
+    if not stat.S_ISDIR(root.st_mode):
         raise DeviceError(f"{mount_root}: not a directory")
     if root.st_uid != 0 or root.st_mode & 0o022:
         raise DeviceError(f"{mount_root} must belong to root and be writable by root only "
                           f"(owner uid {root.st_uid}, mode {root.st_mode & 0o777:o}); fix: "
                           f"chown root: {mount_root} && chmod 755 {mount_root}")
-    if os.path.realpath(mount_root) != os.path.abspath(mount_root):
-        raise DeviceError(f"{mount_root}: its path goes through a symlink; name the real "
-                          "directory in the configuration")
     point = mount_root / name
     if entry_at(point) is not None:
         # A mount left by a device of the same kernel name that vanished: that device
@@ -244,7 +245,7 @@ def prepare_point(mount_root: Path, name: str) -> Path:
         os.mkdir(point, 0o755)
     except FileExistsError:
         st = os.stat(point, follow_symlinks=False)
-        if not os.path.isdir(point) or os.path.islink(point) or st.st_uid != 0:
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
             raise DeviceError(f"{point} exists and is not a directory of root's") from None
         if os.listdir(point):
             raise DeviceError(f"{point} is not empty; not mounting over files") from None

@@ -31,7 +31,7 @@ from agent.config import Config, MountSection
 from agent.devicepolicy import Refusal, UsbIdentity
 from agent.errors import ConfigError, DeviceError
 from agent.mount import fs, notes
-from agent.mount.blockdev import BlockDevice, open_device, probe
+from agent.mount.blockdev import BlockDevice, kernel_name, open_device, probe
 from drivers import catalog as catalog_mod
 from drivers.mass_storage import usb_for_source, usb_identity
 
@@ -140,6 +140,7 @@ def hold(config: Config, device_arg: str, env: Mapping[str, str],
     (SIGTERM).  Raises DeviceError when it cannot be mounted and ConfigError
     for configuration problems.
     """
+    kernel_name(device_arg)  # hostile input is refused before anything else
     section = mount_section(config)
     owner = owner_of(section)
     device = open_device(device_arg, sysfs_root=sysfs_root(config), env=env)
@@ -236,10 +237,8 @@ def let_go(config: Config, device_arg: str) -> list[str]:
     Safe at any time (the unit's ExecStopPost runs it after every end): only a
     mount at ``<mount_root>/<name>`` whose source is /dev/<name> is touched.
     """
-    from agent.mount.blockdev import kernel_name
-
-    section = mount_section(config)
     name = kernel_name(device_arg)
+    section = mount_section(config)
     done = []
     for key in ("mass_storage", "gat947"):
         driver = config.devices.get(key)
