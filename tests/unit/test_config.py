@@ -32,7 +32,11 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
     cfg = config_mod.load(example)
     assert cfg.platform is not None
     assert cfg.web is not None
-    for section in ("station", "ingest", "media", "custody", "retention", "platform", "web"):
+    assert cfg.mount is not None and cfg.device_policy.policy == "catalog"
+    for key in ("policy", "allow", "block"):
+        assert f"\n{key} =" in text, f"devices.{key} is not documented"
+    for section in ("station", "ingest", "media", "custody", "retention", "platform", "web",
+                    "mount"):
         cls = type(getattr(cfg, section))
         for key_path, _default, doc in describe(cls, section):
             key = key_path.split(".")[-1]

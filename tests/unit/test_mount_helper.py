@@ -376,3 +376,14 @@ def test_mount_section_defaults() -> None:
     assert (section.user, section.codepage, section.fuse, section.hold_s) == (
         "bwc-agent", 936, "fallback", 600.0)
     assert section.run_dir == Path("/run/bwc-agent/volumes")
+
+
+def test_the_shipped_rule_and_unit_are_what_install_udev_writes() -> None:
+    from agent.mount import units
+
+    config_dir = Path(__file__).resolve().parents[2] / "config"
+    assert (config_dir / units.RULE_NAME).read_text() == units.render_rule()
+    assert (config_dir / units.UNIT_NAME).read_text() == units.render_unit(
+        Path("/usr/local/bin/bwc-agent"), Path("/etc/bwc-agent/station.toml"))
+    service = (config_dir / "bwc-agent.service").read_text()
+    assert "RuntimeDirectory=bwc-agent" in service  # where [mount] run_dir lives by default
