@@ -388,8 +388,9 @@ class Station:
             current = self._docked.get(device.handle)
         if again and current is not None and not self._stopping.is_set() and current.present():
             self.dock(current)
-        elif self._keeper is not None and not future.cancelled() and future.exception() is None:
-            self._keeper.session_ended(device, future.result().serial)
+        elif self._keeper is not None and not future.cancelled():
+            failed = future.exception() is not None
+            self._keeper.session_ended(device, None if failed else future.result().serial)
             self._let_go()
 
     def _owned(self, device: Device, job: Callable[[Device], Any]) -> Any:

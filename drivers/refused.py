@@ -102,7 +102,7 @@ class RefusalNotes:
 
     def _device(self, path: Path, refusal: Refusal) -> RefusedDevice:
         return RefusedDevice(refusal, handle=f"refused:{path.name}",
-                             present=path.exists, on_recorded=lambda: notes.remove(path))
+                             present=path.exists, on_recorded=lambda: notes.drop_note(path))
 
     def _reconcile(self) -> list[Device]:
         with self._lock:
@@ -117,7 +117,7 @@ class RefusalNotes:
                     continue
                 if refusal is None:
                     log.warning("malformed refusal note %s removed", path)
-                    notes.remove(path)
+                    notes.drop_note(path)
                     continue
                 device = self._device(path, refusal)
                 self._known[path] = device

@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
         finally:
             station.stop()
         for report in summary.reports:
+            if report.refused_device:
+                print(f"{report.serial or report.handle}: refused, nothing read "
+                      f"({report.refused_device})")
+                continue
             if not report.serial:
                 print(f"{report.handle}: nothing read: {'; '.join(report.errors)}")
                 continue

@@ -38,7 +38,7 @@ _ACK_PENDING = ("copied", "sealed", "uploading", "uploaded", "acknowledged")
 @dataclass
 class _Held:
     device: Device
-    serial: str
+    serial: str | None  # None: the session failed before it knew (held until hold_s)
     since: float  # time.monotonic() when the last session ended
 
 
@@ -57,7 +57,7 @@ class Keeper:
     def tracks(device: Device) -> bool:
         return isinstance(device, Detachable) and device.station_mounted()
 
-    def session_ended(self, device: Device, serial: str) -> None:
+    def session_ended(self, device: Device, serial: str | None) -> None:
         if not self.tracks(device):
             return
         with self._lock:
@@ -71,7 +71,9 @@ class Keeper:
         with self._lock:
             return sorted(self._held)
 
-    def _waiting(self, serial: str) -> int:
+    def _waiting(self, serial: str | None) -> int:
+        if serial is None:
+            return 1
         marks = ",".join("?" for _ in self._states)
         row = self.store.query_one(
             f"SELECT COUNT(*) AS n FROM clips WHERE device_serial = ? AND state IN ({marks})",

@@ -56,7 +56,7 @@ def read_note(path: Path, limit: int = NOTE_MAX) -> bytes | None:
         os.close(fd)
 
 
-def remove(path: Path) -> None:
+def drop_note(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
@@ -85,7 +85,7 @@ class MountNote:
 
 
 def write_mounted(run_dir: Path, note: MountNote) -> None:
-    remove(run_dir / f"{note.name}.done")  # a note for an earlier mount of this name
+    drop_note(run_dir / f"{note.name}.done")  # a note for an earlier mount of this name
     write_atomic(run_dir / f"{note.name}.json", note.to_json(), mode=0o644)
 
 
@@ -126,8 +126,8 @@ def done_for(run_dir: Path, name: str, token: str) -> bool:
 
 
 def clear(run_dir: Path, name: str) -> None:
-    remove(run_dir / f"{name}.json")
-    remove(run_dir / f"{name}.done")
+    drop_note(run_dir / f"{name}.json")
+    drop_note(run_dir / f"{name}.done")
 
 
 # --- refusals ---------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def take_msdc(run_dir: Path, port: str | None, max_age_s: float) -> bool:
             written = os.stat(path, follow_symlinks=False)
         except OSError:
             continue
-        remove(path)
+        drop_note(path)
         if stat.S_ISREG(written.st_mode) and 0 <= time.time() - written.st_mtime <= max_age_s:
             return True
     return False

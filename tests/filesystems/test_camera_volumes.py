@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 
 from agent.mount import fs
@@ -152,5 +153,61 @@ def test_short_names_only_in_gbk(rig: Rig, clips: dict[str, bytes]) -> None:
         alerts = [e for e in rig.log_entries("alert") if e["code"] == "device.unreadable"]
         assert alerts and "执法01.MP4" in str(alerts[0]["message"])
         assert rig.clips() == []
+    rig.unplug(volume)
+    rig.assert_nothing_mounted()
+
+
+def _as_user(uid: int, dir_fd: int, action: str, name: str) -> int:
+    """In a child process with ``uid`` (and gid): read or delete ``name`` in ``dir_fd``."""
+    pid = os.fork()
+    if pid == 0:  # the child: only system calls, then _exit
+        code = 1
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            if action == "read":
+                fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+                os.read(fd, 16)
+                os.close(fd)
+            else:
+                os.unlink(name, dir_fd=dir_fd)
+            code = 0
+        except PermissionError:
+            code = 13
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_only_the_agents_user_may_read_and_delete(rig: Rig, clips: dict[str, bytes]) -> None:
+    """The daemon runs as [mount] user: it reads and releases; other users get nothing."""
+    files = fat32_image(rig.base / "images" / "cam.img", [
+        ("ZFY000~1.MP4", "ZFY0001_010203_20240105083015_0001.MP4", clips["a.mp4"]),
+        ("ZFY000~2.MP4", "ZFY0001_010203_20240105090000_0002.MP4", clips["b.mp4"]),
+    ])
+    volume = rig.dock(rig.add(rig.base / "images" / "cam.img", CAMERA, "vfat", files))
+    dcim = os.open(rig.point(volume) / "DCIM", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first, second = sorted(name.split("/")[-1] for name in files)
+        assert _as_user(4321, dcim, "read", first) == 13
+        assert _as_user(4321, dcim, "delete", first) == 13
+        assert _as_user(NOBODY, dcim, "read", first) == 0
+        assert _as_user(NOBODY, dcim, "delete", second) == 0  # a release, as the agent does it
+        assert sorted(os.listdir(dcim)) == [first]
+    finally:
+        os.close(dcim)
+    assert volume.helper is not None
+    volume.helper.send_signal(signal.SIGTERM)
+    assert rig.finish(volume) == "stopped"
+    rig.unplug(volume)
+    # The deletion reached the camera's file system, and left it sound.
+    subprocess.run(["fsck.vfat", "-n", str(volume.image)], check=True, capture_output=True)
+    rig.dock(volume)
+    assert sorted(os.listdir(rig.point(volume) / "DCIM")) == [first]
+    assert volume.helper is not None
+    volume.helper.send_signal(signal.SIGTERM)
+    assert rig.finish(volume) == "stopped"
     rig.unplug(volume)
     rig.assert_nothing_mounted()
