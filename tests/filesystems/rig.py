@@ -166,6 +166,7 @@ class Rig:
             (self.base / name).mkdir(parents=True, exist_ok=True)
         self.mount_root.mkdir(mode=0o755)  # as OPERATIONS.md has IT staff create it
         self.config_path = self.base / "station.toml"
+        self.data_dir = self.base / "data"
         self.write_config()
 
     @property
@@ -176,14 +177,9 @@ class Rig:
     def run_dir(self) -> Path:
         return self.base / "run" / "volumes"
 
-    def write_config(self, devices: str = "", extra: str = "", *, hold_s: float = 600) -> None:
-        self.config_path.write_text(textwrap.dedent(f"""\
-            [station]
-            id = "ST-FS01"
-            data_dir = "{self.base / 'data'}"
-
-            [devices]
-            """) + textwrap.dedent(devices) + textwrap.dedent(f"""
+    def station_tables(self, *, hold_s: float = 600) -> str:
+        """The tables for station-mounted cameras (for a configuration written elsewhere)."""
+        return textwrap.dedent(f"""
             [devices.mass_storage]
             mount_root = "{self.mount_root}"
             sysfs_root = "{self.base / 'sys'}"
@@ -197,7 +193,17 @@ class Rig:
             [ingest]
             chunk_kib = 64
             min_free_mb = 0
-            """) + textwrap.dedent(extra), encoding="utf-8")
+            """)
+
+    def write_config(self, devices: str = "", extra: str = "", *, hold_s: float = 600) -> None:
+        self.config_path.write_text(textwrap.dedent(f"""\
+            [station]
+            id = "ST-FS01"
+            data_dir = "{self.data_dir}"
+
+            [devices]
+            """) + textwrap.dedent(devices) + self.station_tables(hold_s=hold_s)
+            + textwrap.dedent(extra), encoding="utf-8")
 
     # --- devices -----------------------------------------------------------------------------
 
@@ -308,7 +314,7 @@ class Rig:
         return err.decode()
 
     def db(self) -> sqlite3.Connection:
-        con = sqlite3.connect(f"file:{self.base / 'data' / 'state.db'}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{self.data_dir / 'state.db'}?mode=ro", uri=True)
         con.row_factory = sqlite3.Row
         return con
 
@@ -339,7 +345,7 @@ class Rig:
             assert path in by_path, (path, sorted(by_path))
             row = by_path[path]
             assert row["sha256"] == sha(data), path
-            stored = Vault(self.base / "data" / "vault").path_for(row["sha256"])
+            stored = Vault(self.data_dir / "vault").path_for(row["sha256"])
             assert sha(stored.read_bytes()) == sha(data), path
 
     def assert_nothing_mounted(self) -> None:
