@@ -121,6 +121,12 @@ class Station:
         self._stops.append(self.store.close)
         if self.config.mount is not None:
             self._keeper = Keeper(self.config, self.store)
+            run_dir = self.config.mount.run_dir
+            try:  # the helper creates it too; the daemon may need it first (gat947 notes)
+                os.makedirs(run_dir, mode=0o750, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"mount.run_dir: cannot create {run_dir}: {exc.strerror}"
+                                 ) from exc
         self._stops.append(self._clear_docked)  # after every session ended, before close
         self.vault = Vault(data_dir / "vault")
 

@@ -239,7 +239,12 @@ class Gat947Device:
             log.info("camera %s (%s): switching to USB storage", self.port, info.serial)
             if self.run_dir is not None:
                 # The station's mount helper puts the volume below our mount_root.
-                expect_msdc(self.run_dir, self.usb_port or None)
+                try:
+                    expect_msdc(self.run_dir, self.usb_port or None)
+                except OSError as exc:
+                    raise DeviceError(f"camera {self.port}: cannot tell the mount helper "
+                                      f"about SetMSDC in {self.run_dir}: {exc.strerror}"
+                                      ) from exc
             failed: DeviceError | None = None
             try:
                 self.client.set_msdc()
