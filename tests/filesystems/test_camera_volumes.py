@@ -120,6 +120,8 @@ def test_a_mount_appearing_after_the_daemon_started_is_offloaded(
     assert rig.finish(volume) == "done"
     rig.assert_in_vault(volume)
     assert {row["state"] for row in rig.clips()} == {"sealed"}
+    # The daemon sees the volume go as it saw it come: from the mount table.
+    rig.wait_for(lambda: rig.log_entries("device.undocked"), "the undock")
     log = rig.stop_daemon(daemon)
     assert "Traceback" not in log
     assert [e["handle"] for e in rig.log_entries("device.undocked")] == [str(rig.point(volume))]

@@ -76,7 +76,8 @@ def test_yanked_mid_copy_leaves_no_mount_and_is_redone_at_the_next_dock(
         rig.dock(volume)
         assert gate.reached.wait(30), "the copy of the large recording never started"
         rig.yank(volume)
-        assert volume.outcome == "stopped"
+        # Whichever the helper saw first, the device leaving or systemd stopping the unit.
+        assert volume.outcome in ("gone", "stopped")
         assert not rig.point(volume).exists()
         gate.go_on.set()
         rig.wait_for(lambda: any(r["path"] == large_path and r["state"] == "discovered"
