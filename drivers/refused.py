@@ -69,7 +69,8 @@ class RefusedDevice:
     def stat(self, recording: Recording) -> tuple[int, float]:
         self._refuse()
 
-    def release(self, recording: Recording) -> None:
+    def release(self, recording: Recording, *, sha256: str,
+                before_delete: Callable[[], None] | None = None) -> None:
         self._refuse()
 
     def sync_clock(self, now: float) -> float | None:
