@@ -151,7 +151,7 @@ def test_short_names_only_in_gbk(rig: Rig, clips: dict[str, bytes]) -> None:
     else:
         assert done.returncode == 1
         (skipped,) = rig.log_entries("device.skipped")
-        assert {e["path"] for e in skipped["entries"]} >= {"DCIM/执法01.MP4", "DCIM/现场录音.MP4"}
+        assert {e["path"] for e in skipped["first"]} >= {"DCIM/执法01.MP4", "DCIM/现场录音.MP4"}
         alerts = [e for e in rig.log_entries("alert") if e["code"] == "device.unreadable"]
         assert alerts and "执法01.MP4" in str(alerts[0]["message"])
         assert rig.clips() == []

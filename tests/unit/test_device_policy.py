@@ -186,7 +186,7 @@ def test_refusals_are_logged_alerted_and_shown(station_dir: Path,
     finally:
         station.stop()
     assert summary.ok, summary  # refusing a device is the policy working, not a failure
-    assert sorted(r.refused != "" for r in summary.reports) == [False, True, True]
+    assert sorted(r.refused_device != "" for r in summary.reports) == [False, True, True]
     assert {(e["usb_id"], e["serial"], e["port"]) for e in refused_log} == {
         ("0781:5567", "4C530001", "1-2"), ("0603:8612", "ZFY0666LOST", "1-3")}
     assert {c["device_serial"] for c in clips} == {"ZFY0001CAM"}
