@@ -28,6 +28,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from agent import boundedjson
 from agent.custody import dsse
 from agent.errors import IntegrityError
 from agent.timeutil import parse_rfc3339, rfc3339
@@ -35,6 +36,10 @@ from agent.timeutil import parse_rfc3339, rfc3339
 MAX_ID = 128
 MAX_TEXT = 256
 MAX_LIST = 64
+# A signed payload (a credential, a roster, a case window) parsed before its signature
+# is checked: bounded in size (a roster of thousands of officers fits) and in nesting.
+MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
+MAX_DEPTH = 32
 
 
 class CredentialError(IntegrityError):
@@ -142,7 +147,8 @@ def payload_of(envelope: Any, expected_type: str, what: str) -> tuple[bytes, dic
                               f"expected {expected_type!r}")
     try:
         raw = dsse.b64decode(envelope["payload"])
-        value = json.loads(raw)
+        # Parsed before the signature is checked: bounded, whatever the sender nested.
+        value = boundedjson.loads(raw, max_bytes=MAX_PAYLOAD_BYTES, max_depth=MAX_DEPTH)
     except (KeyError, TypeError, ValueError) as exc:
         raise CredentialError(f"{what} payload is not base64 JSON: {exc}") from None
     if not isinstance(value, dict):

@@ -17,7 +17,7 @@ from agent.config import Config
 from agent.errors import ConfigError, IntegrityError
 from agent.officers import registry, windows
 from agent.officers.binding import rebind_pending
-from agent.officers.registry import Keys
+from agent.officers.registry import Keys, Refuse
 from agent.officers.roster import SNAPSHOT, UPDATE
 from agent.store import Store
 
@@ -35,6 +35,9 @@ class OfficerMessages:
         self.store = store
         self.platform_keys = platform_keys
         self.credential_keys = registry.load_keys(config.custody.credential_key_file)
+        # Records refusals bounded and collapsed (the inbound worker's RefusalLog): these
+        # topics take messages from anyone who can publish on them.
+        self.refused: Refuse | None = None
 
     def handlers(self) -> dict[str, Callable[[bytes], None]]:
         return {name: functools.partial(self.handle, name) for name in NAMES}
@@ -43,10 +46,10 @@ class OfficerMessages:
         try:
             if name == CASE_WINDOW:
                 windows.accept(self.store, raw, self.platform_keys,
-                               self.config.custody.case_id_pattern)
+                               self.config.custody.case_id_pattern, refused=self.refused)
                 return
             accepted = registry.accept(self.store, raw, ROSTER_MESSAGES[name],
-                                       self.credential_keys)
+                                       self.credential_keys, refused=self.refused)
         except (IntegrityError, ConfigError):
             return  # refused: logged and alerted where it was refused
         if accepted.changed:

@@ -22,15 +22,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import boundedjson
 from agent.custody import dsse
 from agent.custody.keys import keyid_of, load_public_key
 from agent.errors import ConfigError, IntegrityError
-from agent.officers.credentials import Credential, CredentialError, Revocation, parse_credential
+from agent.officers.credentials import (
+    MAX_DEPTH,
+    Credential,
+    CredentialError,
+    Revocation,
+    parse_credential,
+)
 from agent.officers.roster import (
     MAX_MESSAGE_BYTES,
     SNAPSHOT,
@@ -44,6 +51,11 @@ from agent.timeutil import now
 log = logging.getLogger(__name__)
 
 Keys = dict[str, dsse.PublicKey]
+# Records a refused message: (kind, code, reason, raw message, fields).  Messages from the
+# platform's topics go through the inbound worker's RefusalLog (bounded and collapsed:
+# anyone who can publish there can send refusable messages at will); an operator's
+# ``officers import`` is recorded in full by :func:`refuse`.
+Refuse = Callable[[str, str, str, bytes, dict[str, Any]], None]
 
 
 def load_keys(path: Path | None) -> Keys:
@@ -69,8 +81,8 @@ def decode(raw: bytes) -> Any:
         raise CredentialError(f"roster message of {len(raw)} bytes is over the limit of "
                               f"{MAX_MESSAGE_BYTES}")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return boundedjson.loads(raw, max_bytes=MAX_MESSAGE_BYTES, max_depth=MAX_DEPTH)
+    except ValueError as exc:
         raise CredentialError(f"roster message is not JSON: {exc}") from None
 
 
@@ -79,12 +91,22 @@ def held_version(db: Store | Tx) -> int:
     return int(rows[0]["value"]) if rows else 0
 
 
-def accept(store: Store, raw: bytes, kind: str, keys: Keys) -> Accepted:
-    """Verify and store a roster message; IntegrityError (logged, alerted) if refused."""
+def accept(store: Store, raw: bytes, kind: str, keys: Keys, *,
+           refused: Refuse | None = None) -> Accepted:
+    """Verify and store a roster message; IntegrityError (logged, alerted) if refused.
+
+    ``refused`` records a refusal (default: :func:`refuse`, in full).
+    """
+    def record(code: str, version: int | None, reason: str) -> None:
+        if refused is None:
+            refuse(store, kind, version, reason)
+        else:
+            refused("roster", code, reason, raw, {"kind": kind, "version": version})
+
     try:
         message = parse_message(decode(raw), kind, keys)
     except IntegrityError as exc:
-        refuse(store, kind, None, str(exc))
+        record("invalid", None, str(exc))
         raise
     with store.transaction() as tx:
         held = held_version(tx)
@@ -104,7 +126,7 @@ def accept(store: Store, raw: bytes, kind: str, keys: Keys) -> Accepted:
             tx.log("roster.accepted", None, body)
             tx.event("roster.accepted", body)
     if reason is not None:
-        refuse(store, kind, message.version, reason)
+        record("out-of-sequence", message.version, reason)
         raise IntegrityError(reason)
     log.info("accepted %s", message.describe())
     return Accepted(message.version, kind, changed=True)

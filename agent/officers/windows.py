@@ -25,10 +25,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from agent import boundedjson
 from agent.custody import dsse
 from agent.errors import AgentError, IntegrityError
-from agent.officers.credentials import CredentialError, check_text, check_time, payload_of
-from agent.officers.registry import Keys
+from agent.officers.credentials import (
+    MAX_DEPTH,
+    CredentialError,
+    check_text,
+    check_time,
+    payload_of,
+)
+from agent.officers.registry import Keys, Refuse
 from agent.officers.times import overlaps
 from agent.store import Store, Tx
 from agent.tagging import add_case, cases_of, check_case_id, correct_case, remove_case
@@ -92,21 +99,26 @@ def parse_window(envelope: Any, keys: Keys, pattern: str | None) -> CaseWindow:
         envelope=envelope)
 
 
-def accept(store: Store, raw: bytes, keys: Keys, pattern: str) -> tuple[CaseWindow, int] | None:
+def accept(store: Store, raw: bytes, keys: Keys, pattern: str, *,
+           refused: Refuse | None = None) -> tuple[CaseWindow, int] | None:
     """Store a case window and tag its clips; (window, tags made), None if not new.
 
-    A refused window is logged (``case_window.refused``) and alerted, then re-raised.
+    A refused window is logged (``case_window.refused``) and alerted, then
+    re-raised; ``refused`` records it (default: in full, with its alert).
     """
     try:
         if len(raw) > MAX_WINDOW_BYTES:
             raise CredentialError(f"case window of {len(raw)} bytes is over the limit of "
                                   f"{MAX_WINDOW_BYTES}")
         try:
-            envelope = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            envelope = boundedjson.loads(raw, max_bytes=MAX_WINDOW_BYTES, max_depth=MAX_DEPTH)
+        except ValueError as exc:
             raise CredentialError(f"case window is not JSON: {exc}") from None
         window = parse_window(envelope, keys, pattern)
     except AgentError as exc:
+        if refused is not None:
+            refused("case_window", "invalid", str(exc), raw, {})
+            raise
         log.error("case window refused: %s", exc)
         with store.transaction() as tx:
             tx.log("case_window.refused", None, {"reason": str(exc)})

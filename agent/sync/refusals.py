@@ -1,7 +1,8 @@
 """Refused platform messages, recorded in the custody log without letting a sender fill it.
 
-Anyone who can publish on the station's ``ack`` or ``cmd/`` topics can send
-refusable messages at will; the custody log is permanent.  So:
+Anyone who can publish on the station's ``ack``, ``cmd/``, ``roster`` or
+``case-window`` topics can send refusable messages at will; the custody log
+is permanent.  So:
 
 - a refusal records bounded fields only: every text cut to
   ``FIELD_CHARS`` characters (invalid Unicode escaped), and the SHA-256
@@ -76,7 +77,9 @@ class RefusalLog:
 
     def refuse(self, kind: str, code: str, reason: str, *, payload: bytes,
                clip_id: str | None = None, fields: dict[str, Any] | None = None) -> bool:
-        """Record one refusal of ``kind`` ("ack" or "command"); True if written, False if counted.
+        """Record one refusal of ``kind`` ("ack", "command", "roster", "case_window").
+
+        True if written, False if only counted.
 
         ``clip_id`` is given only for a clip the station knows; ``fields``
         are extra details (bounded here).

@@ -86,6 +86,7 @@ class SyncService:
             "sync-clock": lambda _args: {"devices": self.station.sync_clocks()},
         }, on_acknowledged=self._acknowledged, settle=self._settle,
             messages=officers.handlers())
+        officers.refused = self._refuse_officer_message
         password = (read_secret(self.platform.password_file, "platform.password_file")
                     if self.platform.password_file else None)
         self.link = MqttLink(
@@ -189,6 +190,11 @@ class SyncService:
 
     def _settle(self, message: Any) -> None:
         self.link.ack(message)
+
+    def _refuse_officer_message(self, kind: str, code: str, reason: str, raw: bytes,
+                                fields: dict[str, Any]) -> None:
+        """A refused roster or case window, recorded like refused acks (on the same thread)."""
+        self.inbound.refusals.refuse(kind, code, reason, payload=raw, fields=fields)
 
     def _respond(self, topic: str, correlation: bytes | None, payload: bytes) -> None:
         self.link.respond(topic, correlation, payload)

@@ -212,3 +212,37 @@ def test_tags_made_while_the_broker_is_down_arrive_in_order(stand: DevStand,
     assert important and important[0]["credential_id"] == "C-1"
     officer_tag = [e["data"] for e in received if e["type"] == "clip.tagged"][-1]
     assert (officer_tag["source"], officer_tag["credential_id"]) == ("station-officer", "C-1")
+
+
+def test_a_flood_of_junk_roster_and_case_window_messages_adds_a_bounded_record(
+        stand: DevStand, tmp_path: Path) -> None:
+    """Rule: nothing unauthenticated grows the custody log without bound (refusals collapse)."""
+    config, _ = _station(stand, tmp_path)
+    station = Station(config)
+    station.start(watch=True)
+    try:
+        assert station.sync is not None and station.sync.link.wait_connected(10)
+        deep = b"[" * 100_000 + b"]" * 100_000
+        forged = case_window(StationKey.generate(), officer_id="000001", start=T0,
+                             end=T0 + MINUTE, case_id="FORGED", window_id="W-F")
+        for i in range(300):
+            junk = (b"junk %d" % i, deep, json.dumps(forged).encode())[i % 3]
+            stand.platform.publish_raw("bwc/v1/stations/ST-0001/roster/update", junk)
+            stand.platform.publish_raw("bwc/v1/stations/ST-0001/case-window", junk)
+        _wait("every message handled", lambda: station.sync.inbound.idle() and len(
+            _log(config, "roster.refused")) >= 1 and len(_log(config, "case_window.refused"))
+            >= 1, timeout=60)
+        time.sleep(0.5)
+        assert station.sync.inbound.idle()
+    finally:
+        station.stop()
+    roster = _log(config, "roster.refused")
+    windows_refused = _log(config, "case_window.refused")
+    # One entry per refusal code, plus one summary each once the window closes (at stop).
+    assert [(r["code"], r.get("repeated")) for r in roster] == [
+        ("invalid", None), ("invalid", 299)]
+    assert [(r["code"], r.get("repeated")) for r in windows_refused] == [
+        ("invalid", None), ("invalid", 299)]
+    first = roster[0]
+    assert first["payload_bytes"] == len(b"junk 0") and len(first["reason"]) < 500
+    assert first["kind"] == "update"
