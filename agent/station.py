@@ -552,6 +552,7 @@ class Station:
         summary = RunSummary()
         assert self.store is not None
         quarantined_before = {r["clip_id"] for r in self.store.clips(S.QUARANTINED.value)}
+        log_start = self.store.log_size()
         detectors = self._make_detectors()
         futures = []
         for detector in detectors:
@@ -583,7 +584,19 @@ class Station:
             if row["clip_id"] not in quarantined_before and row["clip_id"] not in reported:
                 summary.failures.append(f"clip {row['clip_id']} ({row['name']}) quarantined: "
                                         f"{row['reason']}")
+        summary.failures.extend(self._releases_failed_since(log_start))
         return summary
+
+    def _releases_failed_since(self, seq: int) -> list[str]:
+        """Acknowledged clips whose release from the camera failed in this run and that stay."""
+        assert self.store is not None
+        rows = self.store.query(
+            "SELECT DISTINCT clips.clip_id, clips.name, clips.device_serial, "
+            "clips.release_error FROM custody_log JOIN clips USING (clip_id) "
+            "WHERE custody_log.kind = 'release.failed' AND custody_log.seq > ? "
+            "AND clips.released_at IS NULL ORDER BY clips.clip_id", (seq,))
+        return [f"clip {r['clip_id']} ({r['name']}) not released from {r['device_serial']}: "
+                f"{r['release_error']}" for r in rows]
 
     def wait(self) -> None:
         """Block until stop() (SIGTERM) is requested."""

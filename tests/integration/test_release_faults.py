@@ -31,7 +31,12 @@ def test_a_read_only_camera_is_alerted_once_and_released_once_writable(
     cam = camera(config, clips=3)
     with running_station(config) as station:
         with read_only(cam):
-            station.run_once(platform_timeout_s=30)
+            summary = station.run_once(platform_timeout_s=30)
+            # Rule: run --once exits non-zero when an acknowledged clip stayed on its camera.
+            assert not summary.ok
+            assert len(summary.failures) == 3
+            assert all(f.startswith("clip ") and "not released from SIM0001" in f
+                       and "Read-only file system" in f for f in summary.failures)
             assert station.store is not None
             rows = station.store.clips()
             assert {r["state"] for r in rows} == {"acknowledged"}
