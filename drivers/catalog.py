@@ -1,4 +1,4 @@
-"""The device catalog (config/devices.toml): which camera is which, and how it names files.
+"""The device catalog (devices.toml): which camera is which, and how it names files.
 
 Each ``[[device]]`` entry gives a camera model's USB ids, the regular
 expression its recording names match, the UTC offset of the clock those
@@ -27,12 +27,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from agent import packaged
 from agent.configschema import load_section, option
 from agent.errors import ConfigError
 from agent.timeutil import rfc3339
 
-# The catalog shipped with bwc-agent, used when a driver's ``catalog`` key is not set.
-BUILTIN = Path(__file__).resolve().parent.parent / "config" / "devices.toml"
 GROUPS = frozenset({"serial", "officer", "start", "seq", "important"})
 _KEY = r"[a-z0-9][a-z0-9_-]{0,63}"
 _USB_ID = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}")
@@ -195,8 +194,13 @@ def parse(doc: dict[str, Any], source: Path | None = None) -> Catalog:
 
 
 def load(path: str | Path | None = None) -> Catalog:
-    """Read and validate the catalog file at ``path`` (None: the built-in catalog)."""
-    source = Path(path) if path is not None else BUILTIN
+    """Read and validate the catalog file at ``path``.
+
+    None means the catalog shipped inside the package (config/devices.toml in
+    the source tree), found with importlib.resources wherever bwc-agent is
+    installed.
+    """
+    source = Path(path) if path is not None else packaged.path(packaged.CATALOG)
     try:
         text = source.read_bytes().decode("utf-8")
     except OSError as exc:

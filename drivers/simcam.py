@@ -24,13 +24,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent import packaged
 from agent.durable import fsync_dir, makedirs_durable, write_atomic
 from drivers import catalog as catalog_mod
 from drivers.simulated import IDENTITY_FILE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CATALOG = catalog_mod.BUILTIN
+DEFAULT_CATALOG = packaged.path(packaged.CATALOG)  # the catalog shipped with bwc-agent
 FIRMWARE = "simcam-1.0"
 GAP_S = 5.0  # seconds between the end of one clip and the start of the next
 _FOURCC = {"mp4": "mp4v", "avi": "MJPG"}
