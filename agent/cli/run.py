@@ -8,8 +8,11 @@ import signal
 import sys
 from types import FrameType
 
+from agent import __version__, preflight
 from agent.cli.common import add_config_arg, load_config
 from agent.station import Station
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     if not args.verbose:
         logging.getLogger().setLevel(config.station.log_level.upper())
+    # Every check before anything is written: no directory, key or database of a station
+    # that cannot start (the same checks as `config check`; exit status 2).
+    for note in preflight.check(config).notes:
+        log.info("%s", note)
+    log.info("bwc-agent %s starting for station %s", __version__, config.station.id)
     station = Station(config)
     if args.once:
         station.start(watch=False)
@@ -51,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if summary.ok else 1
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger(__name__).warning("signal %d: stopping", signum)
+        log.warning("signal %d: stopping", signum)
         station.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from agent.config import Config
@@ -47,6 +48,28 @@ def key_paths(config: Config) -> tuple[Any, Any]:
     return keys / "station.key", keys / "station.pem"
 
 
+def identity_problem(key_path: Path, cert_path: Path, has_signed: bool) -> str | None:
+    """Why the station identity cannot be completed at start, or None if it can.
+
+    A missing key is made at the first start, like an SSH host key, but
+    never once the station has signed: a new key cannot vouch for what the
+    old one signed.  A missing certificate is made for the key, but never
+    once clips are signed: a self-made one would silently replace the one the
+    platform CA issued.  Used by the start-up and by the preflight check.
+    """
+    if not key_path.exists():
+        if has_signed or cert_path.exists():
+            return (f"station key {key_path} is missing, but this station has already signed "
+                    f"(certificate {cert_path} exists or clips are sealed); restore the key "
+                    "from the backup of the keys directory — a new key cannot vouch for "
+                    "what the old one signed")
+    elif not cert_path.exists() and has_signed:
+        return (f"station certificate {cert_path} is missing, but this station has "
+                "already signed clips; restore it from the backup of the keys directory "
+                "(or have the platform CA issue a new one for the same key)")
+    return None
+
+
 class Custody:
     def __init__(self, config: Config, store: Store, vault: Vault) -> None:
         self.config = config
@@ -65,26 +88,15 @@ class Custody:
             "SELECT (SELECT COUNT(*) FROM checkpoints) + (SELECT COUNT(*) FROM clips "
             "WHERE manifest IS NOT NULL) AS n")
         has_signed = bool(signed is not None and signed["n"])
+        problem = identity_problem(key_path, cert_path, has_signed)
+        if problem is not None:
+            raise ConfigError(problem)
         if not key_path.exists():
-            if has_signed or cert_path.exists():
-                # A new key would orphan every signature made so far: refuse, loudly.
-                raise ConfigError(
-                    f"station key {key_path} is missing, but this station has already signed "
-                    f"(certificate {cert_path} exists or clips are sealed); restore the key "
-                    "from the backup of the keys directory — a new key cannot vouch for "
-                    "what the old one signed")
             # Like an SSH host key: a new station makes its identity on first start.
             log.warning("no station key yet: creating %s and a development certificate",
                         key_path)
             init_station_keys(self.config.data_dir, self.config.station.id)
         elif not cert_path.exists():
-            if has_signed:
-                # A self-made certificate would silently replace the one the platform CA
-                # issued: bundles would stop chaining to the CA.  The operator decides.
-                raise ConfigError(
-                    f"station certificate {cert_path} is missing, but this station has "
-                    "already signed clips; restore it from the backup of the keys directory "
-                    "(or have the platform CA issue a new one for the same key)")
             init_station_keys(self.config.data_dir, self.config.station.id)  # cert for the key
         self.key = StationKey.load(key_path)
         check_key_matches_certificate(self.key, load_certificate(cert_path))

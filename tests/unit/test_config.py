@@ -118,7 +118,7 @@ def test_config_check_command_lists_all_problems(tmp_path: Path, capsys: pytest.
         [devices.simulated]
         root = "{tmp_path}"
         """), encoding="utf-8")
-    assert main(["config", "check", "--config", str(bad)]) == 1
+    assert main(["config", "check", "--config", str(bad)]) == 2
     out = capsys.readouterr().out
     assert "station.max_ingest_workers: 99 is above the maximum 16" in out
     assert "station.colour: unknown key" in out
