@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent import __version__
 from agent.config import Config
 from agent.devicepolicy import recent_refusals
 from agent.officers.status import officers_status
@@ -304,6 +305,8 @@ def station_status(config: Config, store: Store, *, vault: Vault | None = None,
         "GROUP BY device_serial ORDER BY device_serial")
     status: dict[str, Any] = {
         "station_id": config.station.id,
+        "version": __version__,
+        "store": {"schema": store.schema_version(), "agent_version": store.agent_version()},
         "data_dir": str(config.data_dir),
         "devices": store.device_summaries(),
         "refused": recent_refusals(store),

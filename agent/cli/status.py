@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(info)
         return 0
     print(f"station {info['station_id']}  data: {info['data_dir']}")
+    print(f"bwc-agent {info['version']}; store schema {info['store']['schema']}, last written "
+          f"by bwc-agent {info['store']['agent_version'] or 'unknown'}")
     print(f"disk free: {human_size(info['disk']['free_bytes'])} of "
           f"{human_size(info['disk']['total_bytes'])}")
     print("devices:")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -14,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import __version__
 from agent.custody.jcs import canonicalize
 from agent.errors import StoreError, StoreFullError
 from agent.store.migrations import MIGRATIONS
 from agent.store.states import TRANSITIONS, ClipState
 from agent.timeutil import now as time_now
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = len(MIGRATIONS)
 EVENT_TOPIC = "bwc/v1/stations/{station_id}/events"
@@ -179,10 +183,18 @@ class Store:
                              f"{SCHEMA_VERSION}; start the daemon once to migrate it")
 
     def _migrate(self) -> None:
+        """Bring the schema up to date, and record which bwc-agent version opened the store.
+
+        A migration of an existing store is logged step by step (INFO), summed
+        up as a WARNING (an older bwc-agent cannot open the store any more), and
+        its last step appends a ``store.migrated`` custody log entry naming the
+        schema and agent versions, in the same transaction.
+        """
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema version {version} is newer than this agent "
                              f"({SCHEMA_VERSION}); refusing to touch it")
+        previous = self._stored_agent_version() if version > 0 else None
         for index in range(version, SCHEMA_VERSION):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -190,10 +202,50 @@ class Store:
                     if statement.strip():
                         self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version = {index + 1}")
+                if index + 1 == SCHEMA_VERSION:
+                    if version > 0:
+                        Tx(self, self._conn).log("store.migrated", None, {
+                            "from_schema": version, "to_schema": SCHEMA_VERSION,
+                            "from_version": previous, "to_version": __version__})
+                    self._stamp_agent_version()
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
+            if version > 0:
+                log.info("station database %s: schema version %d -> %d", self.path, index,
+                         index + 1)
+        if 0 < version < SCHEMA_VERSION:
+            log.warning("migrated the station database %s from schema version %d to %d "
+                        "(bwc-agent %s, last opened by bwc-agent %s); older versions cannot "
+                        "open it any more: roll back with the backup made before the upgrade",
+                        self.path, version, SCHEMA_VERSION, __version__, previous or "unknown")
+        elif version == SCHEMA_VERSION and previous != __version__:
+            with self.transaction():
+                self._stamp_agent_version()
+            if previous is not None:
+                log.info("station database %s: last opened by bwc-agent %s, now %s",
+                         self.path, previous, __version__)
+
+    def _stored_agent_version(self) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'agent_version'").fetchone()
+        return str(row[0]) if row is not None else None
+
+    def _stamp_agent_version(self) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('agent_version', ?)",
+                           (__version__,))
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def agent_version(self) -> str | None:
+        """The bwc-agent version that last opened the store for writing (None: before 0.2)."""
+        with self._lock:
+            try:
+                return self._stored_agent_version()
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.path}: {exc}") from exc
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:

@@ -28,3 +28,17 @@ def test_the_default_catalog_is_the_shipped_one() -> None:
     catalog = catalog_mod.load()
     assert catalog.source == packaged.path(packaged.CATALOG)
     assert catalog.get("simulated").key == "simulated"
+
+
+def test_config_show_lists_and_prints_the_shipped_files(capfd: pytest.CaptureFixture[str]) -> None:
+    from agent.cli.main import main
+
+    assert main(["config", "show"]) == 0
+    listed = capfd.readouterr().out.split()
+    assert listed == packaged.names()
+    assert main(["config", "show", packaged.EXAMPLE_CONFIG]) == 0
+    assert capfd.readouterr().out == packaged.read_bytes(packaged.EXAMPLE_CONFIG).decode()
+    assert main(["config", "show", "--path", packaged.UNIT]) == 0
+    assert capfd.readouterr().out.strip() == str(packaged.path(packaged.UNIT))
+    assert main(["config", "show", "../setup.py"]) == 2
+    assert "is not a file shipped with bwc-agent" in capfd.readouterr().err
