@@ -6,7 +6,10 @@ loopback, the HTTPS tus server, SQLite on disk, OpenCV-made clips, and the
 The platform issues officer credentials and a roster in which one officer
 is revoked, and a dispatch case window; the station runs as a daemon while
 the officers dock, so the demo ends with a verified officer, an unverified
-one, and clips tagged with their case by the window.
+one, and clips tagged with their case by the window.  ``bwc-agent`` runs
+from the demo's work directory; ``--agent`` names the one to run (CI gives
+the one installed from the wheel into a fresh virtualenv), by default this
+source tree's.
 """
 
 from __future__ import annotations
@@ -47,16 +50,31 @@ def heading(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def agent(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "agent.cli.main", *args]
-    print("$ bwc-agent " + " ".join(args), flush=True)
-    result = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
-    sys.stdout.write(result.stdout)
-    if result.returncode != 0:
-        sys.stdout.write(result.stderr)
-        if check:
-            raise SystemExit(f"demo: bwc-agent {args[0]} exited {result.returncode}")
-    return result
+class AgentCommand:
+    """Runs ``bwc-agent`` as IT staff do: a separate process, printed with its output."""
+
+    def __init__(self, command: list[str], cwd: Path) -> None:
+        self.command = command
+        # The work directory, never the source tree: an installed agent must not need it.
+        self.cwd = cwd
+        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        print("$ bwc-agent " + " ".join(args), flush=True)
+        result = subprocess.run([*self.command, *args], cwd=self.cwd, env=self.env, text=True,
+                                capture_output=True)
+        sys.stdout.write(result.stdout)
+        if result.returncode != 0:
+            sys.stdout.write(result.stderr)
+            if check:
+                raise SystemExit(f"demo: bwc-agent {args[0]} exited {result.returncode}")
+        return result
+
+    def start(self, *args: str, log: Any) -> subprocess.Popen[bytes]:
+        """The daemon, in the background."""
+        print("$ bwc-agent " + " ".join(args) + " &", flush=True)
+        return subprocess.Popen([*self.command, *args], cwd=self.cwd, env=self.env,
+                                stdout=log, stderr=log)
 
 
 def query(data_dir: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
@@ -122,11 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=6)
     parser.add_argument("--keep-page", action="store_true",
                         help="keep the daemon and its page up at the end until Ctrl-C")
+    parser.add_argument("--agent", type=Path, metavar="BWC_AGENT",
+                        help="the bwc-agent command to run (default: this source tree's)")
     args = parser.parse_args(argv)
-    work = args.workdir
+    work = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ok = True
+    agent = AgentCommand([str(args.agent.resolve())] if args.agent else
+                         [sys.executable, "-m", "agent.cli.main"], work)
+    heading("bwc-agent")
+    agent("--version")
 
     heading("Development platform: PKI, mosquitto (TLS, client certificates), tus over HTTPS")
     with DevStand(work / "platform") as stand:
@@ -162,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         heading("The station runs as a daemon; it receives the roster and the case window")
         page = with_page(config)
         log = open(work / "station" / "agent.log", "w")  # noqa: SIM115 - owned by the daemon
-        daemon = subprocess.Popen([sys.executable, "-m", "agent.cli.main", "run", "--config",
-                                   str(config)], cwd=ROOT, stdout=log, stderr=log)
+        daemon = agent.start("run", "--config", str(config), log=log)
         try:
             served = page_served(page)
             print(f"station screen: officer page {page}  IT page {page}it "
@@ -221,9 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  alert {alert['code']}: {alert.get('message', '')}")
 
         heading("The cameras after release (acknowledged clips deleted from them)")
+        left = 0
         for cam in cams:
-            left = [p for p in (cam / "DCIM").rglob("*") if p.is_file()]
-            print(f"  {len(left)} recordings left on {cam.name}")
+            on_cam = [p for p in (cam / "DCIM").rglob("*") if p.is_file()]
+            left += len(on_cam)
+            print(f"  {len(on_cam)} recordings left on {cam.name}")
 
         heading("Station status")
         agent("status", "--config", str(config))
@@ -248,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         f"case {CASE} from the case window": {r["clip_id"] for r in li_clips} == cases,
         "every clip accepted by the platform": len(verdicts) == args.clips + 1 and all(
             v["verdict"] == "accepted" for v in verdicts),
+        "cameras emptied after the platform's acks": left == 0,
         "bundle verified": verified is not None and verified.returncode == 0,
     }
     heading("What the demo shows")
