@@ -26,8 +26,8 @@ Checked for the user running the command (the unit's ``User=``):
   writable (a tree left to root by ``keys init`` as root is named with the
   ``chown -R`` that fixes it); the store is not newer than this agent.
 
-Everything here only reads: files are opened read-only, the store's
-schema version comes from its file header, nothing is created.
+Everything here only reads: files are opened read-only, and so is the
+store (once its directory is known to be the user's), nothing is created.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ from agent.sync.service import check_private, read_secret
 from drivers import REGISTRY
 
 STORE_FILE = "state.db"
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 # Driver roots the driver makes itself at start (the simulated cameras' directory).
 _CREATED_AT_START = frozenset({"devices.simulated.root"})
 _FOREIGN_SHOWN = 3
@@ -289,11 +288,13 @@ def _data_dir_problems(config: Config, user: AgentUser, report: Report) -> list[
         problems.append(f"station.data_dir: {data_dir} is on a read-only file system")
     if problems:
         return problems  # what is inside cannot be judged until the user can reach it
-    store_problem = _store_problem(data_dir / STORE_FILE, report)
-    if store_problem is not None:
-        problems.append(store_problem)
-    problems.extend(_identity_problems(config, report))
-    return problems
+    db = data_dir / STORE_FILE
+    facts, problem = _store_facts(db)
+    if problem is None:
+        problem = _schema_problem(db, facts, report)
+    if problem is not None:
+        return [problem]
+    return _identity_problems(config, facts.signed, report)
 
 
 def _ownership_problems(data_dir: Path, user: AgentUser) -> list[str]:
@@ -332,47 +333,51 @@ def _ownership_problems(data_dir: Path, user: AgentUser) -> list[str]:
             f"directory must be {user.name}'s: {shown}{more}; fix: {fix}"]
 
 
-def _store_problem(db: Path, report: Report) -> str | None:
-    """The store's schema version, from the file header: SQLite is not opened here."""
-    try:
-        with open(db, "rb") as handle:
-            header = handle.read(100)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"station.data_dir: cannot read the station database {db}: {exc.strerror}"
-    if not header:
-        return None  # SQLite takes an empty file for an empty database
-    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-        return f"station.data_dir: {db} is not a SQLite database"
-    version = int.from_bytes(header[60:64], "big")  # PRAGMA user_version
-    if version > SCHEMA_VERSION:
-        return (f"station.data_dir: the station database {db} has schema version {version}, "
-                f"newer than this agent ({SCHEMA_VERSION}): a newer bwc-agent ran here; run "
-                "that version, or restore the data directory from the backup made before the "
-                "upgrade (docs/OPERATIONS.md, Rolling back)")
-    if 0 < version < SCHEMA_VERSION:
-        report.notes.append(f"the station database will be migrated from schema version "
-                            f"{version} to {SCHEMA_VERSION} at the first start")
-    return None
+@dataclass
+class _StoreFacts:
+    schema: int = 0
+    signed: bool = False  # a signed checkpoint or manifest exists
 
 
-def _has_signed(db: Path) -> bool:
-    """Whether the store holds a signed checkpoint or manifest; unsure counts as yes."""
+def _store_facts(db: Path) -> tuple[_StoreFacts, str | None]:
+    """Schema version and whether the station has signed, or the problem reading them.
+
+    Read-only, WAL included (what a crash left in the write-ahead log
+    counts).  Called only once the data directory is known to be the
+    user's: SQLite may create its shared-memory file, owned by that user.
+    """
     if not db.exists():
-        return False
-    # immutable: no lock, no -wal/-shm file is created by a read-only look.
-    uri = f"file:{quote(str(db))}?mode=ro&immutable=1"
+        return _StoreFacts(), None
     try:
-        conn = sqlite3.connect(uri, uri=True)
+        conn = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        return _StoreFacts(), f"station.data_dir: cannot open the station database {db}: {exc}"
+    try:
+        facts = _StoreFacts(schema=int(conn.execute("PRAGMA user_version").fetchone()[0]))
         try:
             row = conn.execute("SELECT (SELECT COUNT(*) FROM checkpoints) + (SELECT COUNT(*) "
                                "FROM clips WHERE manifest IS NOT NULL)").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return True
-    return bool(row and row[0])
+            facts.signed = bool(row and row[0])
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):  # tables not made yet: nothing signed
+                raise
+        return facts, None
+    except sqlite3.Error as exc:
+        return _StoreFacts(), f"station.data_dir: {db} is not a readable station database ({exc})"
+    finally:
+        conn.close()
+
+
+def _schema_problem(db: Path, facts: _StoreFacts, report: Report) -> str | None:
+    if facts.schema > SCHEMA_VERSION:
+        return (f"station.data_dir: the station database {db} has schema version "
+                f"{facts.schema}, newer than this agent ({SCHEMA_VERSION}): a newer bwc-agent "
+                "ran here; run that version, or restore the data directory from the backup "
+                "made before the upgrade (docs/OPERATIONS.md, Upgrade and roll back)")
+    if 0 < facts.schema < SCHEMA_VERSION:
+        report.notes.append(f"the station database will be migrated from schema version "
+                            f"{facts.schema} to {SCHEMA_VERSION} at the first start")
+    return None
 
 
 def _new_identity_note(config: Config) -> str:
@@ -381,11 +386,8 @@ def _new_identity_note(config: Config) -> str:
             "first start")
 
 
-def _identity_problems(config: Config, report: Report) -> list[str]:
+def _identity_problems(config: Config, has_signed: bool, report: Report) -> list[str]:
     key_path, cert_path = key_paths(config)
-    has_signed = False
-    if not (key_path.exists() and cert_path.exists()):
-        has_signed = _has_signed(config.data_dir / STORE_FILE)
     problem = identity_problem(key_path, cert_path, has_signed)
     if problem is not None:
         return [f"station identity: {problem}"]

@@ -333,3 +333,36 @@ def test_data_dir_left_to_root_by_keys_init_names_the_chown(tmp_path_factory:
     assert checked.returncode == 2
     assert (f"devices.gat947.password_file: user {user} cannot read {base / 'camera.password'}"
             in checked.stdout), checked.stdout
+
+
+def test_a_store_cut_short_before_its_tables_does_not_count_as_signed(
+        site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    """A crash right after the database file was made: the key is still made at start."""
+    import sqlite3
+
+    site.data_dir.mkdir()
+    db = sqlite3.connect(site.data_dir / "state.db")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.close()
+    assert main(["config", "check", "--config", str(site.config)]) == 0
+    assert "station key" in capsys.readouterr().out
+
+
+def test_a_signature_still_in_the_write_ahead_log_counts(site: Site) -> None:
+    """What a crash left in the WAL is part of the store: the lost key is still refused."""
+    import sqlite3
+
+    from agent.store import Store
+
+    store = Store(site.data_dir / "state.db", station_id="ST-0001")
+    keep_open = sqlite3.connect(site.data_dir / "state.db")  # holds the WAL: no checkpoint
+    keep_open.execute("PRAGMA wal_autocheckpoint = 0")
+    store.query("PRAGMA wal_autocheckpoint = 0")
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO checkpoints (size, root, at, envelope) VALUES (1, 'r', 't', '{}')")
+    assert (site.data_dir / "state.db-wal").stat().st_size > 0
+    with pytest.raises(ConfigError) as info:
+        preflight.check(site.load())
+    assert any("has already signed" in p for p in info.value.problems), info.value.problems
+    keep_open.close()
+    store.close()
