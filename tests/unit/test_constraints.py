@@ -18,8 +18,8 @@ def _canonical(name: str) -> str:
 
 def _pins() -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
         if line:
             name, _, version = line.partition("==")
             assert version, f"constraints.txt: {line!r} is not an exact pin (name==version)"
