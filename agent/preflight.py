@@ -15,6 +15,7 @@ Checked for the user running the command (the unit's ``User=``):
 * the device drivers start as ``run`` starts them: catalogs parse, catalog
   entries exist, camera password files are private; watched directories
   (``*_root``) exist (the simulated driver's root may be created);
+* the officer credential key is an Ed25519 public key;
 * the platform: the CA file holds certificates, the TLS client key is 0600
   and belongs to the client certificate (loaded with ``ssl`` as the MQTT
   and HTTPS clients load them), the platform key is an Ed25519 public key,
@@ -56,6 +57,7 @@ from agent.custody.keys import (
 )
 from agent.custody.sealer import identity_problem, key_paths
 from agent.errors import AgentError, ConfigError
+from agent.officers import registry as officers_registry
 from agent.store.db import SCHEMA_VERSION
 from agent.sync.service import check_private, read_secret
 from drivers import REGISTRY
@@ -110,6 +112,12 @@ def check(config: Config) -> Report:
             problems.append(problem)
             bad.add(key)
     problems.extend(_driver_problems(config, bad))
+    if config.custody.credential_key_file is not None and \
+            "custody.credential_key_file" not in bad:
+        try:
+            officers_registry.load_keys(config.custody.credential_key_file)
+        except ConfigError as exc:
+            problems.append(str(exc))
     if config.platform is not None:
         problems.extend(_platform_problems(config.platform, bad))
     problems.extend(_data_dir_problems(config, user, report))

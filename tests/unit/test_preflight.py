@@ -143,6 +143,17 @@ def _newer_store(site: Site) -> None:
     db.close()
 
 
+def _credential_key(text: str | None) -> Callable[[Site], None]:
+    """custody.credential_key_file: a file that is no key, or none at all."""
+    def change(site: Site) -> None:
+        path = site.base / "credential.pub"
+        if text is not None:
+            path.write_text(text, encoding="utf-8")
+        site.edit("[devices.simulated]",
+                  f'[custody]\ncredential_key_file = "{path}"\n\n[devices.simulated]')
+    return change
+
+
 def _replace(old: str, new: str) -> Callable[[Site], None]:
     def change(site: Site) -> None:
         site.edit(old.format(base=site.base, pki=site.pki_dir),
@@ -198,6 +209,9 @@ CASES: list[tuple[str, Callable[[Site], None], str, bool]] = [
     ("gat947-mount-root-missing", lambda s: (s.base / "media-gat947").rmdir(),
      "devices.gat947.mount_root", False),
     ("data-dir-is-a-file", lambda s: s.data_dir.write_text(""), "station.data_dir", True),
+    ("credential-key-not-a-key", _credential_key("not a key\n"),
+     "custody.credential_key_file", True),
+    ("credential-key-missing", _credential_key(None), "custody.credential_key_file", True),
 ]
 
 
