@@ -16,9 +16,9 @@ Checked for the user running the command (the unit's ``User=``):
   entries exist, camera password files are private; watched directories
   (``*_root``) exist (the simulated driver's root may be created);
 * the officer credential key is an Ed25519 public key;
-* the platform: the CA file holds certificates, the TLS client key is 0600
-  and belongs to the client certificate (loaded with ``ssl`` as the MQTT
-  and HTTPS clients load them), the platform key is an Ed25519 public key,
+* the platform: the CA file, client certificate and key make the TLS
+  context the MQTT client and the uploader make (agent.sync.tlsfiles), the
+  client key is 0600, the platform key is an Ed25519 public key,
   the broker password file is 0600;
 * the station identity: the key is 0600 and Ed25519 and the certificate
   is for it; a missing key is made at the first start, but never on a
@@ -37,16 +37,12 @@ import dataclasses
 import os
 import pwd
 import sqlite3
-import ssl
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from agent.config import Config, PlatformSection
 from agent.custody.keys import (
@@ -60,6 +56,7 @@ from agent.errors import AgentError, ConfigError
 from agent.officers import registry as officers_registry
 from agent.store.db import SCHEMA_VERSION
 from agent.sync.service import check_private, read_secret
+from agent.sync.tlsfiles import client_context
 from drivers import REGISTRY
 
 STORE_FILE = "state.db"
@@ -218,17 +215,18 @@ def _platform_problems(p: PlatformSection, bad: set[str]) -> list[str]:
     for key, url in (("platform.mqtt_url", p.mqtt_url), ("platform.upload_url", p.upload_url)):
         if not urlsplit(url).hostname:
             problems.append(f"{key}: {url!r} names no host")
-    context: ssl.SSLContext | None = None
-    if "platform.ca_file" not in bad:
+    tls_keys = {"platform.ca_file", "platform.cert_file", "platform.key_file"}
+    if not tls_keys & bad:
         try:
-            # The way the MQTT client (paho) and the uploader (requests) load it.
-            context = ssl.create_default_context(cafile=str(p.ca_file))
-        except ssl.SSLError as exc:
-            problems.append(f"platform.ca_file: {p.ca_file} holds no usable PEM CA certificate "
-                            f"({exc.reason or exc})")
-    if p.cert_file is not None and p.key_file is not None and not (
-            {"platform.cert_file", "platform.key_file"} & bad):
-        problems.extend(_client_tls_problems(p.cert_file, p.key_file, context))
+            # The very context the MQTT client and the uploader build from these files.
+            client_context(p.ca_file, p.cert_file, p.key_file)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if p.key_file is not None and "platform.key_file" not in bad:
+        try:
+            check_private(p.key_file, "platform.key_file")
+        except ConfigError as exc:
+            problems.append(str(exc))
     if "platform.platform_key_file" not in bad:
         try:
             load_public_key(p.platform_key_file)
@@ -240,35 +238,6 @@ def _platform_problems(p: PlatformSection, bad: set[str]) -> list[str]:
         except ConfigError as exc:
             problems.append(str(exc))
     return problems
-
-
-def _client_tls_problems(cert_file: Path, key_file: Path,
-                         context: ssl.SSLContext | None) -> list[str]:
-    problems: list[str] = []
-    try:
-        check_private(key_file, "platform.key_file")
-    except ConfigError as exc:
-        problems.append(str(exc))
-    try:
-        x509.load_pem_x509_certificate(cert_file.read_bytes())
-    except ValueError as exc:
-        problems.append(f"platform.cert_file: {cert_file} is not a PEM certificate ({exc})")
-    try:
-        serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-    except (ValueError, TypeError) as exc:
-        problems.append(f"platform.key_file: {key_file} is not an unencrypted PEM private key "
-                        f"({exc})")
-    if problems:
-        return problems
-    try:
-        (context or ssl.create_default_context()).load_cert_chain(str(cert_file), str(key_file))
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            return [f"platform.key_file: {key_file} is not the key of platform.cert_file "
-                    f"{cert_file}"]
-        return [f"platform.cert_file / platform.key_file: cannot be used for TLS "
-                f"({exc.reason or exc})"]
-    return []
 
 
 # --- data directory, store and station identity ----------------------------------------------
