@@ -58,10 +58,15 @@ from agent.store.db import SCHEMA_VERSION
 from agent.sync.service import check_private, read_secret
 from agent.sync.tlsfiles import client_context
 from drivers import REGISTRY
+from drivers.base import DeviceContext
 
 STORE_FILE = "state.db"
 # Driver roots the driver makes itself at start (the simulated cameras' directory).
 _CREATED_AT_START = frozenset({"devices.simulated.root"})
+# Files the agent writes itself (IT accounts: `bwc-agent web user add` makes the file).
+_WRITTEN_BY_AGENT = frozenset({"web.users_file"})
+# Config attributes whose TOML table has another name.
+_TOML_KEYS = {"device_policy": "devices"}
 _FOREIGN_SHOWN = 3
 
 
@@ -129,9 +134,13 @@ def check(config: Config) -> Report:
 
 
 def _sections(config: Config) -> Iterator[tuple[str, Any]]:
-    yield from (("station", config.station), ("ingest", config.ingest), ("media", config.media),
-                ("custody", config.custody), ("retention", config.retention),
-                ("platform", config.platform))
+    """Every section of the configuration, by its key path (new sections included)."""
+    for fld in dataclasses.fields(config):
+        value = getattr(config, fld.name)
+        if dataclasses.is_dataclass(value) and fld.name in _TOML_KEYS:
+            yield _TOML_KEYS[fld.name], value
+        elif dataclasses.is_dataclass(value):
+            yield fld.name, value
     yield from ((f"devices.{key}", section) for key, section in config.devices.items())
 
 
@@ -143,8 +152,9 @@ def _named_paths(config: Config) -> Iterator[tuple[str, Path]]:
         for fld in dataclasses.fields(section):
             value = getattr(section, fld.name)
             named = fld.name.endswith(("_file", "_root")) or fld.name in ("catalog", "root")
-            if isinstance(value, Path) and named:
-                yield f"{prefix}.{fld.name}", value
+            key = f"{prefix}.{fld.name}"
+            if isinstance(value, Path) and named and key not in _WRITTEN_BY_AGENT:
+                yield key, value
 
 
 def _path_problem(key: str, path: Path, user: AgentUser) -> str | None:
@@ -192,11 +202,14 @@ def _creatable_problem(key: str, path: Path, user: AgentUser) -> str | None:
 def _driver_problems(config: Config, bad: set[str]) -> list[str]:
     """Build each driver's detector as ``run`` does (reads its catalog and password file)."""
     problems: list[str] = []
+    mount = config.mount
+    context = DeviceContext(policy=config.device_policy,
+                            run_dir=mount.run_dir if mount is not None else None)
     for key, driver_config in config.devices.items():
         if any(k.startswith(f"devices.{key}.") for k in bad):
             continue  # its files are already reported
         try:
-            REGISTRY[key].make_detector(driver_config)
+            REGISTRY[key].make_detector(driver_config, context)
         except ConfigError as exc:
             problems.extend([f"devices.{key}: {exc}: {p}" for p in exc.problems]
                             or [f"devices.{key}: {exc}"])
