@@ -96,7 +96,7 @@ def test_mount_section_is_validated(tmp_path: Path) -> None:
 def test_config_check_names_policy_problems(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     path = write_station_config(tmp_path, '[devices]\npolicy = "none"\n')
-    assert main(["config", "check", "--config", str(path)]) == 1
+    assert main(["config", "check", "--config", str(path)]) == 2  # a configuration error
     assert "devices.policy: 'none' is not one of" in capsys.readouterr().out
 
 
