@@ -165,6 +165,17 @@ class WebSection:
                                        "sign_in_window_s before sign-in is refused.")
     sign_in_window_s: int = option(300, min=1, max=86400,
                                    doc="Window of the failed sign-in limit (seconds).")
+    officer_timeout_s: int = option(90, min=1, max=3600,
+                                    doc="An officer signed in at the station's screen and "
+                                        "idle this long is signed out.")
+    officer_sign_in_attempts: int = option(10, min=1, max=1000,
+                                           doc="Refused officer sign-ins at the screen (and "
+                                               "per officer number) within "
+                                               "officer_sign_in_window_s before sign-in "
+                                               "pauses.")
+    officer_sign_in_window_s: int = option(60, min=1, max=86400,
+                                           doc="Window of the refused officer sign-in limit "
+                                               "(seconds).")
     languages: list[str] = option(default_factory=lambda: ["zh_Hans_CN", "en"],
                                   doc="Message catalogs offered on the pages; the first is "
                                       "the default.")

@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"station screen: officer page {page}  IT page {page}it "
                   f"({'served' if served else 'NOT served'}; IT accounts: bwc-agent web user "
                   f"add NAME --config {config})")
+            print("officer sign-in at the screen: card 110105199001010203 (李明), typed into "
+                  "the page and Enter, as a card reader does")
             ok &= served
             ok &= wait("roster accepted", lambda: bool(query(
                 data_dir, "SELECT 1 FROM custody_log WHERE kind = 'roster.accepted'")))

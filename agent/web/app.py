@@ -6,8 +6,10 @@ Routes (every other path or method is refused; none deletes anything):
     GET  /it               IT page (signed in)     GET  /it/events    its live stream
     GET  /it/signin        sign-in form            POST /it/signin    sign in
     POST /it/signout       sign out                POST /it/requeue   requeue a quarantined clip
-    POST /officer/signin   officer sign-in (404 until officer credentials plug in)
     GET  /static/...       style sheets, scripts
+    /officer/...           officer sign-in at the screen and the officer's actions
+                           (agent/web/officerpages.py; 404 on a station that checks no
+                           officer credentials)
 
 Every POST checks its CSRF token and Origin before anything else and, when
 refused, changes nothing and logs nothing to the custody log.  Every action
@@ -19,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,14 +47,22 @@ from agent.web import itview, views
 from agent.web.accounts import AccountError, Accounts
 from agent.web.i18n import Catalogs, Language
 from agent.web.live import Live, TooManyStreams
-from agent.web.officers import OfficerSignIn
-from agent.web.security import CSRF_COOKIE, CSRF_FIELD, Csrf, Guard, same_origin, token_ok
+from agent.web.officerpages import OfficerPages, ended_body
+from agent.web.officers import OfficerSignIn, Refusals
+from agent.web.security import (
+    CLIP_ID,
+    CSRF_COOKIE,
+    CSRF_FIELD,
+    Csrf,
+    Guard,
+    same_origin,
+    token_ok,
+)
 from agent.web.sessions import Session, Sessions, SignInLimiter
 
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "bwc_session"
-CLIP_ID = re.compile(r"[0-9a-f-]{8,36}")
 NOTICES = ("requeued",)
 
 
@@ -71,6 +80,8 @@ class WebContext:
     limiter: SignInLimiter
     tls: bool
     officer_sign_in: OfficerSignIn | None = None
+    officer_limiter: SignInLimiter = field(default_factory=lambda: SignInLimiter(10, 60))
+    officer_refusals: Refusals = field(default_factory=Refusals)
     csrf: Csrf = field(default_factory=Csrf)
     live: Live | None = None
 
@@ -83,6 +94,7 @@ def build_app(ctx: WebContext, allowed_hosts: list[str]) -> ASGIApp:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_resource_dir("templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     pages = Pages(ctx, env)
+    officer = OfficerPages(pages)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -110,7 +122,13 @@ def build_app(ctx: WebContext, allowed_hosts: list[str]) -> ASGIApp:
         Route("/it/signin", pages.signin, methods=["POST"]),
         Route("/it/signout", pages.signout, methods=["POST"]),
         Route("/it/requeue", pages.requeue, methods=["POST"]),
-        Route("/officer/signin", pages.officer_signin, methods=["POST"]),
+        Route("/officer/session", officer.session_info, methods=["GET"]),
+        Route("/officer/signin", officer.signin, methods=["POST"]),
+        Route("/officer/signout", officer.signout, methods=["POST"]),
+        Route("/officer/clips", officer.clips, methods=["GET"]),
+        Route("/officer/tag", officer.tag, methods=["POST"]),
+        Route("/officer/untag", officer.untag, methods=["POST"]),
+        Route("/officer/important", officer.important, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=_resource_dir("static")), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -178,7 +196,9 @@ class Pages:
         docks = dock_views(ctx.store, ctx.vault, ctx.progress)
         result: dict[str, Any] = {"docks": docks}
         if "it" in kinds:
-            result["it"] = itview.figures(ctx.config, ctx.store, ctx.vault, ctx.progress, docks)
+            result["it"] = itview.figures(ctx.config, ctx.store, ctx.vault, ctx.progress, docks,
+                                          officer_refusals=ctx.officer_refusals.snapshot()
+                                          if ctx.officer_sign_in is not None else None)
         return result
 
     def render(self, kind: str, code: str, figures: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,8 +210,7 @@ class Pages:
     def end_expired_sessions(self) -> None:
         for session in self.ctx.sessions.expire():
             try:
-                self.log_action("web.signed_out", {"user": session.user, "role": session.kind,
-                                                   "reason": session.ended_reason})
+                self.log_action("web.signed_out", ended_body(session))
             except StoreError:
                 log.exception("web: could not log the end of %s's session", session.user)
 
@@ -206,23 +225,33 @@ class Pages:
 
     # --- officer page -----------------------------------------------------------------------
 
+    def anonymous_csrf(self, request: Request) -> tuple[str, str, bool]:
+        """The browser's CSRF cookie (a new one if it has none), its form token, and whether
+        the cookie is new (and must be set)."""
+        cookie = request.cookies.get(CSRF_COOKIE)
+        fresh = cookie is None or len(cookie) > 100
+        if fresh:
+            cookie = self.ctx.csrf.new_cookie()
+        assert cookie is not None
+        return cookie, self.ctx.csrf.anonymous_token(cookie), fresh
+
     async def kiosk(self, request: Request) -> Response:
         lang = self.lang(request)
         if self.from_network(request):
             return RedirectResponse(f"/it/signin?lang={lang.code}", status_code=303)
-        return self.page("kiosk.html", request, lang,
-                         officer_sign_in=self.ctx.officer_sign_in is not None)
+        web = self.ctx.config.web
+        cookie, token, fresh = self.anonymous_csrf(request)
+        response = self.page("kiosk.html", request, lang,
+                             officer_sign_in=self.ctx.officer_sign_in is not None, csrf=token,
+                             officer_timeout_s=web.officer_timeout_s if web else 0)
+        if fresh:
+            self.set_cookie(response, CSRF_COOKIE, cookie)
+        return response
 
     async def kiosk_events(self, request: Request) -> Response:
         if self.from_network(request):
             return Response("sign in first", status_code=401, media_type="text/plain")
         return self._stream("kiosk", self.lang(request))
-
-    async def officer_signin(self, request: Request) -> Response:
-        """Officer sign-in: refused until officer credentials plug in (agent.web.officers)."""
-        lang = self.lang(request)
-        return self.refused(request, lang, 404, lang.gettext(
-            "Officer sign-in is not available on this station."))
 
     # --- IT page ----------------------------------------------------------------------------
 
@@ -244,13 +273,9 @@ class Pages:
     async def signin_form(self, request: Request, *, status: int = 200, error: str | None = None,
                           name: str = "") -> Response:
         lang = self.lang(request)
-        cookie = request.cookies.get(CSRF_COOKIE)
-        fresh = cookie is None or len(cookie) > 100
-        if fresh:
-            cookie = self.ctx.csrf.new_cookie()
-        assert cookie is not None
+        cookie, token, fresh = self.anonymous_csrf(request)
         response = self.page("signin.html", request, lang, status=status, error=error,
-                             name=name, csrf=self.ctx.csrf.anonymous_token(cookie))
+                             name=name, csrf=token)
         if fresh:
             self.set_cookie(response, CSRF_COOKIE, cookie)
         return response

@@ -43,8 +43,8 @@ def _certificate(label: str, path: Path | None) -> dict[str, Any] | None:
 
 
 def figures(config: Config, store: Store, vault: Vault | None,
-            progress: ProgressRegistry | None, docks: Sequence[Mapping[str, Any]]
-            ) -> dict[str, Any]:
+            progress: ProgressRegistry | None, docks: Sequence[Mapping[str, Any]], *,
+            officer_refusals: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Everything the IT page shows, language-neutral."""
     status = station_status(config, store, vault=vault)
     quarantined: list[sqlite3.Row] = store.query(
@@ -68,6 +68,7 @@ def figures(config: Config, store: Store, vault: Vault | None,
                    "officer_name": d["officer_name"], "state": d["state"],
                    "safe": d["safe_to_undock"], "errors": d["errors"]} for d in docks],
         "certificates": certs,
+        "officer_refusals": dict(officer_refusals) if officer_refusals is not None else None,
     }
 
 
@@ -95,6 +96,12 @@ def words(lang: Language, fig: Mapping[str, Any], user: str) -> dict[str, Any]:
         (_("Quarantined clips"), str(status["clips"].get("quarantined", 0)),
          "bad" if status["clips"].get("quarantined") else "ok"),
     ]
+    refusals = fig.get("officer_refusals")
+    if refusals is not None:
+        # Counted in memory only: a refused sign-in never grows the custody log.
+        total = sum(refusals.values())
+        health.append((_("Refused officer sign-ins since the station started"),
+                       str(total), "warn" if total else "ok"))
     state_names = {
         "discovered": _("found, not copied"), "copying": _("copying"),
         "copied": _("copied, not sealed"), "sealed": _("sealed, waiting for upload"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -129,6 +130,7 @@ def host_name(host: str) -> str:
 # --- CSRF ----------------------------------------------------------------------------------
 
 CSRF_COOKIE = "bwc_csrf"
+CLIP_ID = re.compile(r"[0-9a-f-]{8,36}")  # a clip id in a form, checked before the store
 CSRF_FIELD = "csrf_token"
 
 

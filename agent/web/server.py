@@ -60,6 +60,15 @@ def _check_tls_key(web: WebSection) -> None:
                           f"(mode {mode:04o}); run chmod 600 {web.tls_key_file}")
 
 
+def _roster_sign_in(config: Config, store: Store) -> OfficerSignIn | None:
+    """Officer sign-in at the screen, on a station that checks officer credentials."""
+    if config.custody.credential_key_file is None:
+        return None
+    from agent.web.officers import RosterSignIn
+
+    return RosterSignIn(store, config)
+
+
 class WebServer:
     def __init__(self, config: Config, store: Store, vault: Vault | None,
                  progress: ProgressRegistry | None,
@@ -78,7 +87,9 @@ class WebServer:
             catalogs=Catalogs(self.web.languages, self.web.locale_dir), accounts=accounts,
             sessions=Sessions(self.web.session_timeout_s),
             limiter=SignInLimiter(self.web.sign_in_attempts, self.web.sign_in_window_s),
-            tls=self.tls, officer_sign_in=officer_sign_in)
+            tls=self.tls, officer_sign_in=officer_sign_in or _roster_sign_in(config, store),
+            officer_limiter=SignInLimiter(self.web.officer_sign_in_attempts,
+                                          self.web.officer_sign_in_window_s))
         self.app = build_app(self.ctx, allowed_hosts(self.web))
         self.port = 0
         self._server: uvicorn.Server | None = None

@@ -4,9 +4,10 @@ Invariants:
 
 * a session id is 256 random bits, known only to the browser (an HttpOnly
   cookie) and this table; its CSRF token is another 256 random bits;
-* a session idle longer than the timeout, or older than ``MAX_AGE_S``, is
-  over: :meth:`Sessions.get` never returns it, :meth:`Sessions.expire`
-  hands it out once so its end can be logged;
+* a session idle longer than its timeout (an officer's is shorter than IT
+  staff's), or older than ``MAX_AGE_S``, is over: :meth:`Sessions.get` never
+  returns it, :meth:`Sessions.expire` hands it out once so its end can be
+  logged;
 * both tables are bounded whatever arrives: at most ``MAX_SESSIONS``
   sessions (the oldest is ended to make room) and ``MAX_KEYS`` sign-in
   counters (the least recently failed is forgotten).
@@ -29,12 +30,14 @@ MAX_AGE_S = 12 * 3600  # one shift: a session never outlives it, however active
 @dataclass
 class Session:
     id: str
-    kind: str  # "it" (an IT account); officer sessions plug in here too
-    user: str
+    kind: str  # "it" (an IT account) or "officer" (an officer at the kiosk)
+    user: str  # the account name, or the officer number
     csrf: str
     address: str
     created: float
     last_seen: float
+    timeout_s: float | None = None  # None: the table's timeout
+    credential_id: str | None = None  # an officer's credential, which their actions name
     ended_reason: str | None = None
 
 
@@ -46,11 +49,12 @@ class Sessions:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._ended: list[Session] = []
 
-    def create(self, kind: str, user: str, address: str) -> Session:
+    def create(self, kind: str, user: str, address: str, *, timeout_s: float | None = None,
+               credential_id: str | None = None) -> Session:
         now = self._clock()
         session = Session(id=secrets.token_urlsafe(32), kind=kind, user=user,
                           csrf=secrets.token_urlsafe(32), address=address, created=now,
-                          last_seen=now)
+                          last_seen=now, timeout_s=timeout_s, credential_id=credential_id)
         with self._lock:
             while len(self._sessions) >= MAX_SESSIONS:
                 _sid, oldest = self._sessions.popitem(last=False)
@@ -60,7 +64,8 @@ class Sessions:
         return session
 
     def _over(self, session: Session, now: float) -> str | None:
-        if now - session.last_seen > self.timeout_s:
+        timeout = session.timeout_s if session.timeout_s is not None else self.timeout_s
+        if now - session.last_seen > timeout:
             return "timeout"
         if now - session.created > MAX_AGE_S:
             return "max_age"
@@ -85,12 +90,33 @@ class Sessions:
                 session.last_seen = now
             return session
 
-    def end(self, session_id: str) -> Session | None:
+    def end(self, session_id: str, reason: str = "signed_out") -> Session | None:
         with self._lock:
             session = self._sessions.pop(session_id, None)
         if session is not None:
-            session.ended_reason = "signed_out"
+            session.ended_reason = reason
         return session
+
+    def end_kind(self, kind: str, reason: str) -> list[Session]:
+        """End every live session of ``kind`` (one officer at the kiosk at a time)."""
+        now = self._clock()
+        ended = []
+        with self._lock:
+            for session in [s for s in self._sessions.values() if s.kind == kind]:
+                del self._sessions[session.id]
+                over = self._over(session, now)
+                if over is not None:  # it had ended by itself: expire() hands it out
+                    session.ended_reason = over
+                    self._ended.append(session)
+                else:
+                    session.ended_reason = reason
+                    ended.append(session)
+        return ended
+
+    def remaining(self, session: Session) -> float:
+        """Seconds until ``session`` times out if nothing happens."""
+        timeout = session.timeout_s if session.timeout_s is not None else self.timeout_s
+        return max(0.0, timeout - (self._clock() - session.last_seen))
 
     def expire(self) -> list[Session]:
         """Sessions that ended by themselves since the last call (timeout, age, replaced)."""

@@ -145,6 +145,8 @@ def tile(lang: Language, view: Mapping[str, Any]) -> dict[str, Any]:
     total, done = view["bytes_total"], view["bytes_done"]
     return {
         "key": view["handle"],
+        "camera": view["serial"] or "",  # for the officer's actions on this camera's clips
+        "officer_id": view["officer_id"] or "",
         "state": view["state"],
         "safe": bool(view["safe_to_undock"]),
         "port": _("Dock %(port)s") % {"port": view["port"]},

@@ -72,8 +72,11 @@ def test_no_route_can_delete_anything(make_station: Callable[..., Station],
         assert not methods & {"DELETE", "PUT", "PATCH"}, route
         if "POST" in methods:
             actions.add(route.path)
-    # The only actions: sign in and out, requeue, officer sign-in.  None removes evidence.
-    assert actions == {"/it/signin", "/it/signout", "/it/requeue", "/officer/signin"}
+    # The only actions: sign in and out, requeue, the officer's sign-in and out, tag and
+    # untag, mark important.  None removes evidence.
+    assert actions == {"/it/signin", "/it/signout", "/it/requeue", "/officer/signin",
+                       "/officer/signout", "/officer/tag", "/officer/untag",
+                       "/officer/important"}
     for path in ("", "it", "it/requeue", "static/pages.css", "events"):
         assert http.delete(base + path, timeout=10).status_code in (404, 405)
     assert http.put(base + "it/requeue", timeout=10).status_code == 405

@@ -129,6 +129,9 @@
       return li;
     });
     clips.replaceChildren.apply(clips, rows);
+    // The officer's script (officer.js) offers this camera's recordings to a signed-in officer.
+    document.dispatchEvent(new CustomEvent("dock-detail", {
+      detail: { camera: t.camera, officer: t.officer_id, clips: t.clips.length } }));
   }
 
   document.getElementById("detail-close").addEventListener("click", function () {
