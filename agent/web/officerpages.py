@@ -125,12 +125,14 @@ class OfficerPages:
     # --- sign-in and the session ------------------------------------------------------------
 
     async def session_info(self, request: Request) -> Response:
+        """Who is signed in; ``?active=1`` when the officer used the screen (a tap, a key),
+        which counts as activity, as every action does; the page's own checks do not."""
         lang = self.pages.lang(request)
         sign_in, refused = self.gate(request, lang)
         if refused is not None:
             return refused
         assert sign_in is not None
-        session = self.session(request, touch=True)
+        session = self.session(request, touch=request.query_params.get("active") == "1")
         if session is None:
             return self.answer(signed_in=False)
         credential = await self.current(session, lang, sign_in)

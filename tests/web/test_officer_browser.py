@@ -43,11 +43,12 @@ def _signed_in(page: Any, name: str) -> None:
 
 
 def _small_targets(page: Any, root: str = "body") -> list[str]:
+    """Controls smaller than 48 x 48 CSS pixels (touch targets) in ``root``."""
     return page.evaluate("""root => [...document.querySelector(root)
             .querySelectorAll('button, a, input, [role=button]')]
         .filter(e => e.offsetParent !== null || e.closest('dialog[open]'))
         .filter(e => { const r = e.getBoundingClientRect();
-                       return r.width > 0 && (r.width < 44 || r.height < 44); })
+                       return r.width > 0 && (r.width < 48 || r.height < 48); })
         .map(e => e.outerHTML.slice(0, 80))""", root)
 
 
@@ -67,6 +68,8 @@ def test_an_officer_signs_in_with_the_card_tags_with_a_chinese_case_and_marks_im
         # The card field has the focus, as the reader needs; the number never shows.
         page.wait_for_function("() => document.activeElement?.id === 'card-input'")
         page.screenshot(path=str(artifacts / "officer-signed-out-1024x600.png"))
+        assert axe_violations(page, axe) == []
+        assert _small_targets(page, "#officer-slot") == []
         _swipe(page, "8800000001")
         _signed_in(page, "张三")
         assert page.inner_text("#officer-number") == "警号 000001"
@@ -137,6 +140,7 @@ def test_an_officer_signs_in_with_the_card_tags_with_a_chinese_case_and_marks_im
             ".some(e => e.textContent.includes('〔2026〕'))", arg=second)
         page.screenshot(path=str(artifacts / "officer-tagged-1024x600.png"))
         assert axe_violations(page, axe) == []
+        assert _small_targets(page, "#mine") == []
         page.tap("#mine-close")
         page.tap("#signout")
         page.wait_for_selector("#card-form:not([hidden])")
@@ -250,9 +254,18 @@ def test_an_idle_officer_is_signed_out_by_the_station(make_station: Callable[...
         page.wait_for_function("() => document.activeElement?.id === 'card-input'")
         _swipe(page, "8800000001")
         _signed_in(page, "张三")
+        # While the officer uses the screen, they stay signed in.
+        for _ in range(6):
+            page.tap("#mine-title")
+            time.sleep(1.0)
+        assert page.is_visible("#officer-on") and page.is_hidden("#card-form")
+        assert custody(setup.station, "web.signed_out") == []
+        # Then nobody touches it: the page counts down and the station signs the officer out.
+        page.wait_for_function(
+            "() => document.getElementById('mine-countdown').textContent.includes('秒内无操作')")
         started = time.monotonic()
         page.wait_for_selector("#card-form:not([hidden])", timeout=15_000)
-        assert time.monotonic() - started >= 2.5
+        assert time.monotonic() - started < 5
         assert page.inner_text("#officer-notice") == "由于长时间未操作，您已自动退出登录。"
     (ended,) = custody(setup.station, "web.signed_out")
     assert (ended["user"], ended["credential_id"], ended["reason"]) == ("000001", "C-1",

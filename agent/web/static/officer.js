@@ -51,7 +51,7 @@
     }
     let data = {};
     try { data = await response.json(); } catch (e) { data = { error: words.offline }; }
-    if (response.status !== 401) contact();  // the station counted it as activity
+    if (response.status !== 401 && path.indexOf("/officer/session") !== 0) contact();
     return { status: response.status, data: data };
   }
 
@@ -73,13 +73,21 @@
     if (text) noticeTimer = window.setTimeout(function () { show(notice, ""); }, 30000);
   }
 
+  // What the last action did, or why not, in the list's live region (always in the page).
+  function status(text, error) {
+    const el = $("mine-status");
+    el.textContent = text || "";
+    el.dataset.kind = error ? "error" : "done";
+  }
+
   function closeDialog(d) { if (d && d.open) d.close(); }
 
   // --- signed in or not -------------------------------------------------------------------
 
   function enter(data) {
     officer = data;
-    contact();
+    lastContact = Date.now();
+    deadline = lastContact + data.remaining_s * 1000;
     tell("");
     $("officer-name").textContent = data.officer.name;
     $("officer-number").textContent = data.officer.number;
@@ -98,9 +106,9 @@
     list = null;
     $("mine-clips").replaceChildren();
     $("mine-title").textContent = "";
-    show($("mine-status"), "");
-    $("mine-empty").hidden = true;  // the case editor starts empty whenever it opens
-  }
+    status("", false);
+    $("mine-empty").hidden = true;
+  }  // (the case editor starts empty whenever it opens)
 
   function leave(message) {
     officer = null;
@@ -149,11 +157,13 @@
   }
 
   // The station signs an idle officer out by itself; the page follows, and counts down.
-  async function check() {
-    const answer = await call("GET", "/officer/session");
+  // Only a tap, a key or a swipe counts as use (``active``), never the page's own checks.
+  async function check(active) {
+    const answer = await call("GET", "/officer/session" + (active ? "?active=1" : ""));
     if (answer.status === 200 && answer.data.signed_in) {
       officer = answer.data;
-      contact();
+      deadline = Date.now() + answer.data.remaining_s * 1000;
+      if (active) lastContact = Date.now();
       return;
     }
     if (officer) leave(answer.data.error || words.timedOut);
@@ -171,7 +181,10 @@
   window.setInterval(tick, 1000);
 
   function activity() {
-    if (officer && Date.now() - lastContact > PING_EVERY_MS) check();
+    if (officer && Date.now() - lastContact > Math.min(PING_EVERY_MS,
+                                                        officer.timeout_s * 1000 / 3)) {
+      check(true);
+    }
   }
   document.addEventListener("pointerdown", activity, true);
 
@@ -254,6 +267,7 @@
 
   async function openMine(camera) {
     filter = camera || null;
+    clearMine();  // never the rows of another list while this one loads
     if (!mine.open) mine.showModal();
     await loadMine();
     $("mine-title").focus();
@@ -263,11 +277,11 @@
     const path = "/officer/clips" + (filter ? "?serial=" + encodeURIComponent(filter) : "");
     const answer = await call("GET", path);
     if (answer.status === 401) { leave(answer.data.error); return; }
-    if (answer.status !== 200) { show($("mine-status"), answer.data.error); return; }
+    if (answer.status !== 200) { status(answer.data.error, true); return; }
     list = answer.data;
     $("mine-title").textContent = list.title;
     $("mine-all").hidden = !list.filtered;
-    show($("mine-status"), message || "");
+    status(message, false);
     show($("mine-empty"), list.clips.length ? "" : list.empty);
     const rows = list.clips.map(clipRow);
     const target = $("mine-clips");
@@ -316,7 +330,7 @@
       { csrf_token: officer.csrf, clip_id: clip.id }, fields));
     if (answer.status === 401) { leave(answer.data.error); return answer; }
     if (answer.status === 200) await loadMine(answer.data.message);
-    else show($("mine-status"), answer.data.error);
+    else status(answer.data.error, true);
     return answer;
   }
 
@@ -341,7 +355,7 @@
   }
 
   $("mine-open").addEventListener("click", function () { openMine(null); });
-  $("mine-all").addEventListener("click", function () { filter = null; loadMine(); });
+  $("mine-all").addEventListener("click", function () { openMine(null); });
   $("mine-close").addEventListener("click", function () { mine.close(); });
   $("signout").addEventListener("click", signOut);
   $("mine-signout").addEventListener("click", signOut);
