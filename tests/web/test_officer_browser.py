@@ -195,6 +195,13 @@ def test_the_signed_in_views_at_1920x1080(make_station: Callable[..., Station], 
         assert axe_violations(page, axe) == []
         page.locator("#mine-clips li .add-case").first.tap()
         page.wait_for_selector("#case-editor[open]")
+        # Focus order with a keyboard: the field, the recent cases, the keys, then the buttons.
+        order = []
+        for _ in range(3):
+            page.keyboard.press("Tab")
+            order.append(page.evaluate("() => document.activeElement.textContent"))
+        assert order == [WINDOW_CASE, "内公(治)行罚决字", "1"]
+        page.focus("#case-input")
         page.screenshot(path=str(artifacts / "officer-case-editor-1920x1080.png"))
         assert axe_violations(page, axe) == []
         assert _small_targets(page, "#case-editor") == []
@@ -324,6 +331,14 @@ def test_an_officer_cannot_tag_another_officers_clip_a_supervisor_can(
         }""", theirs)
         refusal = "这条录像不属于您：只有录制它的民警或督察可以修改。"
         assert answers == [[403, refusal], [403, refusal]]
+        # The officer's own clip, but without the session's token, or with a wrong one.
+        (mine, _) = (r["clip_id"] for r in setup.clips("000001"))
+        statuses = page.evaluate("""async (clip) => {
+            const post = async (fields) => (await fetch('/officer/important', {method: 'POST',
+                body: new URLSearchParams(Object.assign({clip_id: clip}, fields))})).status;
+            return [await post({}), await post({csrf_token: 'A'.repeat(43)})];
+        }""", mine)
+        assert statuses == [403, 403]
         assert log_size(station) == before
         # The tile of the other officer's camera offers nothing to this officer.
         page.tap("#mine-close")
@@ -350,6 +365,17 @@ def test_an_officer_cannot_tag_another_officers_clip_a_supervisor_can(
         page.fill("#case-input", CHINESE)
         page.tap("#case-save")
         page.wait_for_selector("#mine-clips .case-text")
+        # Another site's page posts to the station while the supervisor is signed in.
+        size = log_size(station)
+        page.goto("about:blank")
+        page.set_content(f"""<form method="post" action="{setup.base}officer/important">
+            <input name="clip_id" value="{mine}"><input name="csrf_token" value="guess">
+            <button id="go">go</button></form>""")
+        with page.expect_navigation():
+            page.click("#go")
+        assert "您已退出登录" in page.content() or "过期" in page.content()
+        assert log_size(station) == size
+    assert station.store is not None and station.store.clip(mine)["important"] == 0
     (tagged,) = custody(station, "clip.tagged")
     assert (tagged["clip_id"], tagged["by"], tagged["credential_id"]) == (theirs, "000009", "C-9")
 
