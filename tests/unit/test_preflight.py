@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import stat
 import subprocess
+import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,6 +296,21 @@ def test_unreadable_files_are_named_for_the_agent_user(site: Site) -> None:
 NOBODY = 65534
 
 
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A directory user nobody can reach.
+
+    Not below pytest's base directory: every pytest session that starts on the
+    machine makes /tmp/pytest-of-<user> private again (mode 0700).
+    """
+    base = Path(tempfile.mkdtemp(prefix="bwc-preflight-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def _as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                            *argv], capture_output=True, text=True, timeout=120)
@@ -303,17 +318,12 @@ def _as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="needs root to hand files to another user (CI runs as root)")
-def test_data_dir_left_to_root_by_keys_init_names_the_chown(tmp_path_factory:
-                                                            pytest.TempPathFactory) -> None:
+def test_data_dir_left_to_root_by_keys_init_names_the_chown(nobody_dir: Path) -> None:
     """`keys init` run as root leaves root's files; the agent's user is told the exact chown."""
     import pwd
     import sys
 
-    base = Path(tmp_path_factory.mktemp("nobody", numbered=True))
-    for parent in (base, *base.parents):
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | stat.S_IXOTH)  # searchable for nobody
+    base = nobody_dir
     site = make_site(base, platform=False)
     for path in (base, base / "sim", base / "media", base / "media-gat947"):
         os.chown(path, NOBODY, NOBODY)
