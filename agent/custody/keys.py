@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -33,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agent.devpki import DevCA
 from agent.durable import makedirs_durable, write_atomic
 from agent.errors import ConfigError
+from agent.pki.chain import issued_by, validate_chain
 
 __all__ = [
     "StationKey",
@@ -238,19 +240,29 @@ def check_key_matches_certificate(
 def certificate_problems(
     cert: x509.Certificate,
     at: dt.datetime,
-    trust_anchors: list[x509.Certificate] | None = None,
+    trust_anchors: Sequence[x509.Certificate] | None = None,
     *,
     station_id: str | None = None,
+    intermediates: Sequence[x509.Certificate] = (),
 ) -> list[str]:
     """Every reason ``cert`` is not a valid station certificate at time ``at``; empty if none.
 
-    With ``trust_anchors``, ``cert`` must be one of them or be signed directly
-    by one (a CA certificate valid at ``at``); without, it must be
-    self-signed (development).  ``station_id``, if given, must be the CN.
+    With ``trust_anchors``, ``cert`` must be one of them or chain to one
+    through ``intermediates`` (agent/pki/chain.py: validity of every
+    certificate at ``at``, CA flags, path lengths, key usages); without, it
+    must be self-signed (development).  ``station_id``, if given, must be the CN.
     """
     when = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
     subject = cert.subject.rfc4514_string()
-    problems = _validity_problems(cert, when, f"certificate {subject}")
+    if trust_anchors is None and not issued_by(cert, cert):
+        chain = validate_chain(cert, (), (), when)
+        problems = [p.text for p in chain.problems if p.code != "no-path"]
+        problems.append(
+            f"certificate {subject} is not self-signed (issuer "
+            f"{cert.issuer.rfc4514_string()}) and no trust anchors were given to check it")
+    else:
+        anchors = [cert] if trust_anchors is None else list(trust_anchors)
+        problems = validate_chain(cert, intermediates, anchors, when).texts
     cn = certificate_station_id(cert)
     if cn is None:
         problems.append(
@@ -261,54 +273,7 @@ def certificate_problems(
         problems.append(
             f"certificate {subject} carries {_describe_key(cert.public_key())}; "
             "station keys are Ed25519")
-    if trust_anchors is None:
-        if not _issued_by(cert, cert):
-            problems.append(
-                f"certificate {subject} is not self-signed (issuer "
-                f"{cert.issuer.rfc4514_string()}) and no trust anchors were given to check it")
-    else:
-        problems.extend(_chain_problems(cert, when, trust_anchors))
     return problems
-
-
-def _validity_problems(cert: x509.Certificate, when: dt.datetime, what: str) -> list[str]:
-    if when < cert.not_valid_before_utc:
-        return [f"{what} is not yet valid: valid from {cert.not_valid_before_utc.isoformat()}, "
-                f"checked at {when.isoformat()}"]
-    if when > cert.not_valid_after_utc:
-        return [f"{what} expired at {cert.not_valid_after_utc.isoformat()}, "
-                f"checked at {when.isoformat()}"]
-    return []
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except Exception:  # InvalidSignature, ValueError, TypeError: all mean "not issued by"
-        return False
-    return True
-
-
-def _chain_problems(
-    cert: x509.Certificate, when: dt.datetime, anchors: list[x509.Certificate]
-) -> list[str]:
-    if cert in anchors:
-        return []  # pinned directly
-    issuer = cert.issuer.rfc4514_string()
-    candidates = [a for a in anchors if a.subject == cert.issuer]
-    if not candidates:
-        return [f"certificate issuer {issuer} is not among the {len(anchors)} trust anchor(s)"]
-    for anchor in candidates:
-        if _issued_by(cert, anchor):
-            problems = _validity_problems(anchor, when, f"trust anchor {issuer}")
-            try:
-                is_ca = anchor.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-            except x509.ExtensionNotFound:
-                is_ca = False
-            if not is_ca:
-                problems.append(f"trust anchor {issuer} is not a CA certificate")
-            return problems
-    return [f"certificate signature does not verify against trust anchor {issuer}"]
 
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
@@ -349,8 +314,10 @@ def init_station_keys(
         if cert_path.exists():
             raise ConfigError(
                 f"station key {key_path} already exists; refusing to overwrite it, since "
-                "replacing it changes the identity all sealed clips were signed under "
-                "(use --force to replace it anyway)")
+                "replacing it changes the identity all sealed clips were signed under. "
+                "A station that has signed replaces its key with `bwc-agent keys rotate "
+                "--config <file> --reason <why>`; --force replaces it only while nothing "
+                "was signed")
         key = StationKey.load(key_path)
         write_atomic(cert_path, _cert_pem(make_dev_certificate(key, station_id)))
         log.info("station key %s (keyid %s) had no certificate; made %s",
