@@ -131,6 +131,25 @@ class PlatformSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PkiSection:
+    est_url: str | None = option(None, doc="EST server (RFC 7030) of the platform CA: "
+                                           "https://host:port[/.well-known/est[/label]].")
+    est_ca_file: Path | None = option(None, doc="CA bundle that verifies the EST server "
+                                                "(default: platform.ca_file).")
+    est_auth: str = option("basic", choices=("basic", "bearer"),
+                           doc="How the one-time enrolment token is sent.")
+    est_username: str | None = option(None, doc="HTTP basic user name for enrolment "
+                                                "(default: the station ID).")
+    timeout_s: float = option(30.0, min=1, max=600, doc="Overall deadline of one EST request.")
+    renew_after: float = option(0.66, min=0.1, max=0.95,
+                                doc="Share of a certificate's validity after which the "
+                                    "daemon renews it (simplereenroll).")
+    check_interval_s: float = option(3600.0, min=1, max=86400,
+                                     doc="Seconds between certificate checks (renewal, "
+                                         "expiry alerts).")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RetentionSection:
     release: str = option("after-ack", choices=("after-ack", "never"),
                           doc="Delete a clip from the camera after the platform acknowledged it.")
@@ -229,6 +248,7 @@ class Config:
     web: WebSection | None = None
     device_policy: DevicePolicy = dataclasses.field(default_factory=DevicePolicy)
     mount: MountSection | None = None
+    pki: PkiSection = dataclasses.field(default_factory=PkiSection)
     source: Path | None = None
 
     @property
@@ -246,6 +266,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "platform": PlatformSection,
     "web": WebSection,
     "mount": MountSection,
+    "pki": PkiSection,
 }
 # Sections that are absent unless the file has them (no table: the feature is off).
 _OPTIONAL = ("platform", "web", "mount")
@@ -323,6 +344,8 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
     web = sections["web"]
     if web is not None and not problems:
         problems.extend(_check_web(web))
+    if not problems:
+        problems.extend(_check_pki(sections["pki"], platform))
 
     if problems:
         where = f" in {source}" if source else ""
@@ -393,6 +416,17 @@ def _check_web(w: WebSection) -> list[str]:
     for i, host in enumerate(w.hostnames):
         if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
             problems.append(f"web.hostnames[{i}]: {host!r} is not a host name")
+    return problems
+
+
+def _check_pki(p: PkiSection, platform: PlatformSection | None) -> list[str]:
+    problems = []
+    if p.est_url is not None and not p.est_url.startswith("https://"):
+        problems.append(f"pki.est_url: {p.est_url!r} is not an https:// URL (EST runs over "
+                        "TLS only)")
+    if p.est_url is not None and p.est_ca_file is None and platform is None:
+        problems.append("pki.est_ca_file: needed to verify the EST server when there is no "
+                        "[platform] table (whose ca_file would be used)")
     return problems
 
 

@@ -13,7 +13,12 @@ Subcommands:
   platform until SIGTERM/SIGINT; prints ``READY tus=<url>`` once up; keeps
   ``W/verdicts.json`` current;
 - ``command --dir D --broker-port P --station ST NAME [--args JSON]`` — send a
-  signed command and print the station's response (exit 1 if ``ok`` is false).
+  signed command and print the station's response (exit 1 if ``ok`` is false);
+- ``est-token --dir D --station ST --out FILE`` — a one-time EST enrolment token
+  for the station, written to FILE (mode 0600), for ``serve``'s EST server.
+
+``serve --est-port E`` also runs the EST server (RFC 7030) on port E and prints
+``est=<url>`` on its READY line.
 
 Exit codes: 0 success, 1 failure, 2 usage error.
 """
@@ -32,8 +37,10 @@ import threading
 import uuid
 from pathlib import Path
 
+from agent.durable import write_atomic
 from agent.errors import AgentError
-from scripts.devplatform.pki import make_dev_pki, write_mosquitto_conf
+from scripts.devplatform.est import EstServer, add_token
+from scripts.devplatform.pki import check_station_id, make_dev_pki, write_mosquitto_conf
 from scripts.devplatform.platform import DevPlatform
 
 
@@ -71,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tus-port", type=int, default=8443)
     serve.add_argument("--client-id", default="platform")
     serve.add_argument("--ack-delay", type=float, default=0.0, help="seconds before each ack")
+    serve.add_argument("--est-port", type=int, help="also run the EST server on this port")
+    token = sub.add_parser("est-token", help="write a one-time EST enrolment token")
+    token.add_argument("--dir", required=True, type=Path)
+    token.add_argument("--station", required=True)
+    token.add_argument("--out", required=True, type=Path, help="token file (written 0600)")
     command = sub.choices["command"]
     command.add_argument("--station", required=True)
     command.add_argument("name", help="command name: status, rescan, tag, sync-clock")
@@ -130,15 +142,29 @@ def _serve(args: argparse.Namespace) -> int:
                            args.broker_port, tus_port=args.tus_port, client_id=args.client_id,
                            session_expiry_s=86400)
     platform.ack_delay_s = args.ack_delay
+    est = EstServer(pki, port=args.est_port) if args.est_port is not None else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     platform.start()
+    if est is not None:
+        est.start()
     try:
-        print(f"READY tus={platform.upload_url}", flush=True)  # the line a launcher waits for
+        ready = f"READY tus={platform.upload_url}" + (f" est={est.url}" if est else "")
+        print(ready, flush=True)  # the line a launcher waits for
         stop.wait()
     finally:
+        if est is not None:
+            est.stop()
         platform.stop()
+    return 0
+
+
+def _est_token(args: argparse.Namespace) -> int:
+    pki = make_dev_pki(args.dir)
+    token = add_token(pki.dir, check_station_id(args.station))
+    write_atomic(args.out, (token + "\n").encode(), mode=0o600)
+    print(f"token_file={args.out}")
     return 0
 
 
@@ -172,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     handlers = {"pki": _pki, "enroll": _enroll, "broker": _broker, "serve": _serve,
-                "command": _command}
+                "command": _command, "est-token": _est_token}
     try:
         return handlers[args.cmd](args)
     except AgentError as exc:

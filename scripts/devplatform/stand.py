@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from agent.custody.keys import init_station_keys
+from agent.devpki import Issued
+from scripts.devplatform.est import EstServer
 from scripts.devplatform.officers import OfficerAuthority
 from scripts.devplatform.pki import DevPki, make_dev_pki, write_mosquitto_conf
 from scripts.devplatform.platform import DevPlatform
@@ -54,6 +56,7 @@ class DevStand:
         self.platform = DevPlatform(self.dir / "platform", self.pki,
                                     broker_port=self.broker_port, session_expiry_s=3600)
         self.officers = OfficerAuthority(self.dir / "pki")
+        self.est = EstServer(self.pki)
 
     # --- broker --------------------------------------------------------------------------
 
@@ -84,11 +87,13 @@ class DevStand:
 
     def start(self) -> DevStand:
         self.start_broker()
+        self.est.start()
         self.platform.start()
         return self
 
     def stop(self) -> None:
         self.platform.stop()
+        self.est.stop()
         self.stop_broker()
 
     def __enter__(self) -> DevStand:
@@ -98,14 +103,24 @@ class DevStand:
         self.stop()
 
     def station(self, base: str | os.PathLike[str], station_id: str = "ST-0001",
-                extra: str = "", platform_extra: str = "") -> Path:
-        """Write a station directory (config, enrolled keys, TLS cert); returns its config."""
+                extra: str = "", platform_extra: str = "", *, est: bool = False) -> Path:
+        """Write a station directory (config, enrolled keys, TLS cert); returns its config.
+
+        With ``est``, the station is configured for the EST server ([pki]) and
+        its TLS files are the enrolled ones (keys/tls.pem, keys/tls.key): run
+        ``bwc-agent enroll`` (token from ``est.add_token``) before starting it.
+        """
         base_dir = Path(base)
         (base_dir / "sim").mkdir(parents=True, exist_ok=True)
         data_dir = base_dir / "data"
-        init_station_keys(data_dir, station_id)
-        self.pki.enroll_station(data_dir, station_id)
-        tls = self.pki.station_tls(station_id)
+        if est:
+            tls = Issued(data_dir / "keys" / "tls.pem", data_dir / "keys" / "tls.key")
+            extra = (f'[pki]\nest_url = "{self.est.url}"\n'
+                     f'est_ca_file = "{self.pki.ca_cert_path}"\n' + textwrap.dedent(extra))
+        else:
+            init_station_keys(data_dir, station_id)
+            self.pki.enroll_station(data_dir, station_id)
+            tls = self.pki.station_tls(station_id)
         config = base_dir / "station.toml"
         config.write_text(textwrap.dedent(f"""\
             [station]
