@@ -27,6 +27,7 @@ from agent.config import Config
 from agent.devicepolicy import recent_refusals
 from agent.officers.status import officers_status
 from agent.offload import mtime_ms
+from agent.pki.status import certificate_status
 from agent.progress import DockProgress, ProgressRegistry
 from agent.store import STATES, ClipState, Store
 from agent.timeutil import rfc3339
@@ -322,6 +323,7 @@ def station_status(config: Config, store: Store, *, vault: Vault | None = None,
                  "outbox_pending": store.outbox_backlog(),
                  "last_ack": last_ack["at"] if last_ack else None},
         "officers": officers_status(config, store),
+        "certificate": certificate_status(config),  # agent/pki/status.py
     }
     if progress is not None:
         status["docks"] = [dock_summary(v) for v in dock_views(store, vault, progress)]

@@ -9,6 +9,7 @@ from agent.cli.common import add_config_arg, human_size, load_config, open_store
 from agent.config import Config
 from agent.officers.status import status_lines
 from agent.overview import station_status
+from agent.pki.status import certificate_summary
 from agent.store import Store
 
 
@@ -82,4 +83,5 @@ def run(args: argparse.Namespace) -> int:
         print("sync: no platform configured (local only)")
     for line in status_lines(info["officers"]):
         print(line)
+    print(certificate_summary(info["certificate"]))
     return 0

@@ -1,7 +1,7 @@
 """DSSE v1 signature envelopes (secure-systems-lab/dsse, protocol.md and envelope.md).
 
 Every signed custody object (manifest, log checkpoint, platform ack, platform
-command, officer credential, officer roster, case window) travels as::
+command, officer credential, officer roster, case window, key rotation) travels as::
 
     {"payloadType": "<type>", "payload": "<base64>",
      "signatures": [{"keyid": "<hex sha256 of the SPKI>", "sig": "<base64>"}]}
@@ -41,6 +41,7 @@ __all__ = [
     "CHECKPOINT",
     "COMMAND",
     "CREDENTIAL",
+    "KEY_ROTATION",
     "MANIFEST",
     "PAYLOAD_TYPES",
     "ROSTER",
@@ -62,8 +63,9 @@ CREDENTIAL = "application/vnd.bwc.officer-credential.v1+json"
 ROSTER = "application/vnd.bwc.officer-roster.v1+json"
 ROSTER_UPDATE = "application/vnd.bwc.officer-roster-update.v1+json"
 CASE_WINDOW = "application/vnd.bwc.case-window.v1+json"
+KEY_ROTATION = "application/vnd.bwc.key-rotation.v1+json"
 PAYLOAD_TYPES = frozenset({MANIFEST, CHECKPOINT, ACK, COMMAND, CREDENTIAL, ROSTER, ROSTER_UPDATE,
-                           CASE_WINDOW})
+                           CASE_WINDOW, KEY_ROTATION})
 
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 

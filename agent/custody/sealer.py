@@ -24,17 +24,15 @@ from typing import Any
 from agent.config import Config
 from agent.custody import dsse, merkle
 from agent.custody.jcs import canonicalize
-from agent.custody.keys import (
-    StationKey,
-    check_key_matches_certificate,
-    init_station_keys,
-    load_certificate,
-)
+from agent.custody.keys import StationKey, init_station_keys
 from agent.custody.manifest import build_manifest
 from agent.durable import remove_stale_temps
 from agent.errors import AgentError, ConfigError, StoreError, StoreFullError
 from agent.officers import sealing
 from agent.officers.registry import Keys, load_keys
+from agent.pki import files as pki_files
+from agent.pki.files import KeyFiles
+from agent.pki.identity import check_own_identity, rotated_to
 from agent.store import ClipState, Store
 from agent.timeutil import now
 from agent.vault import Vault
@@ -84,6 +82,8 @@ class Custody:
     def start(self) -> None:
         key_path, cert_path = key_paths(self.config)
         remove_stale_temps(key_path.parent)
+        # An enrolment, renewal or key rotation cut short by a crash: finish or undo it first.
+        pki_files.recover(KeyFiles(key_path.parent), rotated_to(self.store))
         signed = self.store.query_one(
             "SELECT (SELECT COUNT(*) FROM checkpoints) + (SELECT COUNT(*) FROM clips "
             "WHERE manifest IS NOT NULL) AS n")
@@ -99,7 +99,9 @@ class Custody:
         elif not cert_path.exists():
             init_station_keys(self.config.data_dir, self.config.station.id)  # cert for the key
         self.key = StationKey.load(key_path)
-        check_key_matches_certificate(self.key, load_certificate(cert_path))
+        # Key and certificate belong together, the certificate names station.id and its
+        # chain holds: otherwise nothing sealed from now on could be verified.
+        check_own_identity(self.config, self.key)
         self.credential_keys = load_keys(self.config.custody.credential_key_file)
         self._timer = threading.Thread(target=self._run_timer, name="checkpoint", daemon=True)
         self._timer.start()

@@ -230,8 +230,9 @@ def test_sign_needs_a_signer() -> None:
 
 
 def test_payload_types_are_distinct_media_types() -> None:
-    assert len(dsse.PAYLOAD_TYPES) == 8
+    assert len(dsse.PAYLOAD_TYPES) == 9
     assert dsse.CREDENTIAL == "application/vnd.bwc.officer-credential.v1+json"
+    assert dsse.KEY_ROTATION == "application/vnd.bwc.key-rotation.v1+json"
     assert all(t.startswith("application/vnd.bwc.") and t.endswith(".v1+json")
                for t in dsse.PAYLOAD_TYPES)
 
