@@ -72,6 +72,7 @@ class Station:
         self.health: HealthMonitor | None = None
         self.web: Any = None
         self.progress = ProgressRegistry()  # live figures for the pages and the status
+        self.renewer: Any = None
         self._pool: ThreadPoolExecutor | None = None
         self._active: dict[str, Future[DockReport]] = {}
         self._active_lock = threading.Lock()
@@ -96,6 +97,7 @@ class Station:
             self._recover()
             self._start_custody()
             self._start_sync()
+            self._start_certificates()
             self._start_workers()
             if watch:
                 self._start_web()
@@ -193,6 +195,18 @@ class Station:
         self.sync = SyncService(self.config, self.store, self.vault, self.custody, self)
         self.sync.start()
         self._stops.append(self.sync.stop)
+
+    def _start_certificates(self) -> None:
+        """Expiry alerts and renewal (agent/pki/renewal.py); a renewed TLS certificate is
+        used from the next broker connection on."""
+        from agent.pki.renewal import Renewer
+
+        assert self.store is not None
+        sync = self.sync
+        self.renewer = Renewer(self.config, self.store,
+                               on_renewed=sync.reload_tls if sync is not None else None)
+        self.renewer.start()
+        self._stops.append(self.renewer.stop)
 
     def _start_workers(self) -> None:
         assert self.store is not None and self.vault is not None and self.custody is not None

@@ -151,6 +151,8 @@ class MqttLink:
         self._ca_file = os.fspath(ca_file) if ca_file is not None else None
         self._cert_file = os.fspath(cert_file) if cert_file is not None else None
         self._key_file = os.fspath(key_file) if key_file is not None else None
+        self._ssl_context: ssl.SSLContext | None = None
+        self._reload_cert = False
         self._username = username
         self._password = password
         self._keepalive = keepalive
@@ -299,8 +301,9 @@ class MqttLink:
                 raise ConfigError("platform.ca_file: mqtts:// needs the CA that verifies "
                                   "the broker")
             # ConfigError naming platform.ca_file / cert_file / key_file for a bad file.
-            client.tls_set_context(client_context(self._ca_file, self._cert_file,
-                                                  self._key_file))
+            # Kept to load a renewed client certificate into it: reload_client_certificate.
+            self._ssl_context = client_context(self._ca_file, self._cert_file, self._key_file)
+            client.tls_set_context(self._ssl_context)
             client.tls_insecure_set(False)
         if self._username is not None:
             client.username_pw_set(self._username, self._password)
@@ -381,7 +384,24 @@ class MqttLink:
         else:
             paho_log.debug("%s", text)
 
+    def reload_client_certificate(self) -> None:
+        """Present the client certificate as the files hold it now, from the next connection.
+
+        Loaded on paho's thread just before it connects (``_on_pre_connect``),
+        so no handshake ever sees a context being changed.
+        """
+        self._reload_cert = True
+
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        if self._reload_cert and self._ssl_context is not None and self._cert_file is not None:
+            self._reload_cert = False
+            try:
+                self._ssl_context.load_cert_chain(self._cert_file, self._key_file)
+                log.info("MQTT: connecting with the renewed client certificate %s",
+                         self._cert_file)
+            except (OSError, ValueError) as exc:  # keep the one loaded before
+                log.error("MQTT: cannot load the renewed client certificate %s: %s",
+                          self._cert_file, exc)
         self._connack_seen = False
         client.will_set(self.status_topic, self._will_payload(), qos=1, retain=True)
 

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import Config
-from agent.custody.keys import keyid_of, load_certificate, load_public_key
-from agent.custody.sealer import Custody, key_paths
+from agent.custody.keys import keyid_of, load_public_key
+from agent.custody.sealer import Custody
 from agent.errors import ConfigError
 from agent.officers.inbound import OfficerMessages
 from agent.officers.status import officers_status
 from agent.overview import backlog, dock_summary, dock_views
+from agent.pki.identity import identity_certificates
+from agent.pki.status import certificate_status
 from agent.store import ClipState, Store
 from agent.sync.inbound import Inbound, tag_command
 from agent.sync.mqtt import MqttLink
@@ -125,14 +127,14 @@ class SyncService:
         self.link.stop()
         self.inbound.stop()
 
-    def _publish_identity(self) -> None:
-        _key_path, cert_path = key_paths(self.config)
-        cert = load_certificate(cert_path)
-        from cryptography.hazmat.primitives.serialization import Encoding
+    def reload_tls(self) -> None:
+        """The TLS certificate was renewed: present the new one from the next connection."""
+        self.link.reload_client_certificate()
+        self._publish_identity()  # the renewed signing certificate, for the platform
 
+    def _publish_identity(self) -> None:
         identity = {"station_id": self.config.station.id, "key_id": self.custody.key_id,
-                    "certificate": cert.public_bytes(Encoding.PEM).decode("ascii"),
-                    "version": __version__, "at": now()}
+                    **identity_certificates(self.config), "version": __version__, "at": now()}
         topic = f"bwc/v1/stations/{self.config.station.id}/identity"
         self.outbox.add(topic, json.dumps(identity).encode(), qos=1, retain=True)
 
@@ -216,6 +218,7 @@ class SyncService:
             "outbox": self.outbox.backlog(),
             "last_sync": self._last_sync,
             "officers": officers_status(self.config, self.store),
+            "certificate": certificate_status(self.config),
         }
 
     # --- batch mode ----------------------------------------------------------------------

@@ -163,17 +163,26 @@ class EstServer:
         self.revoked.add(cert.serial_number)
 
     def write_crl(self, path: Path) -> Path:
-        """The intermediate's CRL (PEM) listing every revoked serial."""
+        """CRLs (PEM) of the intermediate (every revoked serial) and of the root (empty).
+
+        A broker checking CRLs wants one from the issuer of every client
+        certificate: stations' come from the intermediate, the platform's from
+        the root.
+        """
         now = dt.datetime.now(dt.UTC)
-        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
-                   .last_update(now - dt.timedelta(minutes=1))
-                   .next_update(now + dt.timedelta(days=1)))
-        for serial in sorted(self.revoked):
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial)
-                .revocation_date(now - dt.timedelta(minutes=1)).build())
-        crl = builder.sign(self.key, hashes.SHA256())
-        write_atomic(path, crl.public_bytes(serialization.Encoding.PEM))
+        pem = b""
+        for issuer, key, serials in ((self.cert, self.key, self.revoked),
+                                     (self.pki.ca.cert, self.pki.ca.key, set())):
+            builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
+                       .last_update(now - dt.timedelta(minutes=1))
+                       .next_update(now + dt.timedelta(days=1)))
+            for serial in sorted(serials):
+                builder = builder.add_revoked_certificate(
+                    x509.RevokedCertificateBuilder().serial_number(serial)
+                    .revocation_date(now - dt.timedelta(minutes=1)).build())
+            crl = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+            pem += crl.public_bytes(serialization.Encoding.PEM)
+        write_atomic(path, pem)
         return path
 
     # --- issuing -------------------------------------------------------------------------
@@ -193,7 +202,7 @@ class EstServer:
             subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME,
                                                     "bwc-agent station"),
                                  x509.NameAttribute(NameOID.COMMON_NAME, "ST-IMPOSTOR")])
-        start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)  # a little clock skew
         end = start + self.validity
         if "expired" in self.faults:
             start, end = start - dt.timedelta(days=2), start - dt.timedelta(days=1)

@@ -155,7 +155,7 @@ def make_dev_pki(directory: str | os.PathLike[str]) -> DevPki:
 
 
 def write_mosquitto_conf(pki: DevPki, directory: str | os.PathLike[str], port: int,
-                         host: str = "127.0.0.1") -> Path:
+                         host: str = "127.0.0.1", *, crl_file: Path | None = None) -> Path:
     """A mosquitto.conf (and ACL) for a broker on ``host:port`` using ``pki``; returns its path.
 
     One TLS listener, client certificates required and checked against the
@@ -182,6 +182,8 @@ def write_mosquitto_conf(pki: DevPki, directory: str | os.PathLike[str], port: i
         "use_identity_as_username true",
         f"acl_file {acl_path}",
     ]
+    if crl_file is not None:
+        lines.append(f"crlfile {crl_file}")  # a CRL of every issuing CA (OpenSSL CRL_CHECK)
     if os.getuid() == 0:
         # As root mosquitto switches to the "mosquitto" user, which cannot
         # read the dev PKI or write the persistence directory.

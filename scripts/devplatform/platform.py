@@ -109,11 +109,14 @@ def clip_problems(
                         f"published under {station_id!r}")
     try:
         cert = x509.load_pem_x509_certificate(str(identity.get("certificate", "")).encode())
+        chain = [x509.load_pem_x509_certificate(str(c).encode())
+                 for c in identity.get("chain") or []]
     except ValueError as exc:
         problems.append(f"station identity certificate is not a PEM certificate: {exc}")
     else:
         problems.extend(f"station certificate: {p}"
-                        for p in certificate_problems(cert, at, [ca_cert], station_id=station_id))
+                        for p in certificate_problems(cert, at, [ca_cert], station_id=station_id,
+                                                      intermediates=chain))
         public_key = cert.public_key()
         if isinstance(public_key, Ed25519PublicKey):
             keyid = certificate_keyid(cert)
@@ -121,6 +124,7 @@ def clip_problems(
             if identity.get("key_id") != keyid:
                 problems.append(f"identity key_id {identity.get('key_id')!r} is not the "
                                 f"certificate's keyid {keyid}")
+        trusted.update(_previous_keys(identity, ca_cert, station_id))
     problems.extend(f"manifest: {p}"
                     for p in dsse.envelope_problems(manifest_envelope, trusted, dsse.MANIFEST))
     manifest = _manifest_payload(manifest_envelope, problems)
@@ -135,7 +139,7 @@ def clip_problems(
         if station.get("id") != station_id:
             problems.append(f"manifest station.id {station.get('id')!r} is not the sending "
                             f"station {station_id!r}")
-        if keyid is not None and station.get("key_id") != keyid:
+        if keyid is not None and station.get("key_id") not in trusted:
             problems.append(f"manifest station.key_id {station.get('key_id')!r} is not the "
                             f"certificate's keyid {keyid}")
         digest = _manifest_digest(manifest, problems)
@@ -152,6 +156,27 @@ def clip_problems(
         problems.append(f"upload metadata station_id {upload_metadata.get('station_id')!r} "
                         f"is not {station_id!r}")
     return problems
+
+
+def _previous_keys(identity: dict[str, Any], ca_cert: x509.Certificate,
+                   station_id: str) -> dict[str, dsse.PublicKey]:
+    """Keys the station rotated away from (its identity's ``previous``): clips sealed
+    before a rotation may reach the platform after it.  Each must chain to the CA and
+    name the station; its validity is checked at its own end (it may have expired since)."""
+    trusted: dict[str, dsse.PublicKey] = {}
+    previous = identity.get("previous")
+    for item in previous if isinstance(previous, list) else []:
+        try:
+            old = x509.load_pem_x509_certificate(str(item["certificate"]).encode())
+            chain = [x509.load_pem_x509_certificate(str(c).encode()) for c in item["chain"]]
+        except (KeyError, TypeError, ValueError):
+            continue
+        key = old.public_key()
+        when = old.not_valid_after_utc - dt.timedelta(seconds=1)
+        if isinstance(key, Ed25519PublicKey) and not certificate_problems(
+                old, when, [ca_cert], station_id=station_id, intermediates=chain):
+            trusted[certificate_keyid(old)] = key
+    return trusted
 
 
 def _obj(value: Any) -> dict[str, Any]:

@@ -60,6 +60,11 @@ class DevStand:
 
     # --- broker --------------------------------------------------------------------------
 
+    def use_crl(self, crl_file: Path) -> None:
+        """From the next broker start on, refuse client certificates revoked in ``crl_file``."""
+        self.broker_conf = write_mosquitto_conf(self.pki, self.dir / "broker", self.broker_port,
+                                                crl_file=crl_file)
+
     def start_broker(self, timeout: float = 10.0) -> None:
         log = open(self.dir / "broker" / "mosquitto.log", "ab")  # noqa: SIM115 - owned by Popen
         self.broker = subprocess.Popen([mosquitto_binary(), "-c", str(self.broker_conf)],
@@ -103,7 +108,8 @@ class DevStand:
         self.stop()
 
     def station(self, base: str | os.PathLike[str], station_id: str = "ST-0001",
-                extra: str = "", platform_extra: str = "", *, est: bool = False) -> Path:
+                extra: str = "", platform_extra: str = "", *, est: bool = False,
+                pki_extra: str = "") -> Path:
         """Write a station directory (config, enrolled keys, TLS cert); returns its config.
 
         With ``est``, the station is configured for the EST server ([pki]) and
@@ -116,7 +122,8 @@ class DevStand:
         if est:
             tls = Issued(data_dir / "keys" / "tls.pem", data_dir / "keys" / "tls.key")
             extra = (f'[pki]\nest_url = "{self.est.url}"\n'
-                     f'est_ca_file = "{self.pki.ca_cert_path}"\n' + textwrap.dedent(extra))
+                     f'est_ca_file = "{self.pki.ca_cert_path}"\n' + textwrap.dedent(pki_extra)
+                     + "\n" + textwrap.dedent(extra))
         else:
             init_station_keys(data_dir, station_id)
             self.pki.enroll_station(data_dir, station_id)
