@@ -46,6 +46,7 @@ from agent.custody.sealer import Custody, key_paths
 from agent.durable import fsync_dir, makedirs_durable
 from agent.errors import ConfigError, IntegrityError, StoreError
 from agent.officers.bundle import bundle_files
+from agent.pki.identity import ROTATION_KIND
 from agent.store import ClipState, Store
 from agent.store.db import LogEntry
 from agent.timeutil import uuid7
@@ -53,6 +54,7 @@ from agent.vault import Vault
 from agent.verify import layout
 from agent.verify.bagit import BAGIT_TXT_CONTENT, bag_info_text, manifest_text, payload_oxum
 from agent.verify.readme import readme_text
+from agent.verify.readme_rotation import RotationExample, keys_cert_path, rotation_readme
 
 log = logging.getLogger(__name__)
 S = ClipState
@@ -153,6 +155,8 @@ def export_bundle(config: Config, store: Store, vault: Vault, clips: Sequence[sq
     if unlogged:
         raise IntegrityError(f"clip(s) {', '.join(unlogged)} have no custody log entries; run "
                              "`bwc-agent verify` on the data directory")
+    # Key rotations: which key signed what (FORMATS.md section 5.1); a verifier needs all.
+    entries = sorted([*entries, *_rotation_entries(store)], key=lambda e: e.seq)
     needed = max(e.seq for e in entries)
     head = _covering_checkpoint(config, store, vault, needed)
     size = int(head["size"])
@@ -200,12 +204,20 @@ def export_bundle(config: Config, store: Store, vault: Vault, clips: Sequence[sq
         # The worked example in the README: the entry that seals the first clip.
         mine = [e for e in entries if e.clip_id == clip_ids[0]]
         example = next((e for e in mine if e.kind == "clip.sealed"), mine[0])
+        current, signer = certificate_keyid(cert), _signer_keyid(clips[0])
+        earlier_signer = (str(earlier[0]["envelope"]["signatures"][0]["keyid"]) if earlier
+                          else current)
+        rotations = [RotationExample(entries.index(e) + 1, e.seq, *_rotation_keys(e))
+                     for e in entries if e.kind == ROTATION_KIND]
         writer.write(layout.README, readme_text(
-            station_id=config.station.id, keyid=certificate_keyid(cert),
+            station_id=config.station.id, keyid=current,
             clip_id=clip_ids[0], clip_path=writer.clip_paths[clip_ids[0]],
             entry_line=entries.index(example) + 1, entry_seq=example.seq, entry_kind=example.kind,
             leaf_hash=leaves[example.seq - 1].hex(), clips=len(clips),
-            earlier=len(earlier)).encode() + officers.readme.encode())
+            earlier=len(earlier), signer_cert=keys_cert_path(signer, current),
+            signer_keyid=signer, earlier_cert=keys_cert_path(earlier_signer, current),
+            earlier_keyid=earlier_signer).encode()
+            + officers.readme.encode() + rotation_readme(rotations, current).encode())
         writer.finish(config.station.id, clips=len(clips), checkpoint_size=size)
         _rename_into_place(tmp, out)
     except BaseException:
@@ -236,7 +248,8 @@ def _station_certs(config: Config) -> tuple[bytes, list[tuple[str, bytes]]]:
                           f"{exc.strerror}") from None
     chain = []
     for path in sorted(Path(cert_path).parent.glob("*.pem")):
-        if path.name == Path(cert_path).name or path.is_symlink():
+        # tls.pem is the station's TLS identity: it signs no evidence.
+        if path.name in (Path(cert_path).name, "tls.pem") or path.is_symlink():
             continue
         data = path.read_bytes()
         # A PEM file beside the key could hold a private key: copy certificates only.
@@ -245,7 +258,30 @@ def _station_certs(config: Config) -> tuple[bytes, list[tuple[str, bytes]]]:
         with contextlib.suppress(ValueError):
             x509.load_pem_x509_certificates(data)
             chain.append((layout.safe_name(path.name), data))
+    # The certificates of the keys the station rotated away from, by keyid.
+    archive = Path(cert_path).parent / "archive"
+    for path in sorted(archive.glob("*.pem")) if archive.is_dir() else []:
+        if layout.is_keyid(path.stem) and not path.is_symlink():
+            chain.append((f"keys/{path.stem}.pem", path.read_bytes()))
     return cert_pem, chain
+
+
+def _rotation_entries(store: Store) -> list[LogEntry]:
+    rows = store.query("SELECT seq, at, kind, clip_id, body FROM custody_log WHERE kind = ?",
+                       (ROTATION_KIND,))
+    return [LogEntry(seq=int(r["seq"]), at=r["at"], kind=r["kind"], clip_id=r["clip_id"],
+                     body=json.loads(r["body"])) for r in rows]
+
+
+def _rotation_keys(entry: LogEntry) -> tuple[str, str]:
+    statement = json.loads(dsse.b64decode(entry.body["statement"]["payload"]))
+    return statement["old_keyid"], statement["new_keyid"]
+
+
+def _signer_keyid(row: sqlite3.Row) -> str:
+    """The keyid the clip's manifest was signed under (its station.key_id)."""
+    manifest = json.loads(dsse.b64decode(json.loads(row["manifest"])["payload"]))
+    return str(manifest["station"]["key_id"])
 
 
 def _entries(store: Store, clip_ids: Sequence[str]) -> list[LogEntry]:

@@ -59,12 +59,14 @@ from agent.verify.checks import (
 )
 from agent.verify.files import LIMITS, Unreadable, hash_beneath, read_beneath
 from agent.verify.report import Report
+from agent.verify.rotation import KeySchedule, bundle_schedule
 
 # The tag files of a bwc.bundle/v1 bundle; anything else outside data/ is reported.
 _TAG_FILES = frozenset({layout.BAGIT_TXT, layout.BAG_INFO, layout.PAYLOAD_MANIFEST,
                         layout.TAG_MANIFEST, layout.README, layout.FORMATS, layout.ENTRIES,
                         layout.PROOFS, layout.CHECKPOINT, layout.CHECKPOINTS})
-_CERT_FILE = re.compile(r"certs/[^/]+\.pem")
+# certs/keys/<keyid>.pem: certificates of keys the station rotated away from (FORMATS.md 5.1).
+_CERT_FILE = re.compile(r"certs/(keys/[0-9a-f]{64}|[^/]+)\.pem")
 # Officers and cases (agent/officers/layout.py; FORMATS.md section 15), checked by
 # agent/officers/audit.py.
 _OFFICER_FILE = re.compile(r"officers/(credential-key\.pem|platform-key\.pem|rosters\.jsonl"
@@ -94,6 +96,7 @@ class _BundleCheck:
         self.refused: dict[str, str] = {}  # relative path -> why it is never read
         self.digests: dict[str, Digest | str] = {}
         self.identity: Identity | None = None
+        self.keys = KeySchedule(None)
         self.checkpoint: dict[str, Any] | None = None
         self.checkpoint_ok = False
         self.entries: list[dict[str, Any]] = []
@@ -125,6 +128,9 @@ class _BundleCheck:
         self.scan()
         self.check_bag()
         self.identity = self.load_identity()
+        # Which key signed what, if the station rotated its key (agent/verify/rotation.py).
+        self.keys = bundle_schedule(self.root, self.files, self.identity, self.trust,
+                                    self.report, self.source)
         self.check_checkpoint()
         cert_problems: list[str] = []
         if self.identity is not None:
@@ -290,8 +296,8 @@ class _BundleCheck:
             self.problem(f"checkpoint-missing: {layout.CHECKPOINT}: {error}")
             return
         warnings: list[str] = []
-        self.checkpoint, problems = open_checkpoint(envelope, self.identity, layout.CHECKPOINT,
-                                                    warnings)
+        self.checkpoint, problems = open_checkpoint(envelope, self.keys.for_checkpoint(envelope),
+                                                    layout.CHECKPOINT, warnings)
         for w in warnings:
             self.report.warning(f"{self.source}: {w}")
         if self.checkpoint is not None and self.identity is not None \
@@ -426,8 +432,9 @@ class _BundleCheck:
                 self.problem(f"checkpoint-field: {where} is not a JSON object")
                 continue
             warnings: list[str] = []
-            old, problems = open_checkpoint(item.get("envelope"), self.identity, where,
-                                            warnings)
+            old, problems = open_checkpoint(item.get("envelope"),
+                                            self.keys.for_checkpoint(item.get("envelope")),
+                                            where, warnings)
             for w in warnings:
                 self.report.warning(f"{self.source}: {w}")
             for p in problems:
@@ -478,8 +485,9 @@ class _BundleCheck:
         if error is not None:
             result.add(f"manifest-missing: {layout.manifest_path(clip_id)}: {error}")
             return
+        signer = self.keys.for_manifest(envelope, entries)
         warnings: list[str] = []
-        payload, problems = open_envelope(envelope, self.identity, dsse.MANIFEST, "manifest",
+        payload, problems = open_envelope(envelope, signer, dsse.MANIFEST, "manifest",
                                           warnings)
         for w in warnings:
             self.report.warning(f"{clip_id}: {w}")
@@ -488,7 +496,7 @@ class _BundleCheck:
         if payload is None:
             return
         manifest, problems = parse_canonical(payload, "manifest-canonical", "manifest")
-        more, warnings = manifest_problems(manifest, clip_id=clip_id, identity=self.identity,
+        more, warnings = manifest_problems(manifest, clip_id=clip_id, identity=signer,
                                            digest=digest)
         for p in problems + more:
             result.add(p)

@@ -40,7 +40,7 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_DEPTH = 32
 K = TypeVar("K")
 # What cryptography raises for a damaged certificate, at load or when a part is first used.
-_CERT_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+CERT_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
                 x509.UnsupportedGeneralNameType)
 # Hash files in parallel: hashlib and file reads release the GIL, and a bundle
 # or a vault is many files.  More threads than this only thrash the disk.
@@ -86,6 +86,7 @@ class Identity:
     keyid: str
     public_key: dsse.PublicKey
     station_id: str | None
+    chain: tuple[x509.Certificate, ...] = ()  # intermediate CAs, from the same PEM file
 
     @property
     def trusted(self) -> dict[str, dsse.PublicKey]:
@@ -110,12 +111,12 @@ def identity_from_pem(data: bytes, path: Path | str, report: Report,
                       where: str) -> Identity | None:
     """The first certificate in PEM ``data`` (read from ``path``); None after a finding if not."""
     try:
-        cert = x509.load_pem_x509_certificate(data)
+        cert, *chain = x509.load_pem_x509_certificates(data)
         # cryptography parses lazily: a damaged name or key fails here, not above.
         key = cert.public_key()
         station_id = certificate_station_id(cert)
         cert.issuer.rfc4514_string()
-    except _CERT_ERRORS as exc:
+    except CERT_ERRORS as exc:
         report.problem(f"cert-invalid: {where}: {path} is not a usable PEM certificate: "
                        f"{str(exc)[:300]}")
         return None
@@ -123,7 +124,8 @@ def identity_from_pem(data: bytes, path: Path | str, report: Report,
         report.problem(f"cert-invalid: {where}: {path} carries a {type(key).__name__} key; "
                        "station signatures are Ed25519")
         return None
-    return Identity(cert=cert, keyid=keyid_of(key), public_key=key, station_id=station_id)
+    return Identity(cert=cert, keyid=keyid_of(key), public_key=key, station_id=station_id,
+                    chain=tuple(chain))
 
 
 def check_certificate(identity: Identity, report: Report, where: str,
@@ -142,8 +144,9 @@ def check_certificate(identity: Identity, report: Report, where: str,
     anchors = list(trust) if trust is not None else [cert]
     try:
         problems = [f"cert-invalid: {where}: {text}"
-                    for text in certificate_problems(cert, when, anchors)]
-    except _CERT_ERRORS as exc:  # a damaged extension, parsed lazily
+                    for text in certificate_problems(cert, when, anchors,
+                                                    intermediates=identity.chain)]
+    except CERT_ERRORS as exc:  # a damaged extension, parsed lazily
         problems = [f"cert-invalid: {where}: the certificate cannot be checked: "
                     f"{str(exc)[:300]}"]
     for problem in problems:

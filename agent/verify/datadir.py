@@ -33,7 +33,6 @@ from agent.store.states import IN_VAULT, ClipState
 from agent.verify.checks import (
     HEX64,
     Digest,
-    Identity,
     apply_trust,
     check_certificate,
     hash_paths,
@@ -50,6 +49,7 @@ from agent.verify.checks import (
     trust_status,
 )
 from agent.verify.report import ClipResult, Report
+from agent.verify.rotation import KeySchedule, data_dir_schedule
 
 S = ClipState
 SEALED_OR_LATER = frozenset({S.SEALED, S.UPLOADING, S.UPLOADED, S.ACKNOWLEDGED, S.RELEASED,
@@ -69,13 +69,15 @@ def verify_data_dir(root: Path, report: Report,
         return
     try:
         entries = _check_log(store, report, source)
-        newest = _check_checkpoints(store, report, identity, entries, source)
+        # Which key signed what, if the station rotated its key (agent/verify/rotation.py).
+        keys = data_dir_schedule(root, entries, identity, trust, report, source)
+        newest = _check_checkpoints(store, report, keys, entries, source)
         cert_problems: list[str] = []
         if identity is not None:
             cert_problems = check_certificate(identity, report, source, trust,
                                               signed_time(newest))
         objects = _check_vault(root / "vault", report)
-        _check_clips(store, report, identity, entries=entries, objects=objects, source=source)
+        _check_clips(store, report, keys, entries=entries, objects=objects, source=source)
         apply_trust(report, source, trust_status(identity, cert_problems, trust),
                     cert_problems)
     finally:
@@ -120,7 +122,7 @@ def _check_log(store: Store, report: Report, source: str) -> list[dict[str, Any]
     return entries
 
 
-def _check_checkpoints(store: Store, report: Report, identity: Identity | None,
+def _check_checkpoints(store: Store, report: Report, keys: KeySchedule,
                        entries: list[dict[str, Any]], source: str) -> dict[str, Any] | None:
     """Every checkpoint against the log as it is now; returns the newest valid one."""
     tree = merkle.MerkleTree([e["_leaf"] for e in entries])
@@ -133,7 +135,7 @@ def _check_checkpoints(store: Store, report: Report, identity: Identity | None,
         except json.JSONDecodeError as exc:
             report.problem(f"checkpoint-field: {where}: envelope is not JSON: {exc}")
             continue
-        body, problems = open_checkpoint(envelope, identity, where)
+        body, problems = open_checkpoint(envelope, keys.at(int(row["size"])), where)
         for p in problems:
             report.problem(p)
         if body is None:
@@ -184,7 +186,7 @@ def _check_vault(vault: Path, report: Report) -> dict[str, Digest | str]:
     return {path.name: digest for path, digest in hash_paths(paths, report).items()}
 
 
-def _check_clips(store: Store, report: Report, identity: Identity | None, *,
+def _check_clips(store: Store, report: Report, keys: KeySchedule, *,
                  entries: list[dict[str, Any]], objects: dict[str, Digest | str],
                  source: str) -> None:
     by_clip: dict[str, list[dict[str, Any]]] = {}
@@ -219,7 +221,7 @@ def _check_clips(store: Store, report: Report, identity: Identity | None, *,
             if state in SEALED_OR_LATER:
                 result.add(f"manifest-missing: the clip is {state.value} but has no manifest")
             continue
-        _check_manifest(row, result, report, identity, digest=digest,
+        _check_manifest(row, result, report, keys, digest=digest,
                         entries=by_clip.get(clip_id, []))
     for sha, got in objects.items():
         if isinstance(got, tuple) and got[0] != sha and not store.query_one(
@@ -228,13 +230,14 @@ def _check_clips(store: Store, report: Report, identity: Identity | None, *,
                            f"{got[0]}")
 
 
-def _check_manifest(row: Any, result: ClipResult, report: Report, identity: Identity | None,
+def _check_manifest(row: Any, result: ClipResult, report: Report, keys: KeySchedule,
                     *, digest: Digest | None, entries: list[dict[str, Any]]) -> None:
     try:
         envelope = json.loads(row["manifest"])
     except json.JSONDecodeError as exc:
         result.add(f"manifest-missing: the stored manifest is not JSON: {exc}")
         return
+    identity = keys.for_manifest(envelope, entries)
     payload, problems = open_envelope(envelope, identity, dsse.MANIFEST, "manifest")
     for p in problems:
         result.add(p)

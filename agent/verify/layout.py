@@ -10,7 +10,9 @@ A bundle is a BagIt 1.0 bag (RFC 8493)::
     custody/proofs.json                   each entry's inclusion proof to the checkpoint
     custody/checkpoint.dsse.json          the signed checkpoint the proofs lead to
     custody/checkpoints.jsonl             earlier checkpoints, with consistency proofs
-    certs/station.pem                     the station certificate (+ any CA chain files)
+    certs/station.pem                     the station certificate (+ its intermediate CAs)
+    certs/ca.pem                          the platform CA certificates (enrolled stations)
+    certs/keys/<keyid>.pem                certificates of keys the station rotated away from
 
 Invariant: a file name in a bundle never comes from a device as is; ``safe_name``
 turns a device's name into one that is a single, visible, shell-friendly path
@@ -43,6 +45,7 @@ STATION_CERT = "certs/station.pem"
 BAGIT_TXT_CONTENT = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
 
 _CLIP_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_KEYID = re.compile(r"[0-9a-f]{64}")
 _SAFE_PUNCT = frozenset("._-+=@,#~")
 _MAX_NAME_BYTES = 200
 
@@ -50,6 +53,11 @@ _MAX_NAME_BYTES = 200
 def formats_text() -> bytes:
     """docs/FORMATS.md as shipped with this bwc-agent (package data of agent.verify)."""
     return importlib.resources.files("agent.verify").joinpath(FORMATS).read_bytes()
+
+
+def is_keyid(text: str) -> bool:
+    """A station keyid: 64 lowercase hex digits (certs/keys/<keyid>.pem)."""
+    return _KEYID.fullmatch(text) is not None
 
 
 def is_clip_id(text: str) -> bool:

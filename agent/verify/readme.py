@@ -9,7 +9,7 @@ in one bash session; a command ending in ``<<'EOF'`` continues up to the line
 
 from __future__ import annotations
 
-from agent.verify.layout import BUNDLE_FORMAT
+from agent.verify.layout import BUNDLE_FORMAT, STATION_CERT
 
 _TEMPLATE = """\
 bwc-agent evidence bundle ({fmt})
@@ -70,10 +70,11 @@ $ M=data/manifests/{clip_id}.dsse.json
 $ python3 -c "$J" "$M" payload | openssl base64 -d -A > "$W/payload.json"
 $ python3 -c "$J" "$M" signatures 0 sig | openssl base64 -d -A > "$W/sig.bin"
 $ python3 -c "$J" "$M" signatures 0 keyid
-=> {keyid}
+=> {signer_keyid}
 $ TYPE=$(python3 -c "$J" "$M" payloadType)
 $ {{ printf 'DSSEv1 %d %s %d ' "${{#TYPE}}" "$TYPE" "$(wc -c < "$W/payload.json")"; cat "$W/payload.json"; }} > "$W/pae.bin"
-$ openssl pkeyutl -verify -pubin -inkey "$W/station.pub" -rawin -in "$W/pae.bin" -sigfile "$W/sig.bin"
+$ openssl x509 -in {signer_cert} -pubkey -noout > "$W/signer.pub"
+$ openssl pkeyutl -verify -pubin -inkey "$W/signer.pub" -rawin -in "$W/pae.bin" -sigfile "$W/sig.bin"
 => Signature Verified Successfully
 $ cat "$W/payload.json"; echo
 => the manifest: clip id, true file name, size, SHA-256, device, officer, case
@@ -188,23 +189,31 @@ $ python3 -c "$J" "$E" 1 envelope signatures 0 keyid
 => {keyid}
 $ ETYPE=$(python3 -c "$J" "$E" 1 envelope payloadType)
 $ {{ printf 'DSSEv1 %d %s %d ' "${{#ETYPE}}" "$ETYPE" "$(wc -c < "$W/earlier.json")"; cat "$W/earlier.json"; }} > "$W/earlier.pae"
-$ openssl pkeyutl -verify -pubin -inkey "$W/station.pub" -rawin -in "$W/earlier.pae" -sigfile "$W/earlier.sig"
+$ openssl x509 -in {cert} -pubkey -noout > "$W/earlier.pub"
+$ openssl pkeyutl -verify -pubin -inkey "$W/earlier.pub" -rawin -in "$W/earlier.pae" -sigfile "$W/earlier.sig"
 => Signature Verified Successfully
 Repeat with the other lines ({earlier} in all)."""  # noqa: E501 (commands are kept whole)
 
 
 def readme_text(*, station_id: str, keyid: str, clip_id: str, clip_path: str, entry_line: int,
                 entry_seq: int, entry_kind: str, leaf_hash: str, clips: int,
-                earlier: int = 0) -> str:
+                earlier: int = 0, signer_cert: str = STATION_CERT,
+                signer_keyid: str | None = None, earlier_cert: str = STATION_CERT,
+                earlier_keyid: str | None = None) -> str:
     """README.txt for a bundle; the worked example uses ``clip_id`` and log line ``entry_line``.
 
     ``clip_path`` is a safe name (layout.safe_name): it needs no shell quoting
     beyond the single quotes used here.  ``earlier``: how many lines
     custody/checkpoints.jsonl has (the first one's signature is checked).
+    ``signer_cert`` / ``earlier_cert`` hold the keys that signed the example's
+    manifest and the first earlier checkpoint (an earlier key's,
+    certs/keys/<keyid>.pem, when the station rotated its key since).
     """
-    signature = (_EARLIER_SIGNATURE.format(keyid=keyid, earlier=earlier) if earlier
+    signature = (_EARLIER_SIGNATURE.format(keyid=earlier_keyid or keyid, cert=earlier_cert,
+                                           earlier=earlier) if earlier
                  else " (this bundle has none).")
     return _TEMPLATE.format(fmt=BUNDLE_FORMAT, station_id=station_id, keyid=keyid,
                             clip_id=clip_id, clip_path=clip_path, entry_line=entry_line,
                             entry_seq=entry_seq, entry_kind=entry_kind, leaf_hash=leaf_hash,
-                            clips=clips, earlier_signature=signature)
+                            clips=clips, earlier_signature=signature,
+                            signer_cert=signer_cert, signer_keyid=signer_keyid or keyid)
