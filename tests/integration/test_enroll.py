@@ -26,6 +26,7 @@ from agent import config as config_mod
 from agent.cli.main import main
 from agent.custody.keys import StationKey, init_station_keys, keyid_of
 from agent.station import Station
+from drivers.simcam import make_camera
 from scripts.devplatform.est import EstServer
 from scripts.devplatform.pki import DevPki, make_dev_pki
 from tests.conftest import write_station_config
@@ -270,3 +271,42 @@ def test_enrolment_of_a_station_that_signed_is_logged_and_keeps_its_id(
     err = capsys.readouterr().err
     assert "station.id is 'ST-0099'" in err and "is for 'ST-0001'" in err
     assert _snapshot(tmp_path / "data" / "keys") == before
+
+
+def test_an_enrolled_station_rotates_over_est_and_verifies_to_the_root(
+        tmp_path: Path, pki: DevPki, est: EstServer, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, pki, est.url)
+    assert main(["enroll", "--config", str(config), "--token-file",
+                 str(_token_file(tmp_path, est.add_token("ST-0001")))]) == 0
+    keys_dir = tmp_path / "data" / "keys"
+    old = StationKey.load(keys_dir / "station.key").keyid
+    for serial in ("CAM0001", "CAM0002"):
+        make_camera(tmp_path / "sim", serial=serial, clips=1, seconds=0.5, width=160,
+                    height=120, fps=10.0)
+        assert main(["run", "--once", "--config", str(config)]) == 0
+        if serial == "CAM0001":
+            assert main(["keys", "rotate", "--config", str(config), "--reason",
+                         "key compromise drill"]) == 0
+    capsys.readouterr()
+    new = StationKey.load(keys_dir / "station.key").keyid
+    assert new != old
+    # The new key's certificate comes from the CA (simplereenroll over mutual TLS).
+    leaf, intermediate = x509.load_pem_x509_certificates((keys_dir / "station.pem").read_bytes())
+    assert keyid_of(leaf.public_key()) == new  # type: ignore[arg-type]
+    assert leaf.issuer == intermediate.subject == est.cert.subject
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--all", "--config", str(config), "--out", str(bundle)]) == 0
+    assert sorted(p.name for p in (bundle / "certs").iterdir()) == ["ca.pem", "keys",
+                                                                     "station.pem"]
+    # Both keys' chains (leaf, intermediate) are checked up to the root given as --trust.
+    root = pki.ca_cert_path
+    for target in (bundle, tmp_path / "data"):
+        assert main(["verify", str(target), "--trust", str(root)]) == 0, \
+            capsys.readouterr().out
+    stranger = make_dev_pki(tmp_path / "stranger").ca_cert_path
+    capsys.readouterr()
+    assert main(["verify", str(bundle), "--trust", str(stranger), "--json"]) == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert any(p.startswith("cert-invalid:") for p in problems)
+    assert any(p.startswith(f"rotation-cert: {bundle}: rotation at seq") and
+               f"certificate of the old key {old}" in p for p in problems), problems
