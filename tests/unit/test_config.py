@@ -36,7 +36,7 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
     for key in ("policy", "allow", "block"):
         assert f"\n{key} =" in text, f"devices.{key} is not documented"
     for section in ("station", "ingest", "media", "custody", "retention", "platform", "web",
-                    "mount"):
+                    "mount", "pki"):
         cls = type(getattr(cfg, section))
         for key_path, _default, doc in describe(cls, section):
             key = key_path.split(".")[-1]
@@ -136,3 +136,29 @@ def test_mount_roots_of_two_drivers_must_differ(tmp_path: Path) -> None:
         config_mod.load(path)
     assert any(p.startswith("devices.gat947.mount_root: ") and "docked twice" in p
                for p in info.value.problems)
+
+
+def test_pki_section_is_checked(tmp_path: Path) -> None:
+    path = write_station_config(tmp_path, """
+        [pki]
+        est_url = "http://ca.example:8080"
+        renew_after = 1.5
+        """)
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(path)
+    assert info.value.problems == ["pki.renew_after: 1.5 is above the maximum 0.95"]
+    path = write_station_config(tmp_path, '[pki]\nest_url = "http://ca.example:8080"\n')
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(path)
+    assert info.value.problems == [
+        "pki.est_url: 'http://ca.example:8080' is not an https:// URL (EST runs over TLS only)",
+        "pki.est_ca_file: needed to verify the EST server when there is no [platform] table "
+        "(whose ca_file would be used)"]
+    path = write_station_config(tmp_path, """
+        [pki]
+        est_url = "https://ca.example:8444"
+        est_ca_file = "ca.pem"
+        """)
+    cfg = config_mod.load(path)
+    assert cfg.pki.est_ca_file == tmp_path / "ca.pem"
+    assert (cfg.pki.renew_after, cfg.pki.est_auth) == (0.66, "basic")
