@@ -49,7 +49,7 @@ from agent.errors import ConfigError, IntegrityError
 from agent.pki import files as pki_files
 from agent.pki.chain import validate_chain
 from agent.pki.est import ClientCertificate, EstClient, Token
-from agent.pki.files import KeyFiles
+from agent.pki.files import KeyFiles, open_regular
 
 __all__ = ["Issued", "certificate_facts", "check_issued", "enroll", "est_client",
            "issue_for_new_key", "load_tls_key", "make_csr", "renew"]
@@ -83,11 +83,11 @@ def make_csr(key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey,
 def load_tls_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """The TLS client key; refuses loose permissions, like the station key."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        handle = open_regular(path)
     except OSError as exc:
         raise ConfigError(f"cannot open the TLS key {path}: {exc.strerror}; enrol the "
                           "station first (bwc-agent enroll)") from None
-    with os.fdopen(fd, "rb") as handle:
+    with handle:
         mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
         if mode & 0o077:
             raise ConfigError(f"TLS key {path} has mode {mode:04o}: group or others may "

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from agent.errors import ConfigError, TransportError
+from agent.pki.files import NotRegularFile, open_regular
 
 __all__ = ["ClientCertificate", "EstClient", "EstRefused", "Token", "est_base_url"]
 
@@ -83,14 +84,13 @@ class Token:
         never quote the file's content.
         """
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            handle = open_regular(path)
+        except NotRegularFile:
+            raise ConfigError(f"{what}: {path} is not a regular file") from None
         except OSError as exc:
             raise ConfigError(f"{what}: cannot open {path}: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigError(f"{what}: {path} is not a regular file")
-            mode = stat.S_IMODE(info.st_mode)
+        with handle:
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
             if mode & 0o077:
                 raise ConfigError(f"{what}: {path} has mode {mode:04o}: group or others may "
                                   f"read the enrolment token; fix: chmod 600 {path} (and "

@@ -30,20 +30,24 @@ Names in the journal are checked against the layout: nothing outside
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from agent.durable import fsync_dir, makedirs_durable, write_atomic
 from agent.errors import ConfigError, StoreError
 
-__all__ = ["KeyFiles", "Pending", "data_dir_lock", "recover", "stage"]
+__all__ = ["KeyFiles", "NotRegularFile", "Pending", "data_dir_lock", "open_regular", "recover",
+           "stage"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,26 @@ class KeyFiles:
     @property
     def pending(self) -> Path:
         return self.dir / ".pending"
+
+
+class NotRegularFile(OSError):
+    """A path that is a directory, a device, a FIFO...: identity files are regular files."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` open for reading: a regular file, a final symbolic link not followed.
+
+    Raises OSError (NotRegularFile for anything but a regular file); the mode
+    is checked on the open descriptor, so it is the mode of what is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _staged_name(name: str) -> str:

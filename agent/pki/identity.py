@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from agent.custody import dsse
 from agent.custody.keys import StationKey, certificate_station_id, check_key_matches_certificate
 from agent.errors import ConfigError
 from agent.pki.chain import ChainResult, validate_chain
-from agent.pki.files import KeyFiles
+from agent.pki.files import KeyFiles, open_regular
 from agent.store import Store
 
 __all__ = [
@@ -64,8 +63,7 @@ _MAX_PEM = 256 * 1024
 def load_pem_chain(path: Path, what: str) -> list[x509.Certificate]:
     """Every certificate of a PEM file (leaf first); ConfigError if none or unreadable."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as handle:
+        with open_regular(path) as handle:
             data = handle.read(_MAX_PEM + 1)
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
