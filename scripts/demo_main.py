@@ -158,9 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"uploads  {stand.platform.upload_url}")
         print(f"CA       {stand.pki.ca_cert_path}")
 
-        heading("Station ST-0001: configuration, signing key enrolled at the platform CA")
-        config = stand.station(work / "station", "ST-0001")
+        heading("Station ST-0001: enrolled with the platform CA over EST, one-time token")
+        config = stand.station(work / "station", "ST-0001", est=True)
         data_dir = work / "station" / "data"
+        token = work / "station" / "enrol.token"
+        token.write_text(stand.est.add_token("ST-0001") + "\n")
+        token.chmod(0o600)
+        agent("enroll", "--config", str(config), "--token-file", str(token))
         agent("config", "check", "--config", str(config))
 
         heading("Platform: officer credentials, a roster with one officer revoked, "
