@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if enrolment.new_station_key:
         print(f"station key:         {files.station_key} (new, mode 0600)")
     print(f"the token in {args.token_file} is spent: delete the file")
+    if config.pki.est_url is None:
+        print("to let the daemon renew the certificates, set in [pki]:\n"
+              f'  est_url = "{args.est_url}"')
     if not tls_configured:
         print("to use the enrolled TLS certificate, set in [platform]:\n"
               f'  cert_file = "{files.tls_cert}"\n  key_file = "{files.tls_key}"')

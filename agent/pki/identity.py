@@ -169,9 +169,9 @@ def check_own_identity(config: Config, key: StationKey,
         tls_problem = station_id_problem(config, load_pem_chain(tls, "TLS certificate")[0], tls)
         if tls_problem is not None:
             raise ConfigError(f"platform.cert_file: {tls_problem}")
-    anchors = load_anchors(files)
-    if anchors is None and cert.issuer == cert.subject:
-        anchors = [cert]  # a self-signed development certificate anchors itself
+    # A self-signed development certificate anchors itself (keys init, or a rotation on
+    # a station without EST); verify --trust tells auditors it is not the platform's.
+    anchors = [cert] if cert.issuer == cert.subject else load_anchors(files)
     own = OwnCertificate(cert=cert, chain=chain, anchors=anchors, result=None)
     if anchors is None:
         own.warnings.append(f"the station certificate {files.station_cert} is issued by "

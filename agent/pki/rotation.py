@@ -118,6 +118,12 @@ def _rotate(config: Config, store: Store, files: KeyFiles, reason: str) -> Rotat
     pki_files.recover(files, rotated_to(store))
     old = StationKey.load(files.station_key)
     check_own_identity(config, old)
+    if config.pki.est_url is None and files.ca_bundle.exists():
+        raise ConfigError(
+            f"this station's certificate comes from the platform CA ({files.ca_bundle}), but "
+            "pki.est_url is not set: the new key would get a self-signed certificate that "
+            "chains to nothing. Set [pki] est_url (and est_ca_file) in the configuration, then "
+            "rotate again")
     old_certs = files.station_cert.read_bytes()
     custody = Custody(config, store, Vault(config.data_dir / "vault"))
     custody.key = old

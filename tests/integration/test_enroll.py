@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from agent import config as config_mod
 from agent.cli.main import main
 from agent.custody.keys import StationKey, init_station_keys, keyid_of
+from agent.pki.files import data_dir_lock
 from agent.station import Station
 from drivers.simcam import make_camera
 from scripts.devplatform.est import EstServer
@@ -310,3 +311,26 @@ def test_an_enrolled_station_rotates_over_est_and_verifies_to_the_root(
     assert any(p.startswith("cert-invalid:") for p in problems)
     assert any(p.startswith(f"rotation-cert: {bundle}: rotation at seq") and
                f"certificate of the old key {old}" in p for p in problems), problems
+
+
+def test_enrol_and_rotate_wait_for_the_daemon_and_rotation_needs_est_when_enrolled(
+        tmp_path: Path, pki: DevPki, est: EstServer, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, pki, est.url)
+    token = _token_file(tmp_path, est.add_token("ST-0001"))
+    with data_dir_lock(tmp_path / "data"):  # as the running daemon holds it
+        assert main(["enroll", "--config", str(config), "--token-file", str(token)]) == 1
+        assert "bwc-agent is running on" in capsys.readouterr().err
+    assert main(["enroll", "--config", str(config), "--token-file", str(token)]) == 0
+    make_camera(tmp_path / "sim", serial="CAM0001", clips=1, seconds=0.5, width=160,
+                height=120, fps=10.0)
+    assert main(["run", "--once", "--config", str(config)]) == 0
+    with data_dir_lock(tmp_path / "data"):
+        assert main(["keys", "rotate", "--config", str(config), "--reason", "x"]) == 1
+    # Enrolled through --est-url only: no EST to enrol a new key with.
+    no_est = write_station_config(tmp_path)
+    before = _snapshot(tmp_path / "data" / "keys")
+    capsys.readouterr()
+    assert main(["keys", "rotate", "--config", str(no_est), "--reason", "x"]) == 2
+    assert "pki.est_url is not set: the new key would get a self-signed certificate" in \
+        capsys.readouterr().err
+    assert _snapshot(tmp_path / "data" / "keys") == before
