@@ -198,7 +198,10 @@ def _pem_list(certs: Sequence[x509.Certificate]) -> bytes:
 
 
 class _TlsFiles:
-    """A TLS key and certificate written to a private temporary directory for one request."""
+    """A TLS key and certificate written to a private temporary directory for one request.
+
+    Removed afterwards; a crash leaves ``keys/.enroll-*``, which files.recover removes.
+    """
 
     def __init__(self, keys_dir: Path, key: ec.EllipticCurvePrivateKey, issued: Issued) -> None:
         keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

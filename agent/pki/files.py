@@ -178,6 +178,10 @@ def recover(files: KeyFiles, rotated_to: Callable[[str], bool] | None = None) ->
     to ``keyid``; without it a pending rotation cannot be decided and is left
     alone (ConfigError: the caller cannot use the identity files yet).
     """
+    # An enrolment cut short leaves its private request directory (a TLS key) behind.
+    for leftover in files.dir.glob(".enroll-*") if files.dir.is_dir() else []:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
     if not files.pending.is_dir():
         return None
     journal_path = files.pending / _JOURNAL

@@ -54,6 +54,11 @@ def test_recover_finishes_a_committed_change_and_drops_an_unfinished_one(
     (keys.pending / "commit.json").unlink()
     assert files.recover(keys) == "discarded an unfinished change (no journal)"
     assert _contents(keys) == {"station.pem": b"new", "ca.pem": b"new"}
+    # An enrolment's private request directory left by a crash goes too.
+    (keys.dir / ".enroll-abc").mkdir()
+    (keys.dir / ".enroll-abc" / "tls.key").write_bytes(b"secret")
+    assert files.recover(keys) is None
+    assert not (keys.dir / ".enroll-abc").exists()
 
 
 def test_a_pending_rotation_waits_for_the_log(tmp_path: Path) -> None:
