@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,12 @@ def station_config(tmp_path: Path) -> Callable[..., Config]:
         return config_mod.load(write_station_config(tmp_path, extra))
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _root_log_level() -> Iterator[None]:
+    """Tests that call ``bwc-agent run`` in-process set the root log level (as the daemon
+    does, from station.log_level); later tests must not inherit it."""
+    level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(level)
