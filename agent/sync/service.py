@@ -128,8 +128,10 @@ class SyncService:
         self.inbound.stop()
 
     def reload_tls(self) -> None:
-        """The TLS certificate was renewed: present the new one from the next connection."""
+        """The TLS certificate was renewed: present the new one from the next connection
+        to the broker and the next upload on."""
         self.link.reload_client_certificate()
+        self.uploader.reload_client_certificate()
         self._publish_identity()  # the renewed signing certificate, for the platform
 
     def _publish_identity(self) -> None:

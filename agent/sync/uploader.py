@@ -60,6 +60,7 @@ class Uploader:
         self.vault = vault
         self._wake = threading.Condition()
         self._generation = 0  # bumped under _wake by poke() and stop()
+        self._tls_generation = 0  # bumped by reload_client_certificate()
         self._claimed: set[str] = set()
         # The platform's Retry-After, for every upload of this station (not only the
         # clip that got it): no request before this time.  In memory on purpose: a
@@ -83,6 +84,12 @@ class Uploader:
         self.poke()
         for thread in self._threads:
             thread.join(timeout=30)
+
+    def reload_client_certificate(self) -> None:
+        """The TLS client certificate was renewed: each worker makes its client anew
+        (loading the files as they are now) before its next upload."""
+        with self._wake:
+            self._tls_generation += 1
 
     def poke(self) -> None:
         """Something may be ready to upload (a seal, a retry time reached)."""
@@ -120,10 +127,22 @@ class Uploader:
 
     def _worker(self) -> None:
         client = self._client()
+        tls = self._tls_generation
         try:
             while not self._stop.is_set():
                 with self._wake:
                     seen = self._generation
+                    renewed = self._tls_generation != tls
+                    tls = self._tls_generation
+                if renewed:
+                    try:
+                        fresh = self._client()
+                    except AgentError:
+                        log.exception("cannot load the renewed TLS client certificate; uploads "
+                                      "go on with the one loaded before")
+                    else:
+                        client.close()
+                        client = fresh
                 try:
                     clip_id = self._claim()
                 except AgentError:

@@ -114,6 +114,15 @@ def test_the_daemon_renews_and_reconnects_with_the_renewed_certificate(
     _camera(config, "CAM0001")
     station = Station(config)
     station.start(watch=True)
+    uploader = station.sync.uploader
+    made: list[bytes] = []  # the TLS certificate each upload client was made with
+    make_client = uploader._client
+
+    def recorded_client() -> Any:
+        made.append((keys / "tls.pem").read_bytes())
+        return make_client()
+
+    uploader._client = recorded_client
     try:
         stand.platform.wait_for(lambda: set(_states(config)) == {"released"}, timeout=60,
                                 what="clips acknowledged over mutual TLS with the EST chain")
@@ -142,6 +151,9 @@ def test_the_daemon_renews_and_reconnects_with_the_renewed_certificate(
         stand.platform.wait_for(
             lambda: len(_states(config)) == 4 and set(_states(config)) == {"released"},
             timeout=60, what="clips of the second camera acknowledged after the reconnect")
+        # Uploads, too, use the renewed certificate: each worker made its client anew.
+        renewed_tls = (keys / "tls.pem").read_bytes()
+        assert made.count(renewed_tls) == config.platform.upload_concurrency
     finally:
         station.stop()
     status = stand.platform.stations()["ST-0001"]
