@@ -171,7 +171,8 @@ def bundle_schedule(root: Path, files: Mapping[str, int], current: Identity | No
     """The key schedule of a bundle: its rotations and ``certs/keys/``; ``files`` are the
     regular files the bundle scan accepted (relative path -> size), read beneath ``root``."""
     rotations: list[dict[str, Any]] = []
-    if ENTRIES in files:
+    # Within the size the entries check reads (a bigger file is refused there, unread).
+    if files.get(ENTRIES, LIMITS["log"] + 1) <= LIMITS["log"]:
         with contextlib.suppress(Unreadable):  # reported by the entries check
             rotations = _rotation_lines(open_beneath(root, ENTRIES), report, where)
     earlier: dict[str, Identity] = {}

@@ -126,7 +126,9 @@ def test_clips_sealed_before_and_after_a_rotation_verify_in_one_bundle(
     assert f"certs/keys/{old}.pem" in readme, "the example clip was signed by the old key"
     result = _bash(_readme_script(bundle), bundle)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    assert result.stdout.count("Signature Verified Successfully") == 4
+    # The manifest (old key), the checkpoint (new key), the first earlier checkpoint (old
+    # key), and each signature of the rotation statement.
+    assert result.stdout.count("Signature Verified Successfully") == 5
     for expected in (line[3:] for line in readme.splitlines() if line.endswith("  -")):
         assert expected in result.stdout
     assert f"{old}  -" in result.stdout and f"{new}  -" in result.stdout
