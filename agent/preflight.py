@@ -47,13 +47,12 @@ from urllib.parse import quote, urlsplit
 from agent.config import Config, PlatformSection
 from agent.custody.keys import (
     StationKey,
-    check_key_matches_certificate,
-    load_certificate,
     load_public_key,
 )
 from agent.custody.sealer import identity_problem, key_paths
 from agent.errors import AgentError, ConfigError
 from agent.officers import registry as officers_registry
+from agent.pki.identity import check_own_identity
 from agent.store.db import SCHEMA_VERSION
 from agent.sync.service import check_private, read_secret
 from agent.sync.tlsfiles import client_context
@@ -387,10 +386,12 @@ def _identity_problems(config: Config, has_signed: bool, report: Report) -> list
     try:
         key = StationKey.load(key_path)
         if cert_path.exists():
-            check_key_matches_certificate(key, load_certificate(cert_path))
+            # Key and certificate belong together, the certificates name station.id, the
+            # chain holds: what the start checks (agent/pki/identity.py).
+            check_own_identity(config, key)
         else:
             report.notes.append(f"a development certificate {cert_path} will be made for the "
                                 "station key at the first start")
     except ConfigError as exc:
-        return [f"station identity: {exc}"]
+        return [f"station identity: {exc.diagnostics()}"]
     return []

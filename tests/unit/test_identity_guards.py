@@ -48,6 +48,10 @@ def test_a_changed_station_id_stops_the_start_naming_both(
             f"{tmp_path / 'data' / 'keys' / 'station.pem'} is for 'ST-0001'") in err
     assert "Set station.id back to 'ST-0001'" in err
     assert _log_size(tmp_path) == before, "nothing was logged or sealed under the wrong ID"
+    # config check, the preflight of run, says the same before anything starts.
+    assert main(["config", "check", "--config", str(changed)]) == 2
+    out = capsys.readouterr().out
+    assert "station.id is 'ST-0099'" in out and "is for 'ST-0001'" in out
     # Back to its own ID, the station starts again.
     assert main(["run", "--once", "--config", str(write_station_config(tmp_path))]) == 0
 
