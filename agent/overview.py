@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent import __version__
+from agent import __version__, daemonstate
 from agent.config import Config
 from agent.devicepolicy import recent_refusals
 from agent.officers.status import officers_status
@@ -30,7 +31,8 @@ from agent.offload import mtime_ms
 from agent.pki.status import certificate_status
 from agent.progress import DockProgress, ProgressRegistry
 from agent.store import STATES, ClipState, Store
-from agent.timeutil import rfc3339
+from agent.store.db import OUTBOX_PENDING
+from agent.timeutil import parse_rfc3339, rfc3339
 from agent.vault import Vault, disk_usage
 
 S = ClipState
@@ -292,8 +294,17 @@ def backlog(counts: Mapping[str, int],
 
 
 def station_status(config: Config, store: Store, *, vault: Vault | None = None,
-                   progress: ProgressRegistry | None = None) -> dict[str, Any]:
-    """The station's health, as ``bwc-agent status`` prints it and the IT page shows it."""
+                   progress: ProgressRegistry | None = None,
+                   daemon: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The station's health, as ``bwc-agent status`` prints it and the IT page shows it.
+
+    ``daemon`` is the daemon's own view of itself (agent.daemonstate) when it is the
+    caller; any other process reads it from the data directory.  While the daemon is not
+    running, no device counts as docked: the store's last docking is shown as
+    ``docked_when_stopped`` (nobody watches the docks).
+    """
+    when = time.time()
+    facts = dict(daemon) if daemon is not None else daemonstate.read(config.data_dir, now=when)
     counts = clip_counts(store)
     checkpoint = store.query_one("SELECT size, at FROM checkpoints ORDER BY size DESC LIMIT 1")
     last_ack = store.query_one("SELECT MAX(acknowledged_at) AS at FROM clips")
@@ -309,10 +320,12 @@ def station_status(config: Config, store: Store, *, vault: Vault | None = None,
         "version": __version__,
         "store": {"schema": store.schema_version(), "agent_version": store.agent_version()},
         "data_dir": str(config.data_dir),
-        "devices": store.device_summaries(),
+        "daemon": facts,
+        "devices": _devices(store, running=bool(facts.get("running"))),
         "refused": recent_refusals(store),
         "clips": counts,
         "backlog": sum(backlog(counts).values()),
+        "backlog_oldest": oldest_unacknowledged(store, when),
         "disk": disk_usage(config.data_dir),
         "log": {"size": store.log_size(),
                 "checkpoint": dict(checkpoint) if checkpoint else None},
@@ -321,13 +334,97 @@ def station_status(config: Config, store: Store, *, vault: Vault | None = None,
              "next_attempt_at": rfc3339(float(r["retry_at"]))} for r in failing],
         "sync": {"platform": config.platform is not None,
                  "outbox_pending": store.outbox_backlog(),
-                 "last_ack": last_ack["at"] if last_ack else None},
+                 "outbox_refused": outbox_refused(store),
+                 "last_ack": last_ack["at"] if last_ack else None,
+                 "broker": facts.get("broker") if config.platform is not None else None},
+        "alerts": {"active": active_alerts(store, when), "window_s": ACTIVE_ALERT_S},
         "officers": officers_status(config, store),
         "certificate": certificate_status(config),  # agent/pki/status.py
     }
     if progress is not None:
         status["docks"] = [dock_summary(v) for v in dock_views(store, vault, progress)]
+        status["throughput"] = {
+            "ingest_bytes_per_s": round(progress.ingested.rate()),
+            "upload_bytes_per_s": round(progress.uploaded.rate()),
+            "ingested_bytes": progress.ingested.total,
+            "uploaded_bytes": progress.uploaded.total}
     return status
+
+
+# The clip states the MQTT status's "backlog" object counts (docs/PROTOCOL.md section 3.1).
+PLATFORM_BACKLOG_STATES = ("discovered", "copied", "sealed", "uploading", "uploaded")
+
+
+def platform_status(status: Mapping[str, Any], *, last_sync: str | None) -> dict[str, Any]:
+    """The retained MQTT status (docs/PROTOCOL.md section 3.1), from :func:`station_status`.
+
+    The same figures in the shape the platform's contract fixed first: ``clips`` only
+    the states that have clips, ``backlog`` by state, ``outbox`` a count.
+    """
+    counts = status["clips"]
+    result = {key: status[key] for key in (
+        "station_id", "devices", "disk", "officers", "daemon", "alerts", "certificate",
+        "backlog_oldest") if key in status}
+    result.update(
+        clips={state: n for state, n in counts.items() if n},
+        backlog=backlog(counts, PLATFORM_BACKLOG_STATES),
+        docks=status.get("docks", []),
+        outbox=status["sync"]["outbox_pending"],
+        outbox_refused=status["sync"]["outbox_refused"],
+        last_sync=last_sync,
+        throughput=status.get("throughput"))
+    return result
+
+
+def _devices(store: Store, *, running: bool) -> list[dict[str, Any]]:
+    """Every device seen; docked only while a running daemon watches the docks."""
+    devices = store.device_summaries()
+    if not running:
+        for device in devices:
+            device["docked_when_stopped"] = device["docked"]
+            device["docked"] = False
+    return devices
+
+
+def oldest_unacknowledged(store: Store, when: float) -> dict[str, Any] | None:
+    """The clip waiting longest for the platform (discovered, not acknowledged yet)."""
+    marks = ",".join("?" * len(BACKLOG_STATES))
+    row = store.query_one(f"SELECT clip_id, discovered_at FROM clips WHERE state IN ({marks}) "
+                          "ORDER BY discovered_at LIMIT 1", BACKLOG_STATES)
+    if row is None:
+        return None
+    try:
+        age = max(0.0, when - parse_rfc3339(row["discovered_at"]).timestamp())
+    except ValueError:
+        age = None
+    return {"clip_id": row["clip_id"], "since": row["discovered_at"],
+            "age_s": round(age) if age is not None else None}
+
+
+def outbox_refused(store: Store) -> int:
+    """Outbox items waiting that the broker refused at their last attempt."""
+    row = store.query_one(f"SELECT COUNT(*) AS n FROM outbox WHERE {OUTBOX_PENDING} AND "
+                          "last_error IS NOT NULL")
+    return int(row["n"]) if row else 0
+
+
+# An alert is active while it was raised within this window: alerts are events, nothing
+# clears them, and a day covers a shift and the night after it.
+ACTIVE_ALERT_S = 24 * 3600
+
+
+def active_alerts(store: Store, when: float) -> list[dict[str, Any]]:
+    """Alert codes raised within :data:`ACTIVE_ALERT_S`, the latest first, each with how often
+    it was raised in all (``count``, since ``first_at``) and its last message."""
+    since = rfc3339(when - ACTIVE_ALERT_S)
+    rows = store.query("SELECT code, count, first_at, last_at, message, serial, clip_id "
+                       "FROM alerts WHERE last_at >= ? ORDER BY last_at DESC", (since,))
+    return [dict(r) for r in rows]
+
+
+def alert_counts(store: Store) -> dict[str, int]:
+    """How often each alert code was raised, ever (the metrics' counter)."""
+    return {r["code"]: int(r["count"]) for r in store.query("SELECT code, count FROM alerts")}
 
 
 def dock_summary(view: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import copy
 import threading
 import time
@@ -39,6 +40,10 @@ SESSION_PHASES = ("queued", "identifying", "listing", "copying", "finished")
 # Weight of the newest sample in the copy rate's moving average: smooth enough that
 # the estimate does not jump per chunk, quick enough to follow a slower camera.
 RATE_SMOOTHING = 0.3
+# The throughput the metrics and the status show: bytes of the last 10 s, sampled twice a
+# second at most (a scrape every 15 s sees the rate of the moment, not of the whole dock).
+METER_WINDOW_S = 10.0
+METER_SAMPLE_S = 0.5
 
 
 @dataclass
@@ -90,14 +95,63 @@ class DockObserver(Protocol):
     def finished(self, handle: str, errors: list[str]) -> None: ...
 
 
+class ByteMeter:
+    """Bytes moved since the daemon started (a counter) and the rate of the last seconds.
+
+    Thread-safe and bounded: one sample kept per :data:`METER_SAMPLE_S` at most, over
+    :data:`METER_WINDOW_S`.  The total only grows (a copy that starts over counts the
+    bytes read again: they were read again).
+    """
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.total = 0
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(
+            maxlen=int(METER_WINDOW_S / METER_SAMPLE_S) + 2)
+
+    def add(self, count: int) -> None:
+        if count <= 0:
+            return
+        with self._lock:
+            self.total += count
+            self._sample(self._clock())
+
+    def _sample(self, now: float) -> None:
+        if self._samples and now - self._samples[-1][0] < METER_SAMPLE_S:
+            self._samples[-1] = (self._samples[-1][0], self.total)
+        else:
+            self._samples.append((now, self.total))
+
+    def rate(self) -> float:
+        """Bytes per second over the last :data:`METER_WINDOW_S` (0 when idle that long)."""
+        with self._lock:
+            now = self._clock()
+            while self._samples and now - self._samples[0][0] > METER_WINDOW_S:
+                self._samples.popleft()
+            if not self._samples:
+                return 0.0
+            first_t, first_total = self._samples[0]
+            # The bytes counted in the oldest sample moved before it: the rate is what moved
+            # after it, over the time since; at least one sample interval (no division by ~0).
+            span = max(now - first_t, METER_SAMPLE_S)
+            return (self.total - first_total) / span if self.total > first_total else 0.0
+
+
 class ProgressRegistry:
-    """The live figures of every dock; implements :class:`DockObserver`."""
+    """The live figures of every dock; implements :class:`DockObserver`.
+
+    ``ingested`` and ``uploaded`` meter the bytes read off cameras and the bytes the
+    upload server confirmed (the metrics and the status show them).
+    """
 
     def __init__(self, clock: Any = time.monotonic) -> None:
         self._clock = clock
         self._docks: dict[str, DockProgress] = {}
         self._cond = threading.Condition()
         self.version = 0
+        self.ingested = ByteMeter(clock)
+        self.uploaded = ByteMeter(clock)
 
     # --- written by the station and the dock sessions ----------------------------------
 
@@ -170,7 +224,9 @@ class ProgressRegistry:
             clip = dock.clips.get(clip_id)
             if clip is None:
                 return
+            before = clip.done
             clip.done = min(done, clip.size) if clip.size else done
+            self.ingested.add(clip.done - before)
             now, total = self._clock(), self._copied(dock)
             mark = dock._rate_mark
             if mark is not None and now - mark[0] >= 0.2:

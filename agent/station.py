@@ -22,6 +22,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.custody.sealer import Custody
+from agent.daemonstate import DaemonState
 from agent.devicehealth import HealthMonitor
 from agent.devicepolicy import record_refusal
 from agent.durable import makedirs_durable
@@ -30,6 +31,7 @@ from agent.mount.keeper import Keeper
 from agent.offload import DockReport, Offloader
 from agent.progress import ProgressRegistry
 from agent.store import ClipState, Store
+from agent.store.files import warn_if_open_to_others
 from agent.sync.retention import releases_due
 from agent.timeutil import now
 from agent.vault import Vault
@@ -84,6 +86,7 @@ class Station:
         # Handles whose last session stopped on a full disk: "vault" or "database".
         self._stopped_full: dict[str, str] = {}
         self._lock_fd: int | None = None
+        self.daemon_state: DaemonState | None = None  # the heartbeat, once the data_dir is ours
         self._stopping = threading.Event()
         self._stops: list[Callable[[], None]] = []
         self.reports: list[DockReport] = []
@@ -119,6 +122,9 @@ class Station:
     def _open_state(self) -> None:
         data_dir = self.config.data_dir
         self._lock_data_dir(data_dir)
+        warn_if_open_to_others(data_dir)
+        self.daemon_state = DaemonState(data_dir, broker=self.broker_state)
+        self._stops.append(self._record_stopped)
         self.store = Store(data_dir / "state.db", station_id=self.config.station.id)
         self._stops.append(self.store.close)
         if self.config.mount is not None:
@@ -131,6 +137,26 @@ class Station:
                                  ) from exc
         self._stops.append(self._clear_docked)  # after every session ended, before close
         self.vault = Vault(data_dir / "vault")
+
+    def broker_state(self) -> dict[str, Any] | None:
+        """The broker connection's state (None: no platform, or sync not started)."""
+        sync = self.sync
+        if sync is None:
+            return None
+        state: dict[str, Any] = sync.link.connection_state()
+        return state
+
+    def daemon_facts(self) -> dict[str, Any] | None:
+        """What ``status`` would read about this daemon now (agent.daemonstate)."""
+        return self.daemon_state.snapshot() if self.daemon_state is not None else None
+
+    def _record_stopped(self) -> None:
+        if self.daemon_state is not None and self.daemon_state.written:
+            try:
+                self.daemon_state.stopped()
+            except OSError as exc:
+                log.error("cannot record the clean stop in %s: %s", self.daemon_state.path,
+                          exc.strerror)
 
     def _clear_docked(self) -> None:
         assert self.store is not None
@@ -611,6 +637,11 @@ class Station:
             "AND clips.released_at IS NULL ORDER BY clips.clip_id", (seq,))
         return [f"clip {r['clip_id']} ({r['name']}) not released from {r['device_serial']}: "
                 f"{r['release_error']}" for r in rows]
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once the station is asked to stop (SIGTERM)."""
+        return self._stopping
 
     def wait(self) -> None:
         """Block until stop() (SIGTERM) is requested."""

@@ -11,6 +11,7 @@ from types import FrameType
 from agent import __version__, preflight
 from agent.cli.common import add_config_arg, load_config
 from agent.station import Station
+from agent.supervise import MainLoop
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     station.start(watch=True)
+    loop = MainLoop(station)
     try:
-        station.wait()
+        loop.ready()  # the store is open, recovery done, every service started
+        loop.run(station.stopping)
     finally:
         station.stop()
     return 0

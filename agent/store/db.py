@@ -18,6 +18,7 @@ from typing import Any
 from agent import __version__
 from agent.custody.jcs import canonicalize
 from agent.errors import StoreError, StoreFullError
+from agent.store.files import prepare_store_file
 from agent.store.migrations import MIGRATIONS
 from agent.store.states import TRANSITIONS, ClipState
 from agent.timeutil import now as time_now
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = len(MIGRATIONS)
 EVENT_TOPIC = "bwc/v1/stations/{station_id}/events"
+# Alert codes are the agent's own words; messages may quote outside input: both are cut.
+ALERT_CODE_CHARS = 64
+ALERT_MESSAGE_CHARS = 500
+# Outbox items to be published: not delivered, and not dropped by IT staff.
+OUTBOX_PENDING = "delivered_at IS NULL AND dropped_at IS NULL"
 
 
 @dataclass(frozen=True)
@@ -103,15 +109,31 @@ class Tx:
         self.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('event_seq', ?)",
                      (str(seq),))
         event_id = str(uuid.uuid4())
+        at = time_now()
         envelope = {"id": event_id, "type": type_, "station_id": self.store.station_id,
-                    "seq": seq, "at": time_now(), "data": data}
+                    "seq": seq, "at": at, "data": data}
         payload = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
         self.execute(
             "INSERT INTO outbox (topic, payload, qos, retain, created_at) VALUES (?,?,?,?,?)",
             (EVENT_TOPIC.format(station_id=self.store.station_id), payload, 1, 0, time_now()),
         )
+        if type_ == "alert":
+            self._count_alert(data, at)
         self.store.outbox_signal.set()
         return event_id
+
+    def _count_alert(self, data: dict[str, Any], at: str) -> None:
+        """Keep the ``alerts`` table (by code) up to date: every alert goes through here."""
+        code = str(data.get("code") or "unknown")[:ALERT_CODE_CHARS]
+        message = str(data.get("message") or "")[:ALERT_MESSAGE_CHARS]
+        serial, clip_id = data.get("serial"), data.get("clip_id")
+        self.execute(
+            "INSERT INTO alerts (code, count, first_at, last_at, message, serial, clip_id) "
+            "VALUES (?, 1, ?, ?, ?, ?, ?) ON CONFLICT (code) DO UPDATE SET count = count + 1, "
+            "last_at = excluded.last_at, message = excluded.message, serial = excluded.serial, "
+            "clip_id = excluded.clip_id",
+            (code, at, at, message, serial if isinstance(serial, str) else None,
+             clip_id if isinstance(clip_id, str) else None))
 
     # --- clips -------------------------------------------------------------------------
 
@@ -161,6 +183,7 @@ class Store:
                                              isolation_level=None, timeout=30)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                prepare_store_file(self.path)  # 0600, and so its -wal and -shm
                 self._conn = sqlite3.connect(self.path, check_same_thread=False,
                                              isolation_level=None, timeout=30)
             self._conn.row_factory = sqlite3.Row
@@ -175,6 +198,9 @@ class Store:
                 self._check_version()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the station database {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot open the station database {self.path}: "
+                             f"{exc.strerror}") from exc
 
     def _check_version(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -330,7 +356,7 @@ class Store:
 
     def outbox_backlog(self) -> int:
         """Events not yet acknowledged by the broker."""
-        row = self.query_one("SELECT COUNT(*) AS n FROM outbox WHERE delivered_at IS NULL")
+        row = self.query_one(f"SELECT COUNT(*) AS n FROM outbox WHERE {OUTBOX_PENDING}")
         return int(row["n"]) if row else 0
 
     def log_size(self) -> int:

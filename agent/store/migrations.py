@@ -232,4 +232,39 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE devices ADD COLUMN health TEXT;
     """,
+    # 7: alerts by code (how often, first and last time, the last message), kept up to date
+    #    with every alert event, so the status can say which alerts are active without reading
+    #    the outbox (filled from the alert events already in it); outbox items IT staff dropped
+    #    (when, who, why) and those the broker refused (how often, the last reason), so a stuck
+    #    item can be seen and retried.
+    """
+    CREATE TABLE alerts (
+        code     TEXT PRIMARY KEY,
+        count    INTEGER NOT NULL,
+        first_at TEXT NOT NULL,
+        last_at  TEXT NOT NULL,
+        message  TEXT NOT NULL DEFAULT '',
+        serial   TEXT,
+        clip_id  TEXT
+    );
+    INSERT INTO alerts (code, count, first_at, last_at)
+        SELECT substr(json_extract(p, '$.data.code'), 1, 64), COUNT(*),
+               MIN(json_extract(p, '$.at')), MAX(json_extract(p, '$.at'))
+        FROM (SELECT CAST(payload AS TEXT) AS p FROM outbox
+              WHERE json_valid(CAST(payload AS TEXT)))
+        WHERE json_extract(p, '$.type') = 'alert'
+          AND json_type(p, '$.data.code') = 'text' AND json_type(p, '$.at') = 'text'
+        GROUP BY 1;
+    UPDATE alerts SET message = COALESCE((
+        SELECT substr(COALESCE(json_extract(CAST(payload AS TEXT), '$.data.message'), ''), 1, 500)
+        FROM outbox WHERE json_valid(CAST(payload AS TEXT))
+          AND json_extract(CAST(payload AS TEXT), '$.type') = 'alert'
+          AND json_extract(CAST(payload AS TEXT), '$.data.code') = alerts.code
+        ORDER BY id DESC LIMIT 1), '');
+    ALTER TABLE outbox ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN last_error TEXT;
+    ALTER TABLE outbox ADD COLUMN dropped_at TEXT;
+    ALTER TABLE outbox ADD COLUMN dropped_by TEXT;
+    ALTER TABLE outbox ADD COLUMN drop_reason TEXT
+    """,
 ]

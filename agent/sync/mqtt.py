@@ -192,6 +192,9 @@ class MqttLink:
         self._fallback_pending = False
         self._connack_seen = False  # for the connection attempt under way
         self._last_error: TransportError | None = None
+        # (state, since): "connecting" until the first connection, then "connected" /
+        # "disconnected" from the moment it changed (the daemon's status shows it).
+        self._link_state: tuple[str, str] = ("connecting", now())
         self._threads: list[threading.Thread] = []
         self._client = self._make_client()
 
@@ -206,6 +209,17 @@ class MqttLink:
     def last_error(self) -> TransportError | None:
         """Why the last connection attempt failed or the last connection ended, if it did."""
         return self._last_error
+
+    def connection_state(self) -> dict[str, Any]:
+        """``{"state": "connected" | "disconnected" | "connecting", "since", "last_error"}``."""
+        state, since = self._link_state
+        error = self._last_error
+        return {"state": state, "since": since,
+                "last_error": str(error) if error is not None else None}
+
+    def _set_link_state(self, state: str) -> None:
+        if self._link_state[0] != state:
+            self._link_state = (state, now())
 
     @property
     def in_flight(self) -> int:
@@ -437,6 +451,7 @@ class MqttLink:
         if refused:
             log.error("MQTT: the broker refused our subscriptions (%s); commands and acks "
                       "will not arrive", ", ".join(refused))
+        self._set_link_state("connected")  # before the birth, which reports it
         # The status reads the store, which a long transaction may hold for a while:
         # built off this network thread, so keepalives and PUBACKs never wait for it.
         threading.Thread(target=self._publish_birth, args=(client,), name="mqtt-birth",
@@ -468,6 +483,8 @@ class MqttLink:
         was_ready = self._ready.is_set()
         self._ready.clear()
         self._wake.set()
+        if was_ready:
+            self._set_link_state("disconnected")
         if self._stopping.is_set() or self._fallback_pending:
             return
         if was_ready:
@@ -591,8 +608,33 @@ class MqttLink:
                 # must be noticed while the outbox is idle.
                 self._outbox.wait_for_new(0.5)
 
+    def _note_refused(self, item_id: int, reason: str) -> None:
+        """Record a refusal with the outbox, if it keeps them (for ``bwc-agent outbox``)."""
+        mark = getattr(self._outbox, "mark_refused", None)
+        if mark is None:
+            return
+        try:
+            mark(item_id, reason)
+        except AgentError as exc:
+            log.error("MQTT: cannot record the refusal of outbox item %d: %s", item_id,
+                      exc.diagnostics())
+
+    def _forget_cleared_refusals(self) -> None:
+        """Refused items IT staff asked to retry (or dropped) are tried again now."""
+        cleared = getattr(self._outbox, "cleared", None)
+        with self._flight_lock:
+            refused = set(self._refused)
+        if cleared is None or not refused:
+            return
+        again = cleared(refused)
+        if again:
+            log.info("MQTT: outbox items %s are tried again", sorted(again))
+            with self._flight_lock:
+                self._refused -= again
+
     def _publish_pending(self) -> tuple[int, bool]:
         """Publish what fits in the window; returns (items sent, window full)."""
+        self._forget_cleared_refusals()
         with self._flight_lock:
             busy = self._inflight_ids | self._refused
             room = self.window - len(self._inflight_ids)
@@ -601,6 +643,7 @@ class MqttLink:
         fresh = [item for item in self._outbox.pending(self.window + len(busy))
                  if item.id not in busy][:room]
         sent = 0
+        refused_now: tuple[int, str] | None = None
         for item in fresh:
             if self._stopping.is_set() or not self._ready.is_set():
                 break
@@ -612,12 +655,16 @@ class MqttLink:
                     if not exc.retryable:
                         log.error("MQTT: outbox item %d cannot be published: %s", item.id, exc)
                         self._refused.add(item.id)
-                        continue
+                        refused_now = (item.id, str(exc))
+                        break
                     log.warning("MQTT: publishing outbox item %d failed: %s", item.id, exc)
                     break
                 self._inflight[info.mid] = item.id
                 self._inflight_ids.add(item.id)
             sent += 1
+        if refused_now is not None:  # recorded off the flight lock (a store write)
+            self._note_refused(*refused_now)
+            return max(sent, 1), False  # look again at once: the next items may go
         return sent, False
 
     def _ack_loop(self) -> None:
@@ -635,6 +682,7 @@ class MqttLink:
                 log.error("MQTT: the broker refused outbox item %d: %s", item_id, reason_code)
                 with self._flight_lock:
                     self._refused.add(item_id)
+                self._note_refused(item_id, f"the broker refused it: {reason_code}")
             else:
                 try:
                     self._outbox.mark_delivered(item_id)

@@ -21,10 +21,8 @@ from agent.custody.keys import keyid_of, load_public_key
 from agent.custody.sealer import Custody
 from agent.errors import ConfigError
 from agent.officers.inbound import OfficerMessages
-from agent.officers.status import officers_status
-from agent.overview import backlog, dock_summary, dock_views
+from agent.overview import platform_status, station_status
 from agent.pki.identity import identity_certificates
-from agent.pki.status import certificate_status
 from agent.store import ClipState, Store
 from agent.sync.inbound import Inbound, tag_command
 from agent.sync.mqtt import MqttLink
@@ -32,7 +30,7 @@ from agent.sync.retention import cameras_holding, purge, release_acknowledged, s
 from agent.sync.storeoutbox import StoreOutbox
 from agent.sync.uploader import Uploader
 from agent.timeutil import now
-from agent.vault import Vault, disk_usage
+from agent.vault import Vault
 from drivers.base import Device, DeviceInfo
 
 if TYPE_CHECKING:
@@ -100,6 +98,9 @@ class SyncService:
             status_provider=self.status, on_message=self.inbound.deliver,
             insecure=self.platform.insecure)
         self.uploader = Uploader(config, store, vault)
+        progress = getattr(station, "progress", None)
+        if progress is not None:
+            self.uploader.meter = progress.uploaded  # bytes the upload server confirmed
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._last_sync: str | None = None
@@ -207,21 +208,11 @@ class SyncService:
 
     def status(self) -> dict[str, Any]:
         """The retained MQTT status: the figures the CLI and the pages show (agent.overview)."""
-        counts = self.store.counts_by_state()
         progress = getattr(self.station, "progress", None)
-        return {
-            "station_id": self.config.station.id,
-            "devices": self.store.device_summaries(),
-            "clips": counts,
-            "backlog": backlog(counts, ("discovered", "copied", *IN_FLIGHT)),
-            "docks": [dock_summary(view)
-                      for view in dock_views(self.store, self.vault, progress)],
-            "disk": disk_usage(self.config.data_dir),
-            "outbox": self.outbox.backlog(),
-            "last_sync": self._last_sync,
-            "officers": officers_status(self.config, self.store),
-            "certificate": certificate_status(self.config),
-        }
+        facts = getattr(self.station, "daemon_facts", None)
+        status = station_status(self.config, self.store, vault=self.vault, progress=progress,
+                                daemon=facts() if facts is not None else None)
+        return platform_status(status, last_sync=self._last_sync)
 
     # --- batch mode ----------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ as the state change they announce; the MQTT link drains them from here.
 from __future__ import annotations
 
 from agent.store import Store
+from agent.store.db import OUTBOX_PENDING
 from agent.sync.outbox import OutboxItem
 from agent.timeutil import now
 
@@ -26,8 +27,8 @@ class StoreOutbox:
     def pending(self, limit: int) -> list[OutboxItem]:
         # Cleared before the read: an insert after this point sets it again.
         self.store.outbox_signal.clear()
-        rows = self.store.query("SELECT id, topic, payload, qos, retain FROM outbox WHERE "
-                                "delivered_at IS NULL ORDER BY id LIMIT ?", (limit,))
+        rows = self.store.query(f"SELECT id, topic, payload, qos, retain FROM outbox WHERE "
+                                f"{OUTBOX_PENDING} ORDER BY id LIMIT ?", (limit,))
         return [OutboxItem(r["id"], r["topic"], bytes(r["payload"]), r["qos"], bool(r["retain"]))
                 for r in rows]
 
@@ -35,6 +36,22 @@ class StoreOutbox:
         with self.store.transaction() as tx:
             tx.execute("UPDATE outbox SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
                        (now(), item_id))
+
+    def mark_refused(self, item_id: int, reason: str) -> None:
+        """The broker refused the item: counted, with the reason (``bwc-agent outbox`` shows it)."""
+        with self.store.transaction() as tx:
+            tx.execute("UPDATE outbox SET refusals = refusals + 1, last_error = ? WHERE id = ?",
+                       (reason[:500], item_id))
+
+    def cleared(self, item_ids: set[int]) -> set[int]:
+        """Those of ``item_ids`` whose refusal IT staff cleared (``outbox retry``), or dropped."""
+        if not item_ids:
+            return set()
+        marks = ",".join("?" * len(item_ids))
+        rows = self.store.query(f"SELECT id FROM outbox WHERE id IN ({marks}) AND "
+                                "(last_error IS NULL OR dropped_at IS NOT NULL)",
+                                tuple(sorted(item_ids)))
+        return {int(r["id"]) for r in rows}
 
     def wait_for_new(self, timeout: float) -> None:
         self.store.outbox_signal.wait(timeout)

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from agent.config import Config
 from agent.errors import AgentError, IntegrityError, StoreError, TransportError
@@ -70,6 +71,8 @@ class Uploader:
         self._threads: list[threading.Thread] = []
         bandwidth = self.platform.bandwidth_kib_s * 1024
         self._limiter = RateLimiter(bandwidth) if bandwidth else None
+        # Counts the bytes the server confirmed (agent.progress.ByteMeter), if set.
+        self.meter: Any = None
 
     def start(self) -> None:
         self._client().close()  # a bad endpoint or CA file fails the start, with its name
@@ -221,9 +224,14 @@ class Uploader:
                     tx.update_clip(clip_id, upload_url=url, upload_offset=0)
                     tx.log("upload.created", clip_id, {"upload_url": url, "size": size})
 
+            sent = [offset]
+
             def progress(confirmed: int) -> None:
                 with self.store.transaction() as tx:
                     tx.update_clip(clip_id, upload_offset=confirmed)
+                if self.meter is not None:
+                    self.meter.add(confirmed - sent[0])
+                sent[0] = max(sent[0], confirmed)
 
             if offset < size:
                 if offset:
