@@ -22,6 +22,7 @@ from agent.cli import (
     keys,
     mount,
     officers,
+    outbox,
     requeue,
     run,
     status,
@@ -33,7 +34,7 @@ from agent.errors import AgentError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-COMMANDS = (run, status, clips, tag, officers, requeue, keys, enroll, config_cmd, export,
+COMMANDS = (run, status, clips, tag, officers, outbox, requeue, keys, enroll, config_cmd, export,
             verify, web, mount)
 
 
