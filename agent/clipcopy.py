@@ -36,6 +36,7 @@ from agent.errors import (
     StoreFullError,
 )
 from agent.ingest import copy_to_vault
+from agent.logsetup import log_fields
 from agent.media.queue import ProbeQueue
 from agent.progress import DockObserver, NullObserver
 from agent.store import ClipState, Store
@@ -80,6 +81,11 @@ class ClipCopier:
         DeviceGoneError / Cancelled (the clip is back to ``discovered``) and
         AgentError for the station's side (vault disk, database).
         """
+        with log_fields(clip_id=clip_id):
+            self._copy(device, info, clip_id, rec, report)
+
+    def _copy(self, device: Device, info: DeviceInfo, clip_id: str, rec: Recording,
+              report: DockReport) -> None:
         retries = self.config.ingest.change_retries
         for attempt in range(retries + 1):
             last = attempt == retries
@@ -88,6 +94,7 @@ class ClipCopier:
                 self.observer.clip_phase(device.handle, clip_id, rec,
                                          "done" if outcome == "duplicate" else "failed")
             if outcome == "copied":
+                log.info("clip %s: %r copied (%d bytes)", clip_id, rec.path, rec.size)
                 return  # recorded and sealed by _probe_and_record, on the probe worker
             if outcome == "duplicate":
                 report.duplicates.append(clip_id)

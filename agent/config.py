@@ -33,6 +33,10 @@ class StationSection:
                                      doc="Devices offloaded at the same time.")
     log_level: str = option("info", choices=("debug", "info", "warning", "error"),
                             doc="Daemon log level.")
+    log_format: str = option("text", choices=("text", "json"),
+                             doc="Daemon log lines: 'text', or 'json' (one object per line, "
+                                 "with clip_id / serial / dock_id where known) for journald "
+                                 "and log shippers.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,6 +219,17 @@ def is_loopback(address: str) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MetricsSection:
+    """The Prometheus endpoint (agent/metrics.py)."""
+
+    enabled: bool = option(True, doc="Serve Prometheus metrics at /metrics.")
+    listen: str = option("127.0.0.1", doc="IP address to listen on; the metrics carry no "
+                                          "secrets, but any other address than a loopback "
+                                          "one shows the station's figures to its network.")
+    port: int = option(9947, min=0, max=65535, doc="TCP port (0: any free port).")
+
+
+@dataclass(frozen=True, kw_only=True)
 class MountSection:
     """Camera volumes mounted by the station itself (``bwc-agent mount``, the udev rule)."""
 
@@ -249,6 +264,7 @@ class Config:
     device_policy: DevicePolicy = dataclasses.field(default_factory=DevicePolicy)
     mount: MountSection | None = None
     pki: PkiSection = dataclasses.field(default_factory=PkiSection)
+    metrics: MetricsSection | None = None
     source: Path | None = None
 
     @property
@@ -267,9 +283,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "web": WebSection,
     "mount": MountSection,
     "pki": PkiSection,
+    "metrics": MetricsSection,
 }
 # Sections that are absent unless the file has them (no table: the feature is off).
-_OPTIONAL = ("platform", "web", "mount")
+_OPTIONAL = ("platform", "web", "mount", "metrics")
 
 
 def _resolve_paths(obj: Any, base: Path) -> Any:
@@ -346,6 +363,13 @@ def parse(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Co
         problems.extend(_check_web(web))
     if not problems:
         problems.extend(_check_pki(sections["pki"], platform))
+    metrics = sections["metrics"]
+    if metrics is not None and not problems:
+        try:
+            ipaddress.ip_address(metrics.listen)
+        except ValueError:
+            problems.append(f"metrics.listen: {metrics.listen!r} is not an IP address "
+                            "(e.g. 127.0.0.1)")
 
     if problems:
         where = f" in {source}" if source else ""

@@ -31,6 +31,7 @@ from agent.config import Config
 from agent.dockreport import DockReport
 from agent.errors import AgentError, Cancelled, DeviceError, DeviceGoneError, StoreFullError
 from agent.listing import SHOWN, report_skipped, screen
+from agent.logsetup import log_fields
 from agent.media.queue import ProbeQueue
 from agent.progress import DockObserver, NullObserver
 from agent.store import ClipState, Store
@@ -77,7 +78,7 @@ class Offloader:
         info = self._identify(device, report)
         if info is None:
             return report
-        with self._one_session_per_camera(info.serial):
+        with self._one_session_per_camera(info.serial), log_fields(serial=info.serial):
             try:
                 self._session(device, info, report)
             except StoreFullError as exc:
@@ -86,12 +87,19 @@ class Offloader:
 
     def _session(self, device: Device, info: DeviceInfo, report: DockReport) -> None:
         dock_id = self._record_dock(device, info, report)
+        with log_fields(dock_id=dock_id):
+            self._session_steps(device, info, report, dock_id)
+
+    def _session_steps(self, device: Device, info: DeviceInfo, report: DockReport,
+                       dock_id: int) -> None:
         # Before anything switches the camera to storage: most serial cameras drop their
         # serial interface with the switch, and the clock could not be set after it.
         self._sync_clock(device, info, report)
         try:
             self._release_acknowledged(device, info)
             todo = self._list_and_register(device, info, dock_id, report)
+            log.info("%s: %d recordings listed, %d to copy", info.serial, report.recordings,
+                     len(todo))
             with self.probes.batch():  # the session ends once its clips are probed
                 self._copy_all(device, info, todo, report)
         except DeviceGoneError as exc:

@@ -98,44 +98,41 @@ class DockObserver(Protocol):
 class ByteMeter:
     """Bytes moved since the daemon started (a counter) and the rate of the last seconds.
 
-    Thread-safe and bounded: one sample kept per :data:`METER_SAMPLE_S` at most, over
-    :data:`METER_WINDOW_S`.  The total only grows (a copy that starts over counts the
-    bytes read again: they were read again).
+    Thread-safe and bounded: the bytes are kept in buckets of :data:`METER_SAMPLE_S`
+    over :data:`METER_WINDOW_S`.  The total only grows (a copy that starts over counts
+    the bytes read again: they were read again).
     """
 
     def __init__(self, clock: Any = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self.total = 0
-        self._samples: collections.deque[tuple[float, int]] = collections.deque(
-            maxlen=int(METER_WINDOW_S / METER_SAMPLE_S) + 2)
+        self._buckets: collections.deque[list[float]] = collections.deque(
+            maxlen=int(METER_WINDOW_S / METER_SAMPLE_S) + 2)  # [start time, bytes]
 
     def add(self, count: int) -> None:
         if count <= 0:
             return
         with self._lock:
             self.total += count
-            self._sample(self._clock())
-
-    def _sample(self, now: float) -> None:
-        if self._samples and now - self._samples[-1][0] < METER_SAMPLE_S:
-            self._samples[-1] = (self._samples[-1][0], self.total)
-        else:
-            self._samples.append((now, self.total))
+            now = self._clock()
+            if self._buckets and now - self._buckets[-1][0] < METER_SAMPLE_S:
+                self._buckets[-1][1] += count
+            else:
+                self._buckets.append([now, count])
 
     def rate(self) -> float:
         """Bytes per second over the last :data:`METER_WINDOW_S` (0 when idle that long)."""
         with self._lock:
             now = self._clock()
-            while self._samples and now - self._samples[0][0] > METER_WINDOW_S:
-                self._samples.popleft()
-            if not self._samples:
+            while self._buckets and now - self._buckets[0][0] > METER_WINDOW_S:
+                self._buckets.popleft()
+            if not self._buckets:
                 return 0.0
-            first_t, first_total = self._samples[0]
-            # The bytes counted in the oldest sample moved before it: the rate is what moved
-            # after it, over the time since; at least one sample interval (no division by ~0).
-            span = max(now - first_t, METER_SAMPLE_S)
-            return (self.total - first_total) / span if self.total > first_total else 0.0
+            moved = sum(b[1] for b in self._buckets)
+            # Over the time since the oldest bucket began, at least one bucket's length
+            # (a burst just now is not divided by ~0).
+            return moved / max(now - self._buckets[0][0], METER_SAMPLE_S)
 
 
 class ProgressRegistry:

@@ -73,6 +73,7 @@ class Station:
         self.sync: Any = None
         self.health: HealthMonitor | None = None
         self.web: Any = None
+        self.metrics: Any = None  # agent.metrics.MetricsServer, with [metrics]
         self.progress = ProgressRegistry()  # live figures for the pages and the status
         self.renewer: Any = None
         self._pool: ThreadPoolExecutor | None = None
@@ -104,6 +105,7 @@ class Station:
             self._start_workers()
             if watch:
                 self._start_web()
+                self._start_metrics()
                 self._start_detectors()
         except BaseException:
             self.stop()
@@ -263,6 +265,24 @@ class Station:
         self.web = WebServer(self.config, self.store, self.vault, self.progress)
         self.web.start()
         self._stops.append(self.web.stop)
+
+    def _start_metrics(self) -> None:
+        metrics = self.config.metrics
+        if metrics is None or not metrics.enabled:
+            return
+        from agent.metrics import MetricsServer  # prometheus_client only where it is used
+        from agent.overview import station_status
+
+        store, vault, config = self.store, self.vault, self.config
+        assert store is not None
+
+        def status() -> dict[str, Any]:
+            return station_status(config, store, vault=vault, progress=self.progress,
+                                  daemon=self.daemon_facts())
+
+        self.metrics = MetricsServer(metrics.listen, metrics.port, status, store)
+        self.metrics.start()
+        self._stops.append(self.metrics.stop)
 
     def _make_detectors(self) -> list[Detector]:
         mount = self.config.mount
@@ -470,7 +490,8 @@ class Station:
             return report
         log.info("offload of %s done: %d new, %d copied, %d already ingested, %d quarantined,"
                  " %d skipped", report.serial, report.new, len(report.copied),
-                 report.already_ingested, len(report.quarantined), report.skipped_count)
+                 report.already_ingested, len(report.quarantined), report.skipped_count,
+                 extra={"serial": report.serial})
         return report
 
     def _refused(self, device: RefusedDevice) -> DockReport:

@@ -8,7 +8,7 @@ import signal
 import sys
 from types import FrameType
 
-from agent import __version__, preflight
+from agent import __version__, logsetup, preflight
 from agent.cli.common import add_config_arg, load_config
 from agent.station import Station
 from agent.supervise import MainLoop
@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
-    if not args.verbose:
-        logging.getLogger().setLevel(config.station.log_level.upper())
+    logsetup.configure(config.station.log_format,
+                       "debug" if args.verbose else config.station.log_level)
     # Every check before anything is written: no directory, key or database of a station
     # that cannot start (the same checks as `config check`; exit status 2).
     for note in preflight.check(config).notes:

@@ -5,7 +5,7 @@ SQLite creates a database with mode 0644 less the umask, and its ``-wal``
 and ``-shm`` files with the database file's mode, so the database file is
 made (or narrowed to) 0600 before SQLite opens it: its companions follow.
 The unit's ``UMask=0077`` does the same for everything else the daemon
-writes; a data directory that others can enter or read is warned about at
+writes; a data directory that every user can enter or read is warned about at
 every start (and by ``bwc-agent doctor``), since a later ``chmod`` or a
 restore from a backup may have opened it.
 """
@@ -55,7 +55,7 @@ def _narrow(fd: int, path: Path) -> None:
 
 
 def open_to_others(data_dir: Path) -> str | None:
-    """Why ``data_dir`` is open to users other than its owner, or None if it is not."""
+    """Why ``data_dir`` is open to every user (not only its owner and group), or None."""
     try:
         mode = stat.S_IMODE(os.stat(data_dir).st_mode)
     except OSError:
@@ -64,9 +64,6 @@ def open_to_others(data_dir: Path) -> str | None:
         return (f"the data directory {data_dir} is open to every user (mode {mode:04o}): "
                 f"officer ids, clip names and the footage may be read by anyone on the "
                 f"station; fix: chmod 0700 {data_dir}")
-    if mode & 0o070:
-        return (f"the data directory {data_dir} is open to its group (mode {mode:04o}); "
-                f"fix: chmod 0700 {data_dir}, unless that group is meant to read it")
     return None
 
 

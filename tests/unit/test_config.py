@@ -36,7 +36,7 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
     for key in ("policy", "allow", "block"):
         assert f"\n{key} =" in text, f"devices.{key} is not documented"
     for section in ("station", "ingest", "media", "custody", "retention", "platform", "web",
-                    "mount", "pki"):
+                    "mount", "pki", "metrics"):
         cls = type(getattr(cfg, section))
         for key_path, _default, doc in describe(cls, section):
             key = key_path.split(".")[-1]
