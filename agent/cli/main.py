@@ -17,6 +17,7 @@ from agent import __version__
 from agent.cli import (
     clips,
     config_cmd,
+    doctor,
     enroll,
     export,
     keys,
@@ -34,8 +35,8 @@ from agent.errors import AgentError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-COMMANDS = (run, status, clips, tag, officers, outbox, requeue, keys, enroll, config_cmd, export,
-            verify, web, mount)
+COMMANDS = (run, status, clips, tag, officers, outbox, requeue, keys, enroll, config_cmd, doctor,
+            export, verify, web, mount)
 
 
 def build_parser() -> argparse.ArgumentParser:
