@@ -79,11 +79,17 @@ class Refused(AgentError):
 class Field:
     """The shape of one field of a platform payload."""
 
-    kind: str  # "text", "object", "bool", "text-list"
+    kind: str  # "text", "object", "bool", "text-list", "int"
     required: bool = True
-    max_len: int = 256  # characters of a text; items of a list
+    max_len: int = 256  # characters of a text; items of a list; the largest int
+    min_value: int = 0  # the smallest int
 
     def problem(self, value: Any) -> str | None:
+        if self.kind == "int":
+            if not isinstance(value, int) or isinstance(value, bool):
+                return f"is a {_json_type(value)}, not an integer"
+            return None if self.min_value <= value <= self.max_len else \
+                f"is {value} (from {self.min_value} to {self.max_len})"
         if self.kind == "object":
             return None if isinstance(value, dict) else f"is a {_json_type(value)}, not an object"
         if self.kind == "bool":
@@ -116,6 +122,15 @@ COMMAND_ARGS: dict[str, dict[str, Field]] = {
     "status": {}, "rescan": {}, "sync-clock": {},
     "tag": {"case_id": Field("text"), "clips": Field("text-list", max_len=10000),
             "remove": Field("bool", required=False), "replaces": Field("text", required=False)},
+    # Remote care (agent/sync/care.py): what IT staff would otherwise need a shell for.
+    "requeue": {"clips": Field("text-list", max_len=1000),
+                "note": Field("text", required=False, max_len=500)},
+    "doctor": {"network": Field("bool", required=False)},
+    "logs": {"lines": Field("int", required=False, max_len=1000, min_value=1)},
+    "outbox-retry": {"item": Field("int", max_len=2**62, min_value=1),
+                     "note": Field("text", required=False, max_len=500)},
+    "outbox-drop": {"item": Field("int", max_len=2**62, min_value=1),
+                    "reason": Field("text", max_len=500), "force": Field("bool", required=False)},
 }
 
 
@@ -186,6 +201,8 @@ class Inbound:
         self.refusals = RefusalLog(store, window_s=REFUSAL_WINDOW_S)
         self._stopping = threading.Event()
         self.reply_prefix = f"bwc/v1/stations/{config.station.id}/reply/"
+        # The id of the command whose handler runs now (handlers name it in custody entries).
+        self.running_command: str | None = None
         self._thread = threading.Thread(target=self._run, name="inbound", daemon=True)
 
     def start(self) -> None:
@@ -351,8 +368,12 @@ class Inbound:
                                "args", closed=message.name in COMMAND_ARGS)
             self._check_command(command, message.name, redelivery=message.dup)
             accepted = True
-            response = self._response(command, message.name, ok=True,
-                                      result=self._run_handler(handler, message.name, args))
+            self.running_command = command["id"]
+            try:
+                result = self._run_handler(handler, message.name, args)
+            finally:
+                self.running_command = None
+            response = self._response(command, message.name, ok=True, result=result)
         except _Redelivered as again:
             response = again.response
         except Refused as exc:

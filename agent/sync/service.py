@@ -24,6 +24,7 @@ from agent.officers.inbound import OfficerMessages
 from agent.overview import platform_status, station_status
 from agent.pki.identity import identity_certificates
 from agent.store import ClipState, Store
+from agent.sync import care
 from agent.sync.inbound import Inbound, tag_command
 from agent.sync.mqtt import MqttLink
 from agent.sync.retention import cameras_holding, purge, release_acknowledged, sweep_purged
@@ -84,6 +85,7 @@ class SyncService:
             "rescan": lambda _args: {"devices": self.station.rescan()},
             "tag": tag_command(config, store),
             "sync-clock": lambda _args: {"devices": self.station.sync_clocks()},
+            **care.handlers(config, store, lambda: self.inbound.running_command),
         }, on_acknowledged=self._acknowledged, settle=self._settle,
             messages=officers.handlers())
         officers.refused = self._refuse_officer_message
