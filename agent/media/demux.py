@@ -9,12 +9,12 @@ demuxers, parsers and decoders) and walks every packet once:
   FFmpeg's demuxer or parser reports, with the packet where it happened.
 - Decoding is what costs, so it is bounded.  A file of at most
   ``full_decode_bytes`` is decoded whole.  A larger one is decoded in
-  windows: the first GOP, one window starting at the first keyframe at or
-  after each of ``samples`` evenly spaced byte offsets, and the last GOP.
-  A window runs from a keyframe of the anchor stream (the first video
-  stream, else the first audio stream) to the first keyframe at least
-  ``WINDOW_S`` seconds later; every audio and video packet inside it is
-  decoded, then each decoder is drained and reset.
+  windows: one from the first keyframe, one starting at the first keyframe
+  at or after each of ``samples`` evenly spaced byte offsets, and the whole
+  last GOP.  A window runs from a keyframe of the anchor stream (the first
+  video stream, else the first audio stream) for ``WINDOW_S`` seconds of
+  its time stamps, however long the GOP; every audio and video packet
+  inside it is decoded, then each decoder is drained and reset.
 - FFmpeg's log lines are captured (never written to stderr) and each one is
   pinned to the packet being read or decoded when FFmpeg wrote it.
 
@@ -308,16 +308,23 @@ class _Walker:
                 self.points.pop(0)  # offsets passed inside an open window need no window
             if not self.window_open and (due or not self.r.windows):
                 self.window_open, self.window_from = True, at
-                self.tail, self.tail_bytes, self.tail_from = [], 0, None
+                self.tail, self.tail_bytes, self.tail_from = [], 0, at
             elif not self.window_open and (self.tail_from is None
                                            or at - self.tail_from >= WINDOW_S):
                 self.tail, self.tail_bytes, self.tail_from = [], 0, at
-        if self.window_open:
-            return self.decode_packet(packet, st)
+        if self.window_open and st is self.anchor and begin is not None and \
+                begin - self.window_from >= WINDOW_S:
+            # A window is the first WINDOW_S of a GOP, not the whole GOP: decoding from a
+            # keyframe may stop anywhere, and a long GOP (8 s with x264's defaults) would
+            # cost eight times the decode for the same check.
+            self.close_window(begin)
+        bad = self.decode_packet(packet, st) if self.window_open else False
+        # Kept inside a window too: a window cut short in the last GOP leaves that GOP
+        # to be decoded whole from its keyframe at the end.
         if self.tail_from is not None and self.tail_bytes <= MAX_TAIL_BYTES:
             self.tail.append(packet)
             self.tail_bytes += packet.size
-        return False
+        return bad
 
     def close_window(self, at: float | None) -> None:
         self.drain()

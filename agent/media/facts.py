@@ -15,7 +15,8 @@ from typing import Any
 
 VERDICTS = ("ok", "truncated", "corrupt", "undecodable", "empty", "not_media", "unchecked")
 KINDS = ("video", "audio", "photo", "empty", "unknown")
-PROBE_VERSION = 2  # of the method in docs/FORMATS.md; 1 was the OpenCV probe
+PROBE_VERSION = 3  # of the method in docs/FORMATS.md; 2 decoded whole GOPs as windows,
+# 1 was the OpenCV probe
 MAX_STREAMS = 64
 MAX_ISSUES = 32
 MAX_TEXT = 400
