@@ -14,8 +14,11 @@ The threads:
 - demux.py: FFmpeg (PyAV) demuxes every packet and decodes a documented
   sample; its log lines are captured, never printed.
 - verdict.py: the verdict, the damage and the ``media`` object.
+- thumbnail.py: the first picture, small, for the officer at the station
+  screen (not evidence: never in the ``media`` object).
 - child.py / sandbox.py: all of the above runs in a child process with a
-  deadline and a memory limit; the parent checks its output (facts.py).
+  deadline and a memory limit; the parent checks its output (facts.py,
+  thumbnail.py).
 - queue.py: probes run beside the copies, not in front of them.
 """
 
@@ -42,8 +45,13 @@ def deadline_for(size: int, per_gib_s: float = TIMEOUT_PER_GIB_S) -> float:
 
 def probe(path: Path, *, decode_check: bool = True, clip_id: str | None = None,
           name: str | None = None, timeout_per_gib_s: float = TIMEOUT_PER_GIB_S,
-          memory_mib: int = MEMORY_MIB) -> MediaInfo:
-    """Describe the vault file at ``path`` (see the module docstring)."""
+          memory_mib: int = MEMORY_MIB, thumbnail: bool = False) -> MediaInfo:
+    """Describe the vault file at ``path`` (see the module docstring).
+
+    With ``thumbnail`` the result also carries the first picture, small
+    (``MediaInfo.thumbnail``; None for audio, or when nothing decodes, or
+    with ``decode_check`` off: then nothing is decoded).
+    """
     if importlib.util.find_spec("av") is None:
         raise ConfigError("PyAV is not installed (pip install av): the media probe needs "
                           "FFmpeg's demuxers and decoders")
@@ -53,5 +61,5 @@ def probe(path: Path, *, decode_check: bool = True, clip_id: str | None = None,
     except OSError:
         size = 0  # run() opens it and raises StoreError with the reason
     limits = Limits(deadline_s=deadline_for(size, timeout_per_gib_s), memory_mib=memory_mib,
-                    decode=decode_check)
+                    decode=decode_check, thumbnail=thumbnail)
     return run(path, limits, clip_id=clip_id, name=name)

@@ -17,6 +17,11 @@ demuxers, parsers and decoders) and walks every packet once:
   inside it is decoded, then each decoder is drained and reset.
 - FFmpeg's log lines are captured (never written to stderr) and each one is
   pinned to the packet being read or decoded when FFmpeg wrote it.
+- ``picture``, if given, is offered the frames decoded from each packet of
+  the first video stream that decoded without a problem, until it says it
+  has taken one (agent/media/thumbnail.py).  What it does is not part of
+  the reading: its log lines are dropped, and it sees frames the walk
+  decodes anyway, so the ``media`` object is the same with or without it.
 
 Untrusted input: the file name is never given to FFmpeg (it would use the
 extension as a hint); FFmpeg gets only the open descriptor, the demuxers in
@@ -33,6 +38,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,13 +128,18 @@ class Reading:
     log_dropped: int = 0
 
 
+# Offered the frames of one packet and the stream's sample aspect ratio; True: taken.
+Picture = Callable[[list[Any], Any], bool]
+
+
 def read(fd: int, size: int, *, decode: bool = True, deadline: float | None = None,
-         full_decode_bytes: int = FULL_DECODE_BYTES, samples: int = SAMPLES) -> Reading:
+         full_decode_bytes: int = FULL_DECODE_BYTES, samples: int = SAMPLES,
+         picture: Picture | None = None) -> Reading:
     """Demux every packet of the file open at ``fd`` and decode the sample (see module doc)."""
     av.logging.set_level(av.logging.WARNING)
     reading = Reading(size)
     with av.logging.Capture(local=False) as logs:
-        walker = _Walker(reading, logs, deadline)
+        walker = _Walker(reading, logs, deadline, picture)
         try:
             container = av.open(io.FileIO(fd, closefd=False), mode="r", buffer_size=1 << 20,
                                 container_options={
@@ -186,10 +197,13 @@ def _short(text: str) -> str:
 class _Walker:
     """One pass over the packets: statistics, decode windows, problems and log lines."""
 
-    def __init__(self, reading: Reading, logs: list[Any], deadline: float | None) -> None:
+    def __init__(self, reading: Reading, logs: list[Any], deadline: float | None,
+                 picture: Picture | None = None) -> None:
         self.r = reading
         self.logs = logs
         self.deadline = deadline
+        self.picture = picture
+        self.picture_stream: StreamStats | None = None
         self.points: list[int] = []
         self.full = False
         self.decode = False
@@ -237,6 +251,7 @@ class _Walker:
         video = [s for s in self.r.streams if s.type == "video" and s.av and s.decoder]
         audio = [s for s in self.r.streams if s.type == "audio" and s.decoder]
         self.anchor = (video or audio)[0] if video or audio else None
+        self.picture_stream = video[0] if video else None
 
     def walk(self, container: Any) -> None:
         r = self.r
@@ -381,6 +396,10 @@ class _Walker:
             if not bad and not quiet:
                 self.problem("decode", f"[{name}] {message}", packet)
             bad = True
+        if not bad and frames and self.picture is not None and st is self.picture_stream:
+            if self.picture(frames, st.cc.sample_aspect_ratio if st.cc is not None else None):
+                self.picture = None
+            self.logs.clear()  # the picture's own lines (swscale's) are not the file's
         if quiet:
             return False
         if bad:

@@ -17,9 +17,12 @@ from agent.media.photo import read_jpeg
 
 def examine(fd: int, *, decode: bool = True, deadline_s: float | None = None,
             full_decode_bytes: int = demux.FULL_DECODE_BYTES,
-            samples: int = demux.SAMPLES) -> tuple[dict[str, Any], list[tuple[int, str, str]],
-                                                   int]:
-    """(media object, FFmpeg log lines, log lines dropped) for the file open at ``fd``."""
+            samples: int = demux.SAMPLES, picture: demux.Picture | None = None
+            ) -> tuple[dict[str, Any], list[tuple[int, str, str]], int]:
+    """(media object, FFmpeg log lines, log lines dropped) for the file open at ``fd``.
+
+    ``picture`` is offered the first decoded video frames (agent/media/thumbnail.py).
+    """
     size = os.fstat(fd).st_size
     deadline = time.monotonic() + deadline_s if deadline_s is not None else None
     f = io.FileIO(fd, closefd=False)
@@ -27,7 +30,8 @@ def examine(fd: int, *, decode: bool = True, deadline_s: float | None = None,
     photo = read_jpeg(f) if st.container == "jpeg" else None
     f.seek(0)
     reading = demux.read(fd, size, decode=decode, deadline=deadline,
-                         full_decode_bytes=full_decode_bytes, samples=samples)
+                         full_decode_bytes=full_decode_bytes, samples=samples,
+                         picture=picture)
     media = verdict.judge(st, reading, photo)
     return media, reading.log, reading.log_dropped
 

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.media.thumbnail import Thumbnail
+
 VERDICTS = ("ok", "truncated", "corrupt", "undecodable", "empty", "not_media", "unchecked")
 KINDS = ("video", "audio", "photo", "empty", "unknown")
 PROBE_VERSION = 3  # of the method in docs/FORMATS.md; 2 decoded whole GOPs as windows,
@@ -35,9 +37,14 @@ class MalformedFacts(ValueError):
 
 @dataclass(frozen=True)
 class MediaInfo:
-    """One probe result; ``to_dict()`` is the manifest's ``media`` object."""
+    """One probe result; ``to_dict()`` is the manifest's ``media`` object.
+
+    ``thumbnail`` (when asked for, agent/media/thumbnail.py) is beside the
+    facts, never in them: it is not evidence.
+    """
 
     data: dict[str, Any] = field(default_factory=dict)
+    thumbnail: Thumbnail | None = field(default=None, compare=False, repr=False)
 
     @property
     def verdict(self) -> str:

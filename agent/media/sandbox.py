@@ -14,12 +14,15 @@ could be enforced: FFmpeg's C code does not yield to Python.
 The child gets the file as an inherited descriptor opened here without
 following symlinks, never its path or name.  Its output is read from a
 temporary file (bounded by the child's RLIMIT_FSIZE) and checked against
-the shape of the ``media`` object before it is believed (agent/media/facts.py).
+the shape of the ``media`` object before it is believed (agent/media/facts.py),
+and its thumbnail, when one was asked for, against the shape of a small JPEG
+(agent/media/thumbnail.py); a thumbnail refused leaves the facts as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import StoreError
-from agent.media import facts
+from agent.media import facts, thumbnail
 
 log = logging.getLogger("agent.media")
 ffmpeg_log = logging.getLogger("agent.media.ffmpeg")
@@ -52,6 +55,7 @@ class Limits:
     decode: bool = True
     full_decode_bytes: int = 64 * 1024 * 1024
     samples: int = 7
+    thumbnail: bool = False  # also make the first picture small (not part of the facts)
 
 
 def run(path: Path, limits: Limits, *, clip_id: str | None = None,
@@ -74,7 +78,8 @@ def run(path: Path, limits: Limits, *, clip_id: str | None = None,
             return facts.empty()
         request = {"fd": fd, "decode": limits.decode, "deadline_s": limits.deadline_s,
                    "memory_mib": limits.memory_mib,
-                   "full_decode_bytes": limits.full_decode_bytes, "samples": limits.samples}
+                   "full_decode_bytes": limits.full_decode_bytes, "samples": limits.samples,
+                   "thumbnail": limits.thumbnail}
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             outcome = _spawn(request, fd, out, err, limits.deadline_s)
             output, errors = _head(out), _head(err).decode("utf-8", "replace")
@@ -92,7 +97,23 @@ def run(path: Path, limits: Limits, *, clip_id: str | None = None,
     except (ValueError, TypeError, KeyError, facts.MalformedFacts) as exc:
         log.warning("%s: media probe output refused: %s", label, exc)
         return facts.unchecked(size, f"the probe's output is malformed ({exc})", limits)
+    if limits.thumbnail:
+        return dataclasses.replace(info, thumbnail=_thumbnail(label, result))
     return info
+
+
+def _thumbnail(label: str, result: dict[str, Any]) -> thumbnail.Thumbnail | None:
+    """The child's thumbnail once checked; None if it made none or sent a malformed one."""
+    value = result.get("thumbnail")
+    if value is None:
+        note = result.get("thumbnail_note")
+        log.debug("%s: no thumbnail: %s", label, str(note)[:thumbnail.MAX_NOTE])
+        return None
+    try:
+        return thumbnail.accept(value)
+    except thumbnail.MalformedThumbnail as exc:
+        log.warning("%s: the probe's thumbnail refused: %s", label, exc)
+        return None
 
 
 def _spawn(request: dict[str, Any], fd: int, out: Any, err: Any, deadline_s: float, *,
