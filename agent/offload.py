@@ -35,6 +35,7 @@ from agent.logsetup import log_fields
 from agent.media.queue import ProbeQueue
 from agent.progress import DockObserver, NullObserver
 from agent.store import ClipState, Store
+from agent.thumbnails import Thumbnails, wanted
 from agent.timeutil import now, parse_rfc3339, rfc3339, uuid7
 from agent.vault import Vault
 from drivers.base import Device, DeviceInfo, Recording
@@ -62,6 +63,7 @@ class Offloader:
         self.stopping = stopping or threading.Event()
         self.alerts = Alerts(store)
         self.observer: DockObserver = observer or NullObserver()  # the station's screen
+        self.thumbnails = Thumbnails(config.data_dir) if wanted(config) else None
         # Copied clips are probed here while the session copies the next recording.
         self.probes = ProbeQueue()
         self.copier = ClipCopier(config, store, vault, self.alerts, self._probe, self.probes,
@@ -273,13 +275,20 @@ class Offloader:
 
     def _probe(self, path: Path, clip_id: str,
                name: str) -> tuple[dict[str, Any] | None, list[str]]:
-        """The one place the media module is called: the manifest's ``media`` and flags."""
+        """The one place the media module is called: the manifest's ``media`` and flags.
+
+        The clip's thumbnail, made by the same probe, is kept before the clip is
+        recorded copied (the screen lists sealed clips only).
+        """
         cfg = self.config.media
         if not cfg.probe:
             return None, []
         info = media.probe(path, decode_check=cfg.decode_check, clip_id=clip_id, name=name,
                            timeout_per_gib_s=cfg.probe_timeout_s,
-                           memory_mib=cfg.probe_memory_mib)
+                           memory_mib=cfg.probe_memory_mib,
+                           thumbnail=self.thumbnails is not None)
+        if self.thumbnails is not None and info.thumbnail is not None:
+            self.thumbnails.save(clip_id, info.thumbnail.jpeg)
         return info.to_dict(), media.flags_for(info)
 
     def _sync_clock(self, device: Device, info: DeviceInfo, report: DockReport) -> None:

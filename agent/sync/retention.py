@@ -37,6 +37,7 @@ from agent.errors import (
 from agent.officers.policy import release_held
 from agent.offload import mtime_ms
 from agent.store import ClipState, Store
+from agent.thumbnails import Thumbnails
 from agent.timeutil import now, parse_rfc3339
 from agent.vault import Vault
 from drivers.base import Device, DeviceInfo, Recording
@@ -280,6 +281,7 @@ def _purge(config: Config, store: Store, vault: Vault, at: float | None) -> list
                        (S.ACKNOWLEDGED.value, S.RELEASED.value))
     keep = timedelta(days=config.retention.keep_days).total_seconds()
     low_water = config.retention.low_water_mb * 1024 * 1024
+    thumbnails = Thumbnails(config.data_dir)
     purged = []
     for row in rows:
         acked = parse_rfc3339(row["acknowledged_at"]).timestamp()
@@ -293,6 +295,9 @@ def _purge(config: Config, store: Store, vault: Vault, at: float | None) -> list
         with _RELEASING_LOCK:
             if row["clip_id"] in _RELEASING:
                 continue  # its camera copy is being deleted right now; purged after that
+            # The thumbnail first (it is not evidence): a crash after it leaves a clip
+            # without a picture, never a picture of a purged clip.
+            thumbnails.discard(row["clip_id"])
             _purge_one(store, vault, row["clip_id"], row["sha256"], reason)
         purged.append(row["clip_id"])
     return purged
