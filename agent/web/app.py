@@ -7,12 +7,13 @@ Routes (every other path or method is refused; none deletes anything):
     GET  /it/signin        sign-in form            POST /it/signin    sign in
     POST /it/signout       sign out                POST /it/requeue   requeue a quarantined clip
     GET  /static/...       style sheets, scripts
-    /officer/...           officer sign-in at the screen and the officer's actions
-                           (agent/web/officerpages.py; 404 on a station that checks no
-                           officer credentials)
+    /officer/...           officer sign-in at the screen, the officer's actions and the
+                           thumbnails of their clips (agent/web/officerpages.py; 404 on a
+                           station that checks no officer credentials)
 
 Every POST checks its CSRF token and Origin before anything else and, when
-refused, changes nothing and logs nothing to the custody log.  Every action
+refused, changes nothing and logs nothing to the custody log.  No route
+reads the vault: no page plays or downloads evidence.  Every action
 that is done is a custody log entry naming who did it.
 """
 
@@ -126,6 +127,7 @@ def build_app(ctx: WebContext, allowed_hosts: list[str]) -> ASGIApp:
         Route("/officer/signin", officer.signin, methods=["POST"]),
         Route("/officer/signout", officer.signout, methods=["POST"]),
         Route("/officer/clips", officer.clips, methods=["GET"]),
+        Route("/officer/thumbnail/{clip_id}", officer.thumbnail, methods=["GET"]),
         Route("/officer/tag", officer.tag, methods=["POST"]),
         Route("/officer/untag", officer.untag, methods=["POST"]),
         Route("/officer/important", officer.important, methods=["POST"]),

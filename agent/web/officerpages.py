@@ -7,6 +7,7 @@ checks no officer credentials; 403 to any browser but the station's own):
     POST /officer/signin     card [, officer number]      (CSRF: the page's cookie token)
     POST /officer/signout                                  (CSRF: the session's token)
     GET  /officer/clips      the officer's recent clips and case numbers to pick from
+    GET  /officer/thumbnail/<clip id>   the first picture of a clip of the officer's (JPEG)
     POST /officer/tag        clip_id, case_id              (CSRF: the session's token)
     POST /officer/untag      clip_id, case_id
     POST /officer/important  clip_id
@@ -16,7 +17,10 @@ refused POST or sign-in changes nothing and writes nothing to the custody
 log (refused sign-ins are counted in memory: agent.web.officers.Refusals);
 every action re-checks the credential against the roster held now and is
 one custody log entry naming it (agent.officers.station), as are each
-sign-in and sign-out; nothing here deletes or plays evidence.
+sign-in and sign-out; nothing here deletes or plays evidence.  The only
+picture served is a clip's thumbnail (agent/thumbnails.py, not evidence),
+to the officer who recorded the clip or a supervisor; no route reads the
+vault.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from agent.errors import StoreError
 from agent.officers import station as officer_station
 from agent.officers.credentials import Credential
 from agent.tagging import TagError
-from agent.web import officerview
+from agent.thumbnails import Thumbnails
+from agent.web import officerview, pictures
 from agent.web.i18n import Language
 from agent.web.officers import OFFICER_COOKIE, OfficerSignIn
 from agent.web.security import CLIP_ID, CSRF_COOKIE, CSRF_FIELD, same_origin, token_ok
@@ -63,6 +68,7 @@ class OfficerPages:
     def __init__(self, pages: Pages) -> None:
         self.pages = pages
         self.ctx = pages.ctx
+        self.thumbnails = Thumbnails(self.ctx.config.data_dir)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -249,13 +255,50 @@ class OfficerPages:
                 unicodedata.category(c).startswith("C") for c in serial)):
             return self.answer(400, error=lang.gettext("No such camera."))
 
-        def read() -> tuple[list[dict[str, Any]], list[str]]:
+        def read() -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
             store = self.ctx.store
-            return (officer_station.recent_clips(store, credential, serial=serial),
-                    officer_station.case_choices(store, credential))
+            rows = officer_station.recent_clips(store, credential, serial=serial)
+            return (rows, officer_station.case_choices(store, credential),
+                    pictures.kinds(store, self.thumbnails, [r["clip_id"] for r in rows]))
 
-        rows, choices = await run_in_threadpool(read)
-        return self.answer(**officerview.clips(lang, credential, rows, choices, serial))
+        rows, choices, kinds = await run_in_threadpool(read)
+        return self.answer(**officerview.clips(lang, credential, rows, choices, serial, kinds))
+
+    async def thumbnail(self, request: Request) -> Response:
+        """The clip's thumbnail, to the officer who recorded it or a supervisor.
+
+        Loading it is the page's doing, not the officer's: it does not count as
+        activity.  Never anything of the vault: only the thumbnail file, checked
+        again to be one small JPEG before it is sent.
+        """
+        lang = self.pages.lang(request)
+        _ = lang.gettext
+        sign_in, refused = self.gate(request, lang)
+        if refused is not None:
+            return refused
+        assert sign_in is not None
+        session = self.session(request, touch=False)
+        if session is None:
+            return self.signed_out(lang)
+        credential = await self.current(session, lang, sign_in)
+        if isinstance(credential, Response):
+            return credential
+        clip_id = str(request.path_params.get("clip_id", ""))
+        clip = await run_in_threadpool(
+            self.ctx.store.query_one, "SELECT officer_id FROM clips WHERE clip_id = ?",
+            (clip_id,)) if CLIP_ID.fullmatch(clip_id) else None
+        if clip is None:
+            return self.answer(404, error=_("No such recording."))
+        if clip["officer_id"] != credential.officer_id and \
+                not officer_station.may_act_on_all(credential):
+            log.warning("web: officer %s refused the picture of clip %s (not theirs)",
+                        credential.officer_id, clip_id)
+            return self.answer(403, error=_("This recording is not yours: only the officer "
+                                            "who recorded it, or a supervisor, may see it."))
+        data = await run_in_threadpool(self.thumbnails.read, clip_id)
+        if data is None:
+            return self.answer(404, error=_("This recording has no picture."))
+        return Response(data, media_type="image/jpeg")
 
     async def _clip(self, form: FormData) -> Any:
         clip_id = str(form.get("clip_id", ""))

@@ -16,6 +16,7 @@ from typing import Any
 from agent.officers.credentials import Credential, Outcome
 from agent.officers.station import SUPERVISOR
 from agent.timeutil import parse_rfc3339
+from agent.web import pictures
 from agent.web.i18n import Language
 
 # The fixed part of a case number before its year or serial number:
@@ -67,7 +68,22 @@ def refusal(lang: Language, reason: str, credential: Credential | None, *,
     }.get(reason, _("Officer sign-in is not set up on this station. Call IT."))
 
 
-def clip_row(lang: Language, clip: Mapping[str, Any], *, supervisor: bool) -> dict[str, Any]:
+def picture(lang: Language, clip: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The clip's picture on the list: ``kind`` (agent.web.pictures), the address of its
+    thumbnail, and the text that names it for people who cannot see it."""
+    _ = lang.gettext
+    names = {"name": clip["name"]}
+    if kind == pictures.IMAGE:
+        return {"kind": kind, "src": pictures.thumbnail_url(clip["clip_id"]),
+                "alt": _("First picture of %(name)s") % names}
+    if kind == pictures.AUDIO:
+        return {"kind": kind, "src": None,
+                "alt": _("%(name)s is a sound recording, without a picture") % names}
+    return {"kind": pictures.NONE, "src": None, "alt": _("No picture of %(name)s") % names}
+
+
+def clip_row(lang: Language, clip: Mapping[str, Any], *, supervisor: bool,
+             picture_kind: str = pictures.NONE) -> dict[str, Any]:
     _ = lang.gettext
     who = ""
     if supervisor:
@@ -81,6 +97,7 @@ def clip_row(lang: Language, clip: Mapping[str, Any], *, supervisor: bool) -> di
         "camera": _("Camera %(serial)s") % {"serial": clip["serial"]},
         "officer": who,
         "important": clip["important"],
+        "picture": picture(lang, clip, picture_kind),
         "add_label": _("Add case number to %(name)s") % {"name": clip["name"]},
         "mark_label": _("Mark important: %(name)s") % {"name": clip["name"]},
         "cases": [{"case_id": c["case_id"], "removable": c["removable"],
@@ -101,8 +118,10 @@ def prefixes(cases: Sequence[str]) -> list[str]:
 
 
 def clips(lang: Language, credential: Credential, rows: Sequence[Mapping[str, Any]],
-          choices: Sequence[str], serial: str | None) -> dict[str, Any]:
-    """The officer's clip list and the case numbers to pick from."""
+          choices: Sequence[str], serial: str | None,
+          picture_kinds: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The officer's clip list (``picture_kinds``: clip id -> agent.web.pictures kind) and
+    the case numbers to pick from."""
     _ = lang.gettext
     supervisor = SUPERVISOR in credential.roles
     if serial is not None:
@@ -113,7 +132,10 @@ def clips(lang: Language, credential: Credential, rows: Sequence[Mapping[str, An
         title = _("My recordings")
     return {"title": title,
             "filtered": serial is not None,
-            "clips": [clip_row(lang, c, supervisor=supervisor) for c in rows],
+            "clips": [clip_row(lang, c, supervisor=supervisor,
+                               picture_kind=(picture_kinds or {}).get(c["clip_id"],
+                                                                      pictures.NONE))
+                      for c in rows],
             "empty": _("No sealed recording of yours from the last days is in this station.")
             if not supervisor else _("No sealed recording from the last days is in this "
                                      "station."),

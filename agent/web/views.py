@@ -166,7 +166,7 @@ def tile(lang: Language, view: Mapping[str, Any]) -> dict[str, Any]:
                      if total else "",
                      "label": _("Copied of this camera")},
         "errors": list(view["errors"]),
-        "clips": [{"name": c["name"], "step": c["step"],
+        "clips": [{"id": c.get("clip_id") or "", "name": c["name"], "step": c["step"],
                    "step_text": clip_step_text(lang, c["step"]),
                    "value": c["done"], "max": max(c["size"], 1),
                    "text": _("%(done)s of %(total)s") % {"done": size_text(c["done"]),

@@ -120,6 +120,7 @@
     const rows = t.clips.map(function (c) {
       const li = clipTemplate.content.firstElementChild.cloneNode(true);
       li.dataset.step = c.step;
+      li.dataset.clip = c.id || "";
       li.querySelector(".clip-name").textContent = c.name;
       li.querySelector(".clip-step").textContent = c.step_text;
       li.querySelector(".clip-text").textContent = c.text;

@@ -2,7 +2,8 @@
 // its number and Enter) or on the keypad, then tag recordings with a case number and mark
 // them important.  Words come from the page (rendered from the catalogs) or from the
 // station's answers, and are written with textContent only.  The station decides and
-// records everything; this script only asks.
+// records everything; this script only asks.  The only pictures are the thumbnails of the
+// officer's own recordings (a small JPEG each, never the recording itself).
 "use strict";
 (function () {
   const slot = document.getElementById("officer-slot");
@@ -33,6 +34,14 @@
   let list = null;
   let editing = null;  // the recording the case editor is for
   let dockCamera = null;
+  // One <img> per recording and place, kept while the officer is signed in: lists are
+  // redrawn often (the tile's on every live update) and a thumbnail is not cached
+  // (Cache-Control: no-store), so the same element moves to the new row.
+  const pictures = { mine: new Map(), detail: new Map() };
+  let pictureKey = "";  // per sign-in: no officer is shown an image loaded for another
+  // Rows of a tile whose recording is sealed (its thumbnail was made before it was).
+  const SEALED = new Set(["sealed", "uploading", "uploaded", "acknowledged", "released",
+                          "upload_refused"]);
 
   // --- talking to the station -------------------------------------------------------------
 
@@ -85,6 +94,12 @@
   // --- signed in or not -------------------------------------------------------------------
 
   function enter(data) {
+    if (!pictureKey || !officer || officer.officer.credential_id !== data.officer.credential_id) {
+      forgetPictures();
+      const bytes = new Uint8Array(8);
+      window.crypto.getRandomValues(bytes);
+      pictureKey = Array.from(bytes, function (b) { return b.toString(16).padStart(2, "0"); }).join("");
+    }
     officer = data;
     lastContact = Date.now();
     deadline = lastContact + data.remaining_s * 1000;
@@ -112,6 +127,7 @@
 
   function leave(message) {
     officer = null;
+    forgetPictures();
     clearMine();
     closeDialog(editor);
     closeDialog(mine);
@@ -263,6 +279,61 @@
     signIn(card, number);
   });
 
+  // --- pictures of the recordings --------------------------------------------------------
+
+  function icon(kind, alt) {
+    const el = $(kind === "audio" ? "picture-audio-template" : "picture-none-template")
+      .content.firstElementChild.cloneNode(true);
+    el.setAttribute("aria-label", alt);
+    return el;
+  }
+
+  // The recording's thumbnail; where it cannot be loaded, the placeholder instead.
+  function thumbnail(place, id, src, alt) {
+    let img = pictures[place].get(id);
+    if (img === undefined) {
+      img = document.createElement("img");
+      img.className = "picture";
+      img.decoding = "async";
+      img.addEventListener("error", function () {
+        pictures[place].set(id, null);
+        if (!img.isConnected) return;
+        if (place === "mine") img.replaceWith(icon("none", img.alt)); else img.remove();
+      });
+      img.src = src + "?k=" + pictureKey;
+      pictures[place].set(id, img);
+    }
+    if (img === null) return place === "mine" ? icon("none", alt) : null;
+    img.alt = alt;
+    return img;
+  }
+
+  function picture(c) {
+    const p = c.picture;
+    return p.kind === "image" ? thumbnail("mine", c.id, p.src, p.alt) : icon(p.kind, p.alt);
+  }
+
+  function forgetPictures() {
+    pictureKey = "";
+    pictures.mine.clear();
+    pictures.detail.clear();
+    document.querySelectorAll("#detail-clips .clip-picture").forEach(function (slot) {
+      slot.replaceChildren();
+    });
+  }
+
+  // A tile's recordings, for the officer who may see them: the thumbnails of those sealed.
+  function detailPictures(allowed) {
+    document.querySelectorAll("#detail-clips li.clip").forEach(function (li) {
+      const slot = li.querySelector(".clip-picture");
+      const id = li.dataset.clip;
+      const img = allowed && id && SEALED.has(li.dataset.step) ? thumbnail(
+        "detail", id, "/officer/thumbnail/" + encodeURIComponent(id),
+        words.pictureAlt.replace("%(name)s", li.querySelector(".clip-name").textContent)) : null;
+      if (img) slot.replaceChildren(img); else slot.replaceChildren();
+    });
+  }
+
   // --- the officer's recordings -----------------------------------------------------------
 
   async function openMine(camera) {
@@ -292,6 +363,7 @@
     const li = $("mine-clip-template").content.firstElementChild.cloneNode(true);
     li.dataset.clip = c.id;
     li.dataset.important = c.important ? "true" : "false";
+    li.querySelector(".mine-picture").replaceChildren(picture(c));
     li.querySelector(".mine-name").textContent = c.name;
     li.querySelector(".mine-when").textContent = c.when;
     li.querySelector(".mine-camera").textContent = c.camera;
@@ -363,8 +435,10 @@
   // A signed-in officer may act on the recordings of the camera whose tile they opened.
   document.addEventListener("dock-detail", function (e) {
     dockCamera = e.detail.camera || null;
-    detailMine.hidden = !(officer && dockCamera && e.detail.clips > 0 &&
+    const allowed = Boolean(officer && dockCamera &&
       (officer.officer.supervisor || officer.officer.officer_id === e.detail.officer));
+    detailMine.hidden = !(allowed && e.detail.clips > 0);
+    detailPictures(allowed);
   });
   detailMine.addEventListener("click", function () {
     detail.close();
