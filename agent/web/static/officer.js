@@ -282,14 +282,15 @@
   // --- pictures of the recordings --------------------------------------------------------
 
   function icon(kind, alt) {
-    const el = $(kind === "audio" ? "picture-audio-template" : "picture-none-template")
-      .content.firstElementChild.cloneNode(true);
+    const el = document.importNode(
+      $(kind === "audio" ? "picture-audio-template" : "picture-none-template")
+        .content.firstElementChild, true);
     el.setAttribute("aria-label", alt);
     return el;
   }
 
   // The recording's thumbnail; where it cannot be loaded, the placeholder instead.
-  function thumbnail(place, id, src, alt) {
+  function thumbnail(place, id, src, alt, name) {
     let img = pictures[place].get(id);
     if (img === undefined) {
       img = document.createElement("img");
@@ -297,40 +298,43 @@
       img.decoding = "async";
       img.addEventListener("error", function () {
         pictures[place].set(id, null);
-        if (!img.isConnected) return;
-        if (place === "mine") img.replaceWith(icon("none", img.alt)); else img.remove();
+        if (img.isConnected) img.replaceWith(icon("none", noPicture(name)));
       });
       img.src = src + "?k=" + pictureKey;
       pictures[place].set(id, img);
     }
-    if (img === null) return place === "mine" ? icon("none", alt) : null;
+    if (img === null) return icon("none", noPicture(name));
     img.alt = alt;
     return img;
   }
 
+  function noPicture(name) { return words.noPicture.replace("%(name)s", name); }
+
   function picture(c) {
     const p = c.picture;
-    return p.kind === "image" ? thumbnail("mine", c.id, p.src, p.alt) : icon(p.kind, p.alt);
+    return p.kind === "image" ? thumbnail("mine", c.id, p.src, p.alt, c.name) : icon(p.kind, p.alt);
   }
 
   function forgetPictures() {
     pictureKey = "";
     pictures.mine.clear();
     pictures.detail.clear();
-    document.querySelectorAll("#detail-clips .clip-picture").forEach(function (slot) {
-      slot.replaceChildren();
-    });
+    detailPictures(false);
   }
 
-  // A tile's recordings, for the officer who may see them: the thumbnails of those sealed.
+  // A tile's recordings, for the officer who may see them: the thumbnails of those sealed
+  // (the others keep the place of theirs, so the rows stay aligned).
   function detailPictures(allowed) {
-    document.querySelectorAll("#detail-clips li.clip").forEach(function (li) {
+    const rows = $("detail-clips");
+    rows.dataset.pictures = allowed ? "true" : "false";
+    rows.querySelectorAll("li.clip").forEach(function (li) {
       const slot = li.querySelector(".clip-picture");
       const id = li.dataset.clip;
-      const img = allowed && id && SEALED.has(li.dataset.step) ? thumbnail(
+      const name = li.querySelector(".clip-name").textContent;
+      const shown = allowed && id && SEALED.has(li.dataset.step) ? thumbnail(
         "detail", id, "/officer/thumbnail/" + encodeURIComponent(id),
-        words.pictureAlt.replace("%(name)s", li.querySelector(".clip-name").textContent)) : null;
-      if (img) slot.replaceChildren(img); else slot.replaceChildren();
+        words.pictureAlt.replace("%(name)s", name), name) : null;
+      if (shown) slot.replaceChildren(shown); else slot.replaceChildren();
     });
   }
 
@@ -360,7 +364,9 @@
   }
 
   function clipRow(c) {
-    const li = $("mine-clip-template").content.firstElementChild.cloneNode(true);
+    // Imported, not cloned: a row made in the template's own document would take its
+    // picture out of this one, and the browser would load it again (it is not cached).
+    const li = document.importNode($("mine-clip-template").content.firstElementChild, true);
     li.dataset.clip = c.id;
     li.dataset.important = c.important ? "true" : "false";
     li.querySelector(".mine-picture").replaceChildren(picture(c));
