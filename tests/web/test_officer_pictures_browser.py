@@ -130,6 +130,18 @@ def test_the_officer_sees_the_first_picture_of_each_of_their_recordings(
         assert set(shown) == set(mine)
         assert {c: p["tag"] for c, p in shown.items() if p["tag"] != "img"} == {sound: "span"}
         assert shown[sound]["alt"] == f"{mine[sound]} 没有画面"
+        # The tile's rows are drawn again at each live update (another camera docks): their
+        # pictures stay, and are not asked for again.
+        asked = len(requested)
+        page.evaluate("document.querySelectorAll('#detail-clips li').forEach(li => "
+                      "li.dataset.before = 'yes')")
+        _dock(setup, tmp_path, "ZFY0003", "000002", "李四", extras=False)
+        page.wait_for_selector(".dock >> nth=2", state="attached")
+        page.wait_for_function("() => document.querySelectorAll('.dock[data-safe=true]')"
+                               ".length === 3")
+        _loaded(page, "#detail-clips", 3)
+        assert page.locator("#detail-clips li[data-before]").count() == 0  # drawn anew
+        assert len(requested) == asked
         page.screenshot(path=str(artifacts / "officer-tile-pictures-1024x600.png"))
         assert axe_violations(page, axe) == []
         page.tap("#detail-close")

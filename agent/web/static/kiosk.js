@@ -118,9 +118,7 @@
     });
     const clips = document.getElementById("detail-clips");
     const rows = t.clips.map(function (c) {
-      // Imported into this document (a clone would belong to the template's): the picture
-      // the officer's script moves into the row stays loaded.
-      const li = document.importNode(clipTemplate.content.firstElementChild, true);
+      const li = clipTemplate.content.firstElementChild.cloneNode(true);
       li.dataset.step = c.step;
       li.dataset.clip = c.id || "";
       li.querySelector(".clip-name").textContent = c.name;
