@@ -11,7 +11,10 @@ file, interleaved, ``--repeat`` times:
   packet, sampled decode), and with decoding off (demux only);
 
 plus, on a 6 s clip, the probe in its child process against the same
-examination in-process: what the sandbox costs per clip.  The page cache is
+examination in-process: what the sandbox costs per clip; and the probe
+with the clip's thumbnail made too (OpenCV loaded in the child, the first
+frame converted, resized and encoded): what a station with an officers'
+screen pays per clip for it.  The page cache is
 warm (the agent probes a clip it has just copied); ``--cold`` drops it
 before each run (root only).  Medians are the figures; every sample is kept.
 """
@@ -39,12 +42,13 @@ AGENT_PROBE = r"""
 import json, resource, sys, time
 from pathlib import Path
 from agent import media
-path, decode = Path(sys.argv[1]), sys.argv[2] == "1"
+path, decode, thumb = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3:] == ["thumbnail"]
 t0 = time.perf_counter()
-info = media.probe(path, decode_check=decode)
+info = media.probe(path, decode_check=decode, thumbnail=thumb)
 t1 = time.perf_counter()
 m = info.to_dict()
 print(json.dumps({"s": t1 - t0, "verdict": m["verdict"], "checks": m["checks"],
+                  "thumbnail_bytes": len(info.thumbnail.jpeg) if info.thumbnail else None,
                   "packets": sum(s["packets"] for s in m["streams"]),
                   "child_peak_rss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
@@ -89,10 +93,11 @@ def _timed(cmd: list[str], cold: bool) -> float:
     return time.perf_counter() - t0
 
 
-def _agent(path: Path, decode: bool, cold: bool) -> dict[str, Any]:
+def _agent(path: Path, decode: bool, cold: bool, thumbnail: bool = False) -> dict[str, Any]:
     if cold:
         drop_caches()
-    proc = subprocess.run([sys.executable, "-c", AGENT_PROBE, str(path), "1" if decode else "0"],
+    proc = subprocess.run([sys.executable, "-c", AGENT_PROBE, str(path), "1" if decode else "0",
+                           *(["thumbnail"] if thumbnail else [])],
                           check=True, capture_output=True, text=True, cwd=ROOT)
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
@@ -143,15 +148,25 @@ def bench_sandbox(workdir: Path, repeat: int) -> dict[str, Any]:
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
                         "testsrc2=size=1280x720:rate=25:duration=6", "-c:v", "libx264",
                         "-preset", "veryfast", "-pix_fmt", "yuv420p", str(clip)], check=True)
-    child, inproc = [], []
-    for _ in range(repeat):
+    child, inproc, thumbed = [], [], []
+    thumbnail_bytes = None
+    for _ in range(repeat):  # interleaved: the three see the same machine
         child.append(_agent(clip, True, False)["s"])
         proc = subprocess.run([sys.executable, "-c", IN_PROCESS, str(clip)], check=True,
                               capture_output=True, text=True, cwd=ROOT)
         inproc.append(json.loads(proc.stdout)["s"])
+        run = _agent(clip, True, False, thumbnail=True)
+        thumbed.append(run["s"])
+        thumbnail_bytes = run["thumbnail_bytes"]
+    med = {k: statistics.median(v) for k, v in (("child", child), ("inproc", inproc),
+                                                 ("thumbed", thumbed))}
     return {"clip": "6 s 720p H.264, decoded whole",
-            "child_process_s": round(statistics.median(child), 3),
-            "in_process_s": round(statistics.median(inproc), 3),
-            "sandbox_cost_s": round(statistics.median(child) - statistics.median(inproc), 3),
+            "child_process_s": round(med["child"], 3),
+            "in_process_s": round(med["inproc"], 3),
+            "sandbox_cost_s": round(med["child"] - med["inproc"], 3),
+            "child_process_with_thumbnail_s": round(med["thumbed"], 3),
+            "thumbnail_cost_s": round(med["thumbed"] - med["child"], 3),
+            "thumbnail_bytes": thumbnail_bytes,
             "samples_s": {"child_process": [round(x, 3) for x in child],
-                          "in_process": [round(x, 3) for x in inproc]}}
+                          "in_process": [round(x, 3) for x in inproc],
+                          "child_process_with_thumbnail": [round(x, 3) for x in thumbed]}}
