@@ -273,3 +273,18 @@ def test_no_route_answers_with_the_bytes_of_evidence(
     assert {(m, p) for m, p, _s in asked if m == "POST"} == {
         ("POST", r.path) for r in app.routes if isinstance(r, Route) and "POST" in r.methods}
     assert len(asked) > 150
+
+
+def test_loading_pictures_does_not_keep_an_officer_signed_in(
+        make_station: Callable[..., Station], tmp_path: Path, http: requests.Session) -> None:
+    """Pictures load by themselves; only the officer's own taps count as use of the screen."""
+    setup = officer_station(make_station, tmp_path, "officer_timeout_s = 2\n")
+    mine = setup.clips("000001")[0]["clip_id"]
+    assert _sign_in(http, setup.base, "8800000001").status_code == 200
+    deadline = time.monotonic() + 2.5
+    answers = []
+    while time.monotonic() < deadline:
+        answers.append(_thumb(http, setup.base, mine).status_code)
+        time.sleep(0.2)
+    assert answers[0] == 200 and answers[-1] == 401
+    assert http.get(setup.base + "officer/session", timeout=10).json()["signed_in"] is False
