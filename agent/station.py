@@ -262,7 +262,8 @@ class Station:
         from agent.web.server import WebServer  # stations without a screen never load it
 
         assert self.store is not None
-        self.web = WebServer(self.config, self.store, self.vault, self.progress)
+        self.web = WebServer(self.config, self.store, self.vault, self.progress,
+                             daemon=self.daemon_facts)
         self.web.start()
         self._stops.append(self.web.stop)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,7 @@ class WebContext:
     officer_refusals: Refusals = field(default_factory=Refusals)
     csrf: Csrf = field(default_factory=Csrf)
     live: Live | None = None
+    daemon: Callable[[], dict[str, Any] | None] | None = None  # the daemon's own facts
 
 
 def _resource_dir(name: str) -> Path:
@@ -200,7 +201,8 @@ class Pages:
         if "it" in kinds:
             result["it"] = itview.figures(ctx.config, ctx.store, ctx.vault, ctx.progress, docks,
                                           officer_refusals=ctx.officer_refusals.snapshot()
-                                          if ctx.officer_sign_in is not None else None)
+                                          if ctx.officer_sign_in is not None else None,
+                                          daemon=ctx.daemon() if ctx.daemon else None)
         return result
 
     def render(self, kind: str, code: str, figures: Mapping[str, Any]) -> dict[str, Any]:

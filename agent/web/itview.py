@@ -44,9 +44,10 @@ def _certificate(label: str, path: Path | None) -> dict[str, Any] | None:
 
 def figures(config: Config, store: Store, vault: Vault | None,
             progress: ProgressRegistry | None, docks: Sequence[Mapping[str, Any]], *,
-            officer_refusals: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """Everything the IT page shows, language-neutral."""
-    status = station_status(config, store, vault=vault)
+            officer_refusals: Mapping[str, int] | None = None,
+            daemon: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the IT page shows, language-neutral (``daemon``: the live daemon's facts)."""
+    status = station_status(config, store, vault=vault, daemon=daemon)
     quarantined: list[sqlite3.Row] = store.query(
         "SELECT * FROM clips WHERE state = ? ORDER BY updated_at DESC LIMIT ?",
         (ClipState.QUARANTINED.value, MAX_QUARANTINED))
@@ -72,6 +73,32 @@ def figures(config: Config, store: Store, vault: Vault | None,
     }
 
 
+def _connection_rows(lang: Language, status: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The agent's version and heartbeat, the broker connection, the active alerts."""
+    _ = lang.gettext
+    daemon = status["daemon"]
+    started = daemon.get("started_at")
+    rows = [(_("Agent"), (_("version %(version)s, running since %(at)s") if started
+                          else _("version %(version)s")) % {
+        "version": status["version"], "at": started}, "ok")]
+    broker = status["sync"]["broker"]
+    if status["sync"]["platform"]:
+        state = (broker or {}).get("state") or "unknown"
+        since = (broker or {}).get("since") or "?"
+        text = {"connected": _("connected since %(at)s"),
+                "connecting": _("connecting since %(at)s"),
+                "disconnected": _("disconnected since %(at)s")}.get(
+            state, _("unknown")) % {"at": since}
+        if state != "connected" and (broker or {}).get("last_error"):
+            text += " — " + str(broker["last_error"])
+        rows.append((_("Message broker"), text, "ok" if state == "connected" else "bad"))
+    active = status["alerts"]["active"]
+    rows.append((_("Alerts"), lang.ngettext("%(n)d kind raised in the last day",
+                                            "%(n)d kinds raised in the last day", len(active))
+                 % {"n": len(active)}, "warn" if active else "ok"))
+    return rows
+
+
 def words(lang: Language, fig: Mapping[str, Any], user: str) -> dict[str, Any]:
     """The IT page's live content in ``lang``."""
     _ = lang.gettext
@@ -92,6 +119,7 @@ def words(lang: Language, fig: Mapping[str, Any], user: str) -> dict[str, Any]:
             "n": sync["outbox_pending"]}) if sync["platform"] else _("none configured"),
          "ok" if not sync["platform"] or sync["outbox_pending"] < 100 else "warn"),
         (_("Last acknowledgement"), sync["last_ack"] or _("never"), "ok"),
+        *_connection_rows(lang, status),
         (_("Clips not yet acknowledged"), str(status["backlog"]), "ok"),
         (_("Quarantined clips"), str(status["clips"].get("quarantined", 0)),
          "bad" if status["clips"].get("quarantined") else "ok"),

@@ -18,7 +18,8 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -72,7 +73,8 @@ def _roster_sign_in(config: Config, store: Store) -> OfficerSignIn | None:
 class WebServer:
     def __init__(self, config: Config, store: Store, vault: Vault | None,
                  progress: ProgressRegistry | None,
-                 officer_sign_in: OfficerSignIn | None = None) -> None:
+                 officer_sign_in: OfficerSignIn | None = None,
+                 daemon: Callable[[], dict[str, Any] | None] | None = None) -> None:
         assert config.web is not None
         self.web = config.web
         self.tls = self.web.tls_cert_file is not None
@@ -89,7 +91,8 @@ class WebServer:
             limiter=SignInLimiter(self.web.sign_in_attempts, self.web.sign_in_window_s),
             tls=self.tls, officer_sign_in=officer_sign_in or _roster_sign_in(config, store),
             officer_limiter=SignInLimiter(self.web.officer_sign_in_attempts,
-                                          self.web.officer_sign_in_window_s))
+                                          self.web.officer_sign_in_window_s),
+            daemon=daemon)
         self.app = build_app(self.ctx, allowed_hosts(self.web))
         self.port = 0
         self._server: uvicorn.Server | None = None

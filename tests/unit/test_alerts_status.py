@@ -72,3 +72,42 @@ def test_a_store_migrated_from_before_counts_the_alerts_it_already_sent(tmp_path
         assert rows["upload.failed"]["message"] == "400"
     finally:
         store.close()
+
+
+def test_the_it_page_shows_the_agent_the_broker_and_the_active_alerts(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: what `status` says of the daemon, its broker and its alerts, IT staff see too."""
+    from agent.web import itview
+    from agent.web.i18n import Catalogs
+
+    config = station_config()
+    store = Store(config.data_dir / "state.db", station_id="ST-0001")
+    try:
+        with store.transaction() as tx:
+            tx.event("alert", {"code": "disk.low", "message": "9 MB free"})
+        daemon = {"state": "running", "running": True, "version": "9.9",
+                  "started_at": "2026-11-30T01:00:00.000Z",
+                  "broker": {"state": "disconnected", "since": "2026-11-30T02:00:00.000Z",
+                             "last_error": "connection refused"}}
+        fig = itview.figures(config, store, None, None, [])
+        fig["status"] = station_status(config, store, daemon=daemon)
+        fig["status"]["sync"]["platform"] = True  # as on a station with a platform
+        fig["status"]["sync"]["broker"] = daemon["broker"]
+        catalogs = Catalogs(["zh_Hans_CN", "en"])
+        for code, expected in (
+                ("en", {"Agent": f"version {fig['status']['version']}, running since "
+                                 "2026-11-30T01:00:00.000Z",
+                        "Message broker": "disconnected since 2026-11-30T02:00:00.000Z — "
+                                          "connection refused",
+                        "Alerts": "1 kind raised in the last day"}),
+                ("zh_Hans_CN", {"采集程序": f"版本 {fig['status']['version']}，自 "
+                                         "2026-11-30T01:00:00.000Z 起运行",
+                                "消息服务器": "自 2026-11-30T02:00:00.000Z 起已断开 — "
+                                              "connection refused",
+                                "告警": "最近一天内有 1 类告警"})):
+            rows = {h["label"]: (h["value"], h["level"])
+                    for h in itview.words(catalogs.pick(code), fig, "alice")["health"]}
+            assert {label: rows[label][0] for label in expected} == expected
+            assert [rows[label][1] for label in expected] == ["ok", "bad", "warn"]
+    finally:
+        store.close()
