@@ -17,7 +17,7 @@ from agent.media.thumbnail import Thumbnail
 
 VERDICTS = ("ok", "truncated", "corrupt", "undecodable", "empty", "not_media", "unchecked")
 KINDS = ("video", "audio", "photo", "empty", "unknown")
-PROBE_VERSION = 3  # of the method in docs/FORMATS.md; 2 decoded whole GOPs as windows,
+PROBE_VERSION = 3  # of the method in docs/FORMATS.md; 2 decoded whole GOPs as samples,
 # 1 was the OpenCV probe
 MAX_STREAMS = 64
 MAX_ISSUES = 32
