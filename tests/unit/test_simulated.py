@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -219,3 +220,32 @@ def test_identity_less_directory_present_at_start_docks_later(tmp_path: Path,
     events.wait(lambda log: ("dock", str(waiting)) in log)
     (waiting / IDENTITY_FILE).unlink()  # an identity removed is an undock, too
     events.wait(lambda log: ("undock", str(waiting)) in log)
+
+
+def test_the_read_rate_is_exact_when_the_reads_themselves_take_time() -> None:
+    # 25 cameras read at once: each read may wait for the disk or the GIL.  The rate must
+    # not drop by that time (sleeping a full interval after each read would).
+    from drivers.simulated import _Throttled
+
+    now = [0.0]
+
+    class _SlowDisk(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            now[0] += 0.03  # every read takes 30 ms
+            return super().read(n)
+
+    def sleep(seconds: float) -> None:
+        assert seconds > 0
+        now[0] += seconds
+
+    data = os.urandom(1_000_000)
+    stream = io.BufferedReader(_Throttled(_SlowDisk(data), 100_000, clock=lambda: now[0],
+                                          sleep=sleep))
+    got = bytearray()
+    block = bytearray(65536)
+    while n := stream.readinto(block):  # as a copy reads
+        got += block[:n]
+    assert got == data
+    # 1 MB at 100 kB/s: ten seconds, plus the 30 ms of the reads that find the end;
+    # not the 13 s of sleeping a whole interval after each of ~115 reads.
+    assert 10.0 <= now[0] <= 10.1, now[0]
