@@ -139,7 +139,7 @@ def test_direct_write_path_keeps_every_byte(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
     vault = Vault(tmp_path / "vault")
     temp = vault.temp_path(f"c{size}")
-    fd, direct = ingest._open_temp(temp, 65536)
+    fd, direct = ingest._open_temp(temp)
     os.close(fd)
     temp.unlink()
     result = copy_to_vault(_Trickle(data), temp, chunk_size=65536, queue_chunks=3)
