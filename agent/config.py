@@ -29,8 +29,13 @@ class StationSection:
     id: str = option(doc="Station ID; also the MQTT client ID and certificate CN.",
                      pattern=STATION_ID_PATTERN)
     data_dir: Path = option(doc="Store, vault and keys live below it.")
-    max_ingest_workers: int = option(2, min=1, max=16,
-                                     doc="Devices offloaded at the same time.")
+    # Reading a camera is I/O-bound (USB 2.0 class cameras give ~20 MiB/s each): every
+    # docked camera is read at once, up to this many; the checks after each copy share
+    # bounded pools (ingest.verify_workers, media.probe_workers) and one memory budget
+    # (ingest.buffer_mib), so more sessions cost threads, not CPU or memory.
+    max_ingest_workers: int = option(32, min=1, max=64,
+                                     doc="Devices offloaded at the same time (one dock "
+                                         "session each; more wait for a free one).")
     log_level: str = option("info", choices=("debug", "info", "warning", "error"),
                             doc="Daemon log level.")
     log_format: str = option("text", choices=("text", "json"),
@@ -43,10 +48,20 @@ class StationSection:
 class IngestSection:
     # 8 MiB blocks: large sequential reads are what camera storage and disks do best
     # (scripts/bench ingest: 1 MiB blocks copied 4 GiB ~40% slower than 8 MiB ones).
-    chunk_kib: int = option(8192, min=64, max=65536, doc="Read/write block size (KiB).")
+    chunk_kib: int = option(8192, min=64, max=65536,
+                            doc="Largest read/write block (KiB); blocks shrink when many "
+                                "copies share ingest.buffer_mib.")
     queue_chunks: int = option(3, min=2, max=64,
-                               doc="Blocks in flight between reader, hasher and writer.")
+                               doc="Blocks one copy or verify holds at a time (one being "
+                                   "read, one hashed, one written).")
+    buffer_mib: int = option(128, min=1, max=16384,
+                             doc="Memory for the blocks of every copy and verify at once "
+                                 "(MiB): the peak whatever the number of cameras "
+                                 "(docs/OPERATIONS.md, memory).")
     verify: bool = option(True, doc="Re-read each vault copy from disk and compare its hash.")
+    verify_workers: int = option(2, min=1, max=16,
+                                 doc="Vault copies verified at the same time (disk-bound), "
+                                     "shared fairly by the docked cameras.")
     change_retries: int = option(2, min=0, max=10,
                                  doc="Re-copies of a file that changed during the copy "
                                      "before it is quarantined.")
@@ -68,6 +83,9 @@ class MediaSection:
     probe_timeout_s: float = option(60.0, min=5, max=3600,
                                     doc="Probe deadline per GiB of clip (never less than "
                                         "one GiB's); the probe is killed after it.")
+    probe_workers: int = option(0, min=0, max=64,
+                                doc="Probes run at the same time, shared fairly by the docked "
+                                    "cameras (0: one per CPU core).")
     probe_memory_mib: int = option(1536, min=256, max=16384,
                                    doc="Address-space limit of the probe's process (MiB).")
     max_clock_skew_s: float = option(300.0, min=0,

@@ -4,8 +4,11 @@ One worker thread owns a device for the whole session, which is these steps:
 
     identify ─▶ record the dock ─▶ release what the platform acknowledged
       ─▶ list and screen (agent/listing.py) ─▶ register each recording
-      ─▶ copy each into the vault (agent/clipcopy.py; probed and sealed beside the
-         next copy) ─▶ set the clock ─▶ save the report
+      ─▶ copy each into the vault (agent/clipcopy.py; verified, probed and sealed
+         beside the next copy, agent/clipcheck.py) ─▶ save the report
+
+Every docked camera has its own session (``station.max_ingest_workers`` at
+once); the checks after each copy run on pools shared fairly by all of them.
 
 A recording already known (same device serial, path, size and mtime) is not
 copied again, unless it was quarantined before it was sealed: then the next
@@ -26,18 +29,20 @@ from typing import Any
 
 from agent import devicehealth, media
 from agent.alerts import Alerts
-from agent.clipcopy import ClipCopier, database_full, mtime_ms, reset_if_copying
+from agent.clipcheck import ClipChecker
+from agent.clipcopy import ClipCopier, SessionWork, database_full, mtime_ms, reset_if_copying
 from agent.config import Config
 from agent.dockreport import DockReport
 from agent.errors import AgentError, Cancelled, DeviceError, DeviceGoneError, StoreFullError
 from agent.listing import SHOWN, report_skipped, screen
 from agent.logsetup import log_fields
-from agent.media.queue import ProbeQueue
+from agent.media.queue import ProbeQueue, default_workers
 from agent.progress import DockObserver, NullObserver
 from agent.store import ClipState, Store
 from agent.thumbnails import Thumbnails, wanted
 from agent.timeutil import now, parse_rfc3339, rfc3339, uuid7
 from agent.vault import Vault
+from agent.workpool import FairPool
 from drivers.base import Device, DeviceInfo, Recording
 
 __all__ = ["DockReport", "Offloader", "device_body", "mtime_ms"]
@@ -64,11 +69,13 @@ class Offloader:
         self.alerts = Alerts(store)
         self.observer: DockObserver = observer or NullObserver()  # the station's screen
         self.thumbnails = Thumbnails(config.data_dir) if wanted(config) else None
-        # Copied clips are probed here while the session copies the next recording.
-        self.probes = ProbeQueue()
-        self.copier = ClipCopier(config, store, vault, self.alerts, self._probe, self.probes,
-                                 after_copy=after_copy, stopping=self.stopping,
-                                 observer=self.observer)
+        # Copied clips are verified and probed here while the session copies the next one.
+        self.verifies = FairPool("verify", config.ingest.verify_workers)
+        self.probes = ProbeQueue(config.media.probe_workers or default_workers())
+        checker = ClipChecker(config, store, vault, self.alerts, self._probe, self.probes,
+                              self.verifies, after_copy=after_copy, observer=self.observer)
+        self.copier = ClipCopier(config, store, vault, self.alerts, checker,
+                                 stopping=self.stopping, observer=self.observer)
         self._serial_locks: dict[str, threading.Lock] = {}
         self._serial_locks_guard = threading.Lock()
 
@@ -102,8 +109,12 @@ class Offloader:
             todo = self._list_and_register(device, info, dock_id, report)
             log.info("%s: %d recordings listed, %d to copy", info.serial, report.recordings,
                      len(todo))
-            with self.probes.batch():  # the session ends once its clips are probed
-                self._copy_all(device, info, todo, report)
+            while todo:
+                # The session ends once its clips are verified, probed and sealed.
+                with self.probes.batch() as batch:
+                    work = SessionWork(batch)
+                    self._copy_all(device, info, todo, report, work)
+                todo, work.again = work.again, []  # vault copies that failed their verify
         except DeviceGoneError as exc:
             report.errors.append(f"device removed: {exc}")
             log.warning("%s removed during offload: %s", info.serial, exc)
@@ -187,7 +198,7 @@ class Offloader:
         return todo
 
     def _copy_all(self, device: Device, info: DeviceInfo, todo: list[tuple[str, Recording]],
-                  report: DockReport) -> None:
+                  report: DockReport, work: SessionWork) -> None:
         for index, (clip_id, rec) in enumerate(todo):
             if self.stopping.is_set():
                 report.errors.append(f"agent stopping: {len(todo) - index} recordings left "
@@ -196,7 +207,7 @@ class Offloader:
             if not self._room_for(rec, info, report):
                 return
             try:
-                self.copier.copy(device, info, clip_id, rec, report)
+                self.copier.copy(device, info, clip_id, rec, report, work)
             except (DeviceError, Cancelled, StoreFullError):
                 raise
             except AgentError as exc:
@@ -258,11 +269,12 @@ class Offloader:
         stops: the recordings stay on the camera (nothing is lost) and an alert says so.
         """
         reserve = self.config.ingest.min_free_mb * 1024 * 1024
-        if self.vault.free_bytes() - rec.size >= reserve:
+        # Beside the recordings the other docked cameras are copying now.
+        if self.copier.free_for(rec.size) >= reserve:
             return True
         if self.make_room is not None:
             self.make_room()
-            if self.vault.free_bytes() - rec.size >= reserve:
+            if self.copier.free_for(rec.size) >= reserve:
                 return True
         message = (f"disk full: {self.vault.free_bytes() // 2**20} MB free in the vault, "
                    f"{rec.size // 2**20} MB needed above the reserve of "

@@ -1,9 +1,11 @@
 """The Station: every service of the daemon, started in order and stopped in reverse.
 
 Threads (DESIGN.md §10): detectors call back into the dock queue; one worker
-per docked device (bounded by ``station.max_ingest_workers``) runs the dock
-session; the custody checkpointer and, with a platform, the sync services run
-beside them.  Each device and each connection has one owner thread.
+per docked device (bounded by ``station.max_ingest_workers``, 32 by default:
+every port of a 25-port station is read at once) runs the dock session; the
+checks after each copy (verify, probe, seal) run on pools shared fairly by the
+sessions; the custody checkpointer and, with a platform, the sync services
+run beside them.  Each device and each connection has one owner thread.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.blockbudget import BlockBudget
 from agent.config import Config
 from agent.custody.sealer import Custody
 from agent.daemonstate import DaemonState
@@ -138,7 +141,11 @@ class Station:
                 raise StoreError(f"mount.run_dir: cannot create {run_dir}: {exc.strerror}"
                                  ) from exc
         self._stops.append(self._clear_docked)  # after every session ended, before close
-        self.vault = Vault(data_dir / "vault")
+        ingest = self.config.ingest
+        # One budget for the blocks of every copy and verify (agent/blockbudget.py).
+        self.vault = Vault(data_dir / "vault", BlockBudget(
+            ingest.buffer_mib * 1024 * 1024, max_block=ingest.chunk_kib * 1024,
+            depth=ingest.queue_chunks))
 
     def broker_state(self) -> dict[str, Any] | None:
         """The broker connection's state (None: no platform, or sync not started)."""

@@ -2,58 +2,76 @@
 
 A dock session copies its recordings one after the other; probing each one
 in line would hold every later copy behind it (a camera's whole backlog
-waits on the slowest file).  Instead the session hands each copied clip to a
-:class:`ProbeQueue` and goes on copying.  The queue's worker probes it and
-records it copied (then sealed) with its media facts, so a clip is still
-sealed with its probe, never without.
+waits on the slowest file).  Instead the session hands each copied clip on
+and goes on copying; a :class:`ProbeQueue` worker probes it and records it
+copied (then sealed) with its media facts, so a clip is still sealed with
+its probe, never without.
+
+The probe is CPU-bound (a child process running FFmpeg), so the station has
+one queue with as many workers as cores (``media.probe_workers``), shared
+fairly by the docked cameras (agent/workpool.py): a camera with forty clips
+waiting does not hold back one that docked later, and a long probe of one
+camera's large clip leaves the other workers to the other cameras.
 
 A session wraps its copies in ``with queue.batch():``; leaving the block
-waits for every job submitted inside it, so a session still ends only when
-each of its clips is recorded.  A job submitted outside a batch runs before
-``submit`` returns.  One worker by default: on a two-core station one core
-copies and hashes, the other probes.
+waits for every job submitted inside it (or added to the batch by a job of
+it), so a session still ends only when each of its clips is recorded.  A job
+submitted outside a batch runs before ``submit`` returns.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
-log = logging.getLogger(__name__)
+from agent.workpool import Batch, FairPool
+
+
+def default_workers() -> int:
+    """One probe per core the agent may run on (``media.probe_workers = 0``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 class ProbeQueue:
-    def __init__(self, workers: int = 1) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
+    def __init__(self, workers: int = 1, name: str = "probe") -> None:
+        self._pool = FairPool(name, workers)
         self._local = threading.local()
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Collect the jobs this thread submits inside the block; wait for them at its end."""
-        outer = getattr(self._local, "jobs", None)
-        jobs: list[Future[None]] = []
-        self._local.jobs = jobs
-        try:
-            yield
-        finally:
-            self._local.jobs = outer
-            for job in jobs:
-                try:
-                    job.result()
-                except Exception:  # a job records its own failures; this is a last resort
-                    log.exception("a probe job failed")
+    @property
+    def workers(self) -> int:
+        return self._pool.workers
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run ``job`` on the probe worker (inside a batch), or now and wait (outside one)."""
-        future = self._pool.submit(job)
-        jobs = getattr(self._local, "jobs", None)
-        if jobs is None:
+    @contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """Collect the jobs this thread submits inside the block; wait for them at its end."""
+        outer = getattr(self._local, "batch", None)
+        batch = Batch(self._pool.name)
+        self._local.batch = batch
+        try:
+            yield batch
+        finally:
+            self._local.batch = outer
+            batch.wait()
+
+    def submit(self, job: Callable[[], None], *, key: Any = None,
+               batch: Batch | None = None) -> None:
+        """Run ``job`` on a worker, fairly by ``key`` (a camera), as part of ``batch``.
+
+        Without ``batch``, the batch this thread opened; with none, ``job`` runs
+        on a worker and ``submit`` waits for it.
+        """
+        batch = batch or getattr(self._local, "batch", None)
+        future = self._pool.submit(key, job)
+        if batch is None:
             future.result()
         else:
-            jobs.append(future)
+            batch.add(future)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown()

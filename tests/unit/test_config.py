@@ -19,7 +19,7 @@ def test_minimal_file_is_valid_with_defaults(tmp_path: Path) -> None:
     assert cfg.data_dir == tmp_path / "data"
     assert cfg.devices["simulated"].root == tmp_path / "sim"
     assert cfg.ingest.verify is True
-    assert cfg.station.max_ingest_workers == 2
+    assert cfg.station.max_ingest_workers == 32
     assert cfg.retention.release == "after-ack"
     assert cfg.platform is None
 
@@ -120,7 +120,7 @@ def test_config_check_command_lists_all_problems(tmp_path: Path, capsys: pytest.
         """), encoding="utf-8")
     assert main(["config", "check", "--config", str(bad)]) == 2
     out = capsys.readouterr().out
-    assert "station.max_ingest_workers: 99 is above the maximum 16" in out
+    assert "station.max_ingest_workers: 99 is above the maximum 64" in out
     assert "station.colour: unknown key" in out
     assert "(2 problems)" in out
 

@@ -15,13 +15,19 @@ from tests.support.stations import camera, running_station
 
 
 def _hold(queue: ProbeQueue, gate: threading.Event, holding: threading.Event) -> None:
-    """Occupy the probe worker until ``gate`` opens: every probe queues behind this job."""
+    """Occupy every probe worker until ``gate`` opens: every probe queues behind these jobs."""
+    started = threading.Semaphore(0)
+
     def job() -> None:
-        holding.set()
+        started.release()
         gate.wait(30)
 
     with queue.batch():
-        queue.submit(job)
+        for _ in range(queue.workers):
+            queue.submit(job, key=object())
+        for _ in range(queue.workers):
+            assert started.acquire(timeout=30)
+        holding.set()
 
 
 def test_copies_go_on_while_the_probe_worker_is_busy(

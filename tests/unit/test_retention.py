@@ -63,7 +63,7 @@ def test_the_only_deleting_call_sites_are_the_guarded_ones() -> None:
     assert _calls("remove") == {
         "agent/sync/retention.py:_purge_one",      # released/acknowledged with an ack only
         "agent/sync/retention.py:sweep_purged",    # objects of already purged clips
-        "agent/clipcopy.py:_store_copy",           # a copy that failed verification, never
+        "agent/clipcheck.py:_read_back",           # a copy that failed verification, never
                                                    # an object that existed before
     }
 

@@ -1,0 +1,98 @@
+"""The checks after a copy run beside the next copy; a vault copy that fails its verify is redone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.config import Config
+from agent.station import Station
+from tests.support.stations import camera, running_station
+
+
+def _damage_first_verify(station: Station) -> list[str]:
+    """The vault disk damages the first object written, right before it is read back."""
+    vault = station.vault
+    assert vault is not None
+    real = vault.verify
+    damaged: list[str] = []
+
+    def verify(sha256: str, **kwargs: bool) -> int:
+        if not damaged:
+            damaged.append(sha256)
+            path = vault.path_for(sha256)
+            os.chmod(path, 0o644)
+            with open(path, "r+b") as f:
+                f.seek(10)
+                f.write(b"\x00\xff")
+            os.chmod(path, 0o444)
+        return real(sha256, **kwargs)
+
+    vault.verify = verify  # type: ignore[method-assign]
+    return damaged
+
+
+def _sources(cam: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in (cam / "DCIM").rglob("*") if p.is_file()}
+
+
+def test_a_vault_copy_that_fails_its_verify_is_copied_again(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config()
+    sources = _sources(camera(config, clips=2))
+    with running_station(config) as station:
+        damaged = _damage_first_verify(station)
+        summary = station.run_once()
+        store = station.store
+        assert store is not None
+        rows = {r["name"]: r for r in store.clips()}
+        log = [(r["kind"], json.loads(r["body"])) for r in store.query(
+            "SELECT kind, body FROM custody_log ORDER BY seq")]
+    assert summary.ok, summary
+    assert {n: r["sha256"] for n, r in rows.items()} == sources
+    assert {(r["state"], r["verified"]) for r in rows.values()} == {("sealed", 1)}
+    (redone,) = [r for r in rows.values() if r["sha256"] == damaged[0]]
+    assert redone["copy_attempts"] == 2
+    assert sorted(r["copy_attempts"] for r in rows.values()) == [1, 2]
+    alerts = [body for kind, body in log if kind == "alert"]
+    assert [a["code"] for a in alerts] == ["vault.verify_failed"]
+    assert f"vault object {damaged[0]} reads back as" in alerts[0]["message"]
+    reasons = [body.get("reason", "") for kind, body in log
+               if kind == "clip.discovered" and body.get("reason")]
+    assert any(r.startswith("vault copy failed verification") for r in reasons), log
+
+
+def test_a_vault_copy_failing_its_last_verify_is_quarantined(
+        station_config: Callable[..., Config]) -> None:
+    config = station_config("[ingest]\nchange_retries = 0\n")
+    camera(config, clips=1)
+    with running_station(config) as station:
+        damaged = _damage_first_verify(station)
+        summary = station.run_once()
+        store = station.store
+        assert store is not None
+        (row,) = store.clips()
+    assert not summary.ok
+    assert row["state"] == "quarantined" and row["sha256"] is None
+    assert row["reason"].startswith(f"vault copy failed verification: vault object {damaged[0]}")
+    # The damaged object is not kept under its digest: it does not hold those bytes.
+    assert not (config.data_dir / "vault" / "sha256" / damaged[0][:2] / damaged[0][2:4]
+                / damaged[0]).exists()
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_verify_setting_decides_the_verified_flag(station_config: Callable[..., Config],
+                                                  verify: bool) -> None:
+    config = station_config(f"[ingest]\nverify = {str(verify).lower()}\n")
+    camera(config, clips=2)
+    with running_station(config) as station:
+        assert station.run_once().ok
+        assert station.store is not None
+        rows = station.store.clips()
+    assert {(r["state"], r["verified"]) for r in rows} == {("sealed", int(verify))}
