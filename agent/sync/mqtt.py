@@ -2,9 +2,13 @@
 
 One ``MqttLink`` owns one paho-mqtt 2.x client and three threads:
 
-- paho's network loop (``loop_start``): connects, reconnects with exponential
-  back-off for ever, and runs the ``_on_*`` callbacks, which only record state
-  and hand work to the other threads;
+- paho's network loop (``loop_start``): connects, reconnects for ever, and runs
+  the ``_on_*`` callbacks, which only record state and hand work to the other
+  threads.  Each reconnection attempt waits an exponential back-off with full
+  jitter (a random time between 0 and ``reconnect_min_s x 2^n``, at most
+  ``reconnect_max_s``): paho's own back-off has no jitter, and a fleet of
+  stations that lost their broker at the same instant would come back in the
+  same instant, again and again;
 - the drainer: publishes outbox items while the link is ready, at most
   ``window`` of them awaiting a PUBACK at a time;
 - the acker: turns PUBACKs into ``outbox.mark_delivered`` (SQLite writes stay
@@ -57,6 +61,7 @@ from agent import __version__
 from agent.errors import AgentError, ConfigError, TransportError
 from agent.sync.outbox import Outbox
 from agent.sync.tlsfiles import client_context
+from agent.sync.tus import backoff_delay
 from agent.timeutil import now, uuid7
 
 log = logging.getLogger(__name__)
@@ -157,6 +162,8 @@ class MqttLink:
         self._password = password
         self._keepalive = keepalive
         self._reconnect = (reconnect_min_s, reconnect_max_s)
+        # Connection attempts since the link was last ready; 0 before the first one.
+        self._attempts = 0
         self._session_expiry_s = session_expiry_s
         self._outbox = outbox
         self._status_provider = status_provider
@@ -308,7 +315,8 @@ class MqttLink:
         client.on_log = self._on_log
         # A bug in a callback must not kill the network thread.
         client.suppress_exceptions = True
-        client.reconnect_delay_set(*self._reconnect)
+        # The back-off (with jitter) is waited in _on_pre_connect; paho's own is off.
+        client.reconnect_delay_set(0, 0)
         client.max_inflight_messages_set(self.window)
         if self._tls:
             if self._ca_file is None:
@@ -416,6 +424,15 @@ class MqttLink:
             except (OSError, ValueError) as exc:  # keep the one loaded before
                 log.error("MQTT: cannot load the renewed client certificate %s: %s",
                           self._cert_file, exc)
+        if self._attempts > 0:
+            # Every attempt but the very first waits, also the first one after a lost
+            # connection: a broker that restarts would otherwise get every station at once.
+            delay = backoff_delay(self._attempts - 1, base=float(self._reconnect[0]),
+                                  cap=float(self._reconnect[1]))
+            log.info("MQTT: reconnecting to %s:%d in %.2f s (attempt %d)", self.host,
+                     self.port, delay, self._attempts)
+            self._stopping.wait(delay)
+        self._attempts += 1
         self._connack_seen = False
         client.will_set(self.status_topic, self._will_payload(), qos=1, retain=True)
 
@@ -458,6 +475,7 @@ class MqttLink:
                          daemon=True).start()
         self._last_error = None
         self._connection_seq += 1
+        self._attempts = 1  # a lost connection is retried after a jittered wait
         self._ready.set()
         self._wake.set()
 

@@ -274,6 +274,32 @@ def test_broker_restart_keeps_retained_status_and_reconnects(
     assert status["state"] == "online" and status["boot_id"] == link.boot_id
 
 
+def test_reconnects_wait_a_jittered_back_off_also_after_a_lost_connection(
+        links: Links, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.sync import mqtt as mqtt_mod
+
+    asked: list[tuple[int, float, float]] = []
+
+    def backoff(attempt: int, base: float, cap: float) -> float:
+        asked.append((attempt, base, cap))
+        return 0.05
+
+    monkeypatch.setattr(mqtt_mod, "backoff_delay", backoff)
+    link = links.connected(reconnect_min_s=2, reconnect_max_s=60)
+    assert asked == []  # the first connection attempt does not wait
+    broker.kill()
+    wait_until(lambda: len(asked) >= 3, timeout=10, what="three attempts against no broker")
+    # Each attempt waits a full-jitter back-off one step longer (tus.backoff_delay).
+    assert asked[:3] == [(0, 2.0, 60.0), (1, 2.0, 60.0), (2, 2.0, 60.0)]
+    broker.start()
+    wait_until(lambda: link.connected, timeout=10, what="reconnect")
+    asked.clear()
+    broker.restart()
+    wait_until(lambda: link.connected and bool(asked), timeout=10, what="reconnect")
+    # Also the first attempt after a lost connection waits, from the shortest step again.
+    assert asked[0] == (0, 2.0, 60.0)
+
+
 def test_new_link_on_the_same_outbox_resends_unacknowledged_items(
         links: Links, broker: Broker, outbox: SqliteOutbox, platform: PlatformClient,
         tmp_path: Path) -> None:
