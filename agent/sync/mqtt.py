@@ -4,11 +4,11 @@ One ``MqttLink`` owns one paho-mqtt 2.x client and three threads:
 
 - paho's network loop (``loop_start``): connects, reconnects for ever, and runs
   the ``_on_*`` callbacks, which only record state and hand work to the other
-  threads.  Each reconnection attempt waits an exponential back-off with full
-  jitter (a random time between 0 and ``reconnect_min_s x 2^n``, at most
-  ``reconnect_max_s``): paho's own back-off has no jitter, and a fleet of
-  stations that lost their broker at the same instant would come back in the
-  same instant, again and again;
+  threads.  Before each reconnection attempt paho waits an exponential
+  back-off with full jitter that this module sets (a random time between 0
+  and ``reconnect_min_s x 2^n``, at most ``reconnect_max_s``): paho's own
+  back-off has no jitter, and a fleet of stations that lost their broker at
+  the same instant would come back in the same instant, again and again;
 - the drainer: publishes outbox items while the link is ready, at most
   ``window`` of them awaiting a PUBACK at a time;
 - the acker: turns PUBACKs into ``outbox.mark_delivered`` (SQLite writes stay
@@ -162,7 +162,7 @@ class MqttLink:
         self._password = password
         self._keepalive = keepalive
         self._reconnect = (reconnect_min_s, reconnect_max_s)
-        # Connection attempts since the link was last ready; 0 before the first one.
+        # Reconnection waits since the link was last ready (the back-off's exponent).
         self._attempts = 0
         self._session_expiry_s = session_expiry_s
         self._outbox = outbox
@@ -315,8 +315,8 @@ class MqttLink:
         client.on_log = self._on_log
         # A bug in a callback must not kill the network thread.
         client.suppress_exceptions = True
-        # The back-off (with jitter) is waited in _on_pre_connect; paho's own is off.
-        client.reconnect_delay_set(0, 0)
+        # paho waits its reconnect delay, which _plan_reconnect sets before each wait.
+        client.reconnect_delay_set(*self._reconnect)
         client.max_inflight_messages_set(self.window)
         if self._tls:
             if self._ca_file is None:
@@ -424,15 +424,6 @@ class MqttLink:
             except (OSError, ValueError) as exc:  # keep the one loaded before
                 log.error("MQTT: cannot load the renewed client certificate %s: %s",
                           self._cert_file, exc)
-        if self._attempts > 0:
-            # Every attempt but the very first waits, also the first one after a lost
-            # connection: a broker that restarts would otherwise get every station at once.
-            delay = backoff_delay(self._attempts - 1, base=float(self._reconnect[0]),
-                                  cap=float(self._reconnect[1]))
-            log.info("MQTT: reconnecting to %s:%d in %.2f s (attempt %d)", self.host,
-                     self.port, delay, self._attempts)
-            self._stopping.wait(delay)
-        self._attempts += 1
         self._connack_seen = False
         client.will_set(self.status_topic, self._will_payload(), qos=1, retain=True)
 
@@ -475,7 +466,7 @@ class MqttLink:
                          daemon=True).start()
         self._last_error = None
         self._connection_seq += 1
-        self._attempts = 1  # a lost connection is retried after a jittered wait
+        self._attempts = 0
         self._ready.set()
         self._wake.set()
 
@@ -493,6 +484,24 @@ class MqttLink:
         # paho calls this from inside its "except OSError" clause, so the
         # exception that made the attempt fail is the one being handled.
         self._set_error(self._describe(sys.exception()))
+        self._plan_reconnect(client)
+
+    def _plan_reconnect(self, client: mqtt.Client) -> None:
+        """Set the wait before paho's next attempt: exponential back-off, full jitter.
+
+        Called when a connection is lost or an attempt failed, before paho waits;
+        the first wait after a lost connection is jittered too, so a broker that
+        restarts does not get every station in the same instant.
+        """
+        if self._stopping.is_set() or client is not self._client:
+            return
+        delay = backoff_delay(self._attempts, base=float(self._reconnect[0]),
+                              cap=float(self._reconnect[1]))
+        self._attempts += 1
+        log.info("MQTT: reconnecting to %s:%d in %.2f s (attempt %d)", self.host, self.port,
+                 delay, self._attempts)
+        # paho takes the delay in seconds as any number; min = max: exactly this wait.
+        client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
                        reason_code: ReasonCode, properties: Properties | None) -> None:
@@ -505,6 +514,7 @@ class MqttLink:
             self._set_link_state("disconnected")
         if self._stopping.is_set() or self._fallback_pending:
             return
+        self._plan_reconnect(client)
         if was_ready:
             log.warning("MQTT: connection to %s:%d lost (%s); reconnecting", self.host,
                         self.port, reason_code)
