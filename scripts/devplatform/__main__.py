@@ -9,9 +9,10 @@ Subcommands:
   certificate; print both;
 - ``broker --dir D --port P [--state-dir S]`` — write a mosquitto.conf for the
   dev PKI and run mosquitto in the foreground (it replaces this process);
-- ``serve --dir D --broker-port P [--tus-port T] [--workdir W]`` — run the
-  platform until SIGTERM/SIGINT; prints ``READY tus=<url>`` once up; keeps
-  ``W/verdicts.json`` current;
+- ``serve --dir D --broker-port P [--tus-port T] [--workdir W] [--max-uploads N
+  [--retry-after S]]`` — run the platform until SIGTERM/SIGINT; prints
+  ``READY tus=<url>`` once up; keeps ``W/verdicts.json`` current; with
+  ``--max-uploads`` more uploads at once than N are answered 503 + Retry-After;
 - ``command --dir D --broker-port P --station ST NAME [--args JSON]`` — send a
   signed command and print the station's response (exit 1 if ``ok`` is false);
 - ``est-token --dir D --station ST --out FILE`` — a one-time EST enrolment token
@@ -79,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-id", default="platform")
     serve.add_argument("--ack-delay", type=float, default=0.0, help="seconds before each ack")
     serve.add_argument("--est-port", type=int, help="also run the EST server on this port")
+    serve.add_argument("--max-uploads", type=int,
+                       help="load cap: uploads handled at once; more get 503 + Retry-After")
+    serve.add_argument("--retry-after", type=int, default=5,
+                       help="Retry-After seconds sent with the load cap's 503 (default 5)")
     token = sub.add_parser("est-token", help="write a one-time EST enrolment token")
     token.add_argument("--dir", required=True, type=Path)
     token.add_argument("--station", required=True)
@@ -140,7 +145,8 @@ def _serve(args: argparse.Namespace) -> int:
     pki = make_dev_pki(args.dir)
     platform = DevPlatform(args.workdir or args.dir / "platform", pki, args.broker_host,
                            args.broker_port, tus_port=args.tus_port, client_id=args.client_id,
-                           session_expiry_s=86400)
+                           session_expiry_s=86400, max_uploads=args.max_uploads,
+                           busy_retry_after=args.retry_after)
     platform.ack_delay_s = args.ack_delay
     est = EstServer(pki, port=args.est_port) if args.est_port is not None else None
     stop = threading.Event()

@@ -12,15 +12,20 @@ broker and the real ``TusServer``:
   either order) and its station's identity certificate is known, it checks
   the clip (``clip_problems``) and records the verdict, ``accepted`` or
   ``rejected: <reasons>``; only an accepted clip gets a DSSE ack, signed by
-  the platform key, on ``bwc/v1/stations/<id>/ack`` (QoS 1);
+  the platform key, on ``bwc/v1/stations/<id>/ack`` (QoS 1); the acks a
+  station has not confirmed (no ``clip.acknowledged`` event yet) are sent
+  again at its next birth, and uploads completed before a crash of the
+  platform are checked again when it starts;
 - ``send_command`` publishes a signed command with an MQTT 5 response topic
   and correlation data and returns the station's response.
 
 Threads: paho's network loop only parses and queues (and completes command
 responses); one worker thread does every check, database write and ack, so
 the checks of a clip never race; tus handler threads only queue completed
-uploads.  Every state change notifies ``wait_for`` and rewrites
-``<workdir>/verdicts.json``.
+uploads.  A station's message is acknowledged to the broker (PUBACK) only
+once it is recorded, as a platform consumer must: killed before that, the
+platform gets it again from its broker session.  Every state change
+notifies ``wait_for`` and rewrites ``<workdir>/verdicts.json``.
 
 Fault knobs, settable at run time, for the station's refusal paths:
 ``ack_delay_s`` (acks sent that much later), ``sign_acks_with`` (another
@@ -235,6 +240,8 @@ class DevPlatform:
         session_expiry_s: int = 0,
         require_client_cert: bool = True,
         intake: bool = True,
+        max_uploads: int | None = None,
+        busy_retry_after: int = 5,
     ) -> None:
         self.workdir = makedirs_durable(workdir)
         self.pki = pki
@@ -254,12 +261,14 @@ class DevPlatform:
         self.tus = TusServer(self.workdir / "uploads", tus_host, tus_port,
                              certfile=pki.server.cert_path, keyfile=pki.server.key_path,
                              client_ca=pki.ca_cert_path if require_client_cert else None,
-                             on_complete=self._upload_completed)
+                             on_complete=self._upload_completed, max_active=max_uploads,
+                             busy_retry_after=busy_retry_after)
         self._work: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._cond = threading.Condition()  # notified on every recorded change
         self._responses: dict[str, dict[str, Any]] = {}
         self._timers: list[threading.Timer] = []
         self._subscribed = threading.Event()
+        self._connection = 0  # bumped by every CONNACK
         self._connect_error: str | None = None
         self._worker: threading.Thread | None = None
         self._client = self._make_client()
@@ -288,6 +297,12 @@ class DevPlatform:
                                  f"{self.broker_port} within {timeout}s "
                                  f"({self._connect_error or 'no CONNACK/SUBACK'})")
         if self.intake:
+            # Uploads completed before a crash whose notice was lost with it (the
+            # worker's queue is memory): checked again, so every clip gets its ack.
+            for upload, completed_at in self.tus.completed_uploads():
+                known = self.records.clip(upload.metadata.get("clip_id", ""))
+                if known is None or known["verdict"] != "accepted":
+                    self._work.put(("upload", (upload, completed_at)))
             self.tus.start()
             self._changed()
         log.info("dev platform up: broker %s:%d, uploads %s", self.broker_host,
@@ -436,7 +451,7 @@ class DevPlatform:
 
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=mqtt.MQTTv5)
+                             protocol=mqtt.MQTTv5, manual_ack=True)
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         client.tls_set(ca_certs=str(self.pki.ca_cert_path),
                        certfile=str(self.pki.platform_client.cert_path),
@@ -455,6 +470,7 @@ class DevPlatform:
             self._connect_error = f"broker refused the connection: {reason_code}"
             log.error("dev platform: %s", self._connect_error)
             return
+        self._connection += 1  # acks of messages from an earlier connection are not sent
         kinds = ("status", "identity", "events", "reply/#") if self.intake else ("reply/#",)
         client.subscribe([(f"{PREFIX}/+/{kind}", 1) for kind in kinds])
 
@@ -473,14 +489,25 @@ class DevPlatform:
         parts = msg.topic.split("/")
         if len(parts) < 5 or "/".join(parts[:3]) != PREFIX:
             log.warning("dev platform: ignoring message on %r", msg.topic)
+            self._ack(msg.mid, msg.qos, self._connection)
             return
         station_id, kind = parts[3], "/".join(parts[4:])
         if kind.startswith("reply/"):
             correlation = getattr(msg.properties, "CorrelationData", None)
             self._response(station_id, bytes(msg.payload),
                            bytes(correlation) if correlation is not None else None)
+            self._ack(msg.mid, msg.qos, self._connection)
         else:
-            self._work.put(("message", (station_id, kind, bytes(msg.payload))))
+            self._work.put(("message", (station_id, kind, bytes(msg.payload),
+                                        (msg.mid, msg.qos, self._connection))))
+
+    def _ack(self, mid: int, qos: int, connection: int) -> None:
+        """PUBACK a message handled; not on a later connection (the broker sends it again)."""
+        if qos > 0 and connection == self._connection:
+            try:
+                self._client.ack(mid, qos)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("dev platform: could not acknowledge message %d: %s", mid, exc)
 
     def _response(self, station_id: str, payload: bytes, correlation: bytes | None) -> None:
         try:
@@ -515,7 +542,11 @@ class DevPlatform:
             kind, value = item
             try:
                 if kind == "message":
-                    self._handle_message(*value)
+                    *message, ack = value
+                    try:
+                        self._handle_message(*message)
+                    finally:
+                        self._ack(*ack)  # recorded (or refused, logged): the broker forgets it
                 elif kind == "upload":
                     self._handle_upload(*value)
                 elif kind == "flush":
@@ -537,6 +568,11 @@ class DevPlatform:
             return
         if kind == "status":
             self.records.station_status(station_id, body)
+            if isinstance(body, dict) and body.get("state") == "online":
+                # A broker that lost its sessions (a crash) dropped the acks published
+                # while the station was away: send again what the station never confirmed.
+                for clip_id in self.records.unconfirmed_acks(station_id):
+                    self._schedule_ack(clip_id)
         elif kind == "identity":
             if self.records.station_identity(station_id, body):
                 for clip_id in self.records.unsettled_clips(station_id):
@@ -818,6 +854,15 @@ class Records:
     def ack_sent(self, clip_id: str, envelope: dict[str, Any]) -> None:
         self._write("UPDATE clips SET ack = ?, ack_sent_at = ? WHERE clip_id = ?",
                     (json.dumps(envelope), now(), clip_id))
+
+    def unconfirmed_acks(self, station_id: str) -> list[str]:
+        """Clips of ``station_id`` acknowledged but without its ``clip.acknowledged`` event."""
+        rows = self._rows(
+            "SELECT clip_id FROM clips WHERE station_id = ? AND verdict = 'accepted' "
+            "AND ack_sent_at IS NOT NULL AND clip_id NOT IN (SELECT json_extract(body, "
+            "'$.data.clip_id') FROM events WHERE station_id = ? AND type = "
+            "'clip.acknowledged') ORDER BY rowid", (station_id, station_id))
+        return [row["clip_id"] for row in rows]
 
     def owed_acks(self) -> list[str]:
         rows = self._rows("SELECT clip_id FROM clips WHERE verdict = 'accepted' "

@@ -29,6 +29,10 @@ Invariants:
   here and checked on every request.
 - Memory per request is bounded by one 1 MiB buffer (three with a checksum,
   hashed on a helper thread), whatever the body size.
+- Load cap (``max_active``): at most that many POST and PATCH requests are
+  handled at once; one more is answered ``503`` with ``Retry-After:
+  busy_retry_after`` (counted in ``busy_refusals``), as a platform under load
+  answers, so clients learn to wait instead of piling up.
 """
 
 from __future__ import annotations
@@ -132,6 +136,8 @@ class TusServer:
         on_complete: Callable[[CompletedUpload], None] | None = None,
         timeout_s: float = 30.0,
         sync_every_patch: bool = False,
+        max_active: int | None = None,
+        busy_retry_after: int = 5,
     ) -> None:
         self.store = makedirs_durable(store_dir)
         self.host, self._port = host, port
@@ -148,6 +154,10 @@ class TusServer:
         self.cut_after: int | None = None
         self.corrupt_next = False  # flip a byte of the next checksummed chunk (-> 460)
         self.bytes_received = 0  # PATCH body bytes read, all uploads, for tests
+        self.max_active = max_active  # the load cap (see the module docstring)
+        self.busy_retry_after = busy_retry_after
+        self.busy_refusals = 0
+        self._active = 0
         self._lock = threading.Lock()
         self._upload_locks: dict[str, threading.Lock] = {}
         self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -245,6 +255,17 @@ class TusServer:
                          upload_id)
         return undone
 
+    def completed_uploads(self) -> list[tuple[CompletedUpload, str]]:
+        """Every completed upload in the store, with when it completed (oldest first)."""
+        done = []
+        for sidecar in sorted(self.store.glob("*.json")):
+            info = self.info(sidecar.stem) if _ID.fullmatch(sidecar.stem) else None
+            if info is not None and info.get("completed_at"):
+                done.append((CompletedUpload(info["id"], self.data_path(info["id"]),
+                                             info["length"], dict(info["metadata"])),
+                             str(info["completed_at"])))
+        return sorted(done, key=lambda item: item[1])
+
     def info(self, upload_id: str) -> dict[str, Any] | None:
         try:
             info: dict[str, Any] = json.loads((self.store / f"{upload_id}.json").read_bytes())
@@ -259,6 +280,25 @@ class TusServer:
     def upload_lock(self, upload_id: str) -> threading.Lock:
         with self._lock:
             return self._upload_locks.setdefault(upload_id, threading.Lock())
+
+    def admit(self) -> bool:
+        """Take one of the ``max_active`` request slots; False (counted) if none is free."""
+        with self._lock:
+            if self.max_active is not None and self._active >= self.max_active:
+                self.busy_refusals += 1
+                return False
+            self._active += 1
+            return True
+
+    @property
+    def active(self) -> int:
+        """POST and PATCH requests being handled now."""
+        with self._lock:
+            return self._active
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
 
     def take_failure(self) -> bool:
         with self._lock:
@@ -378,6 +418,17 @@ class _Handler(BaseHTTPRequestHandler):
             elif self.command != "OPTIONS" and self.headers.get("Tus-Resumable") != TUS_VERSION:
                 self._reply(412, f"Tus-Resumable must be {TUS_VERSION}",
                             {"Tus-Version": TUS_VERSION})
+            elif self.command in ("POST", "PATCH"):
+                if not tus.admit():
+                    log.info("busy: %d uploads at once; 503, Retry-After %d s",
+                             tus.max_active, tus.busy_retry_after)
+                    self._reply(503, "too many uploads at once; try again later",
+                                {"Retry-After": str(tus.busy_retry_after)})
+                    return
+                try:
+                    handler()
+                finally:
+                    tus.leave()
             else:
                 handler()
         except _Abort:
@@ -737,6 +788,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE)
     parser.add_argument("--sync-every-patch", action="store_true",
                         help="fsync every acknowledged chunk, not only completed uploads")
+    parser.add_argument("--max-active", type=int,
+                        help="load cap: uploads handled at once; more get 503 + Retry-After")
+    parser.add_argument("--retry-after", type=int, default=5,
+                        help="Retry-After seconds sent with the load cap's 503 (default 5)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.devca is not None:
@@ -748,7 +803,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --cert and --key, or --devca")
     server = TusServer(args.store, args.host, args.port, certfile=args.cert, keyfile=args.key,
                        client_ca=args.client_ca, max_size=args.max_size,
-                       sync_every_patch=args.sync_every_patch)
+                       sync_every_patch=args.sync_every_patch, max_active=args.max_active,
+                       busy_retry_after=args.retry_after)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -431,3 +431,79 @@ def test_pki_command_prints_the_paths(tmp_path: Path) -> None:
     assert Path(paths["ca"]).read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
     assert base64.b64decode(
         "".join(Path(paths["platform_pub"]).read_text().splitlines()[1:-1]))
+
+
+def test_acks_a_station_never_confirmed_are_sent_again_at_its_birth(
+        platform: DevPlatform, station_factory: Any, tmp_path: Path) -> None:
+    # A broker that crashed lost the sessions: an ack published while the station was
+    # away went nowhere.  The station's next birth brings it again, until it confirms.
+    station = station_factory("ST-REACK")
+    station.publish_identity()
+    path = clip_file(tmp_path, seed=7)
+    clip_id, sha = station.seal(path)
+    station.upload(path, clip_id, sha)
+    (first,) = station.wait_messages("ack")
+    station.publish("status", {"state": "online"})
+    again = station.wait_messages("ack", count=2)[1]
+    assert again["payload"] == first["payload"]  # the same signed acknowledgement
+    station.event("clip.acknowledged", {"clip_id": clip_id, "sha256": sha})
+    station.publish("status", {"state": "online"})
+    assert station.no_ack_so_far() == [first, again]  # confirmed: not sent any more
+
+
+def test_an_upload_whose_notice_died_with_the_platform_is_checked_at_start(
+        pki: DevPki, broker: Broker, station_factory: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    workdir = tmp_path / "platform"
+    crashed = DevPlatform(workdir, pki, broker.host, broker.port, client_id="platform-crash")
+    # The upload completes (stored, fsynced, 204), but the notice queued for the worker
+    # is lost, as it is when the process is killed right then.
+    monkeypatch.setattr(crashed, "_upload_completed", lambda upload: None)
+    crashed.tus.on_complete = crashed._upload_completed
+    crashed.start()
+    station = station_factory("ST-LOSTNOTE")
+    station.platform = crashed
+    station.publish_identity()
+    path = clip_file(tmp_path, seed=8)
+    clip_id, sha = station.seal(path)
+    station.upload(path, clip_id, sha)
+    crashed.flush()
+    assert (crashed.clip(clip_id) or {}).get("upload_id") is None
+    crashed.stop()
+    restarted = DevPlatform(workdir, pki, broker.host, broker.port,
+                            client_id="platform-crash", tus_port=crashed.tus.port)
+    with restarted:
+        (ack,) = station.wait_messages("ack")
+        assert json.loads(base64.b64decode(ack["payload"]))["clip_id"] == clip_id
+        assert verdict_of(restarted, clip_id)["verdict"] == "accepted"
+
+
+def test_a_message_is_acknowledged_to_the_broker_only_once_recorded(
+        pki: DevPki, broker: Broker, station_factory: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    workdir = tmp_path / "platform"
+    first = DevPlatform(workdir, pki, broker.host, broker.port, client_id="platform-ack",
+                        session_expiry_s=600)
+    received = threading.Event()
+    release = threading.Event()
+
+    def stuck(*args: Any) -> None:  # the worker takes the event and never records it
+        received.set()
+        release.wait(30)
+
+    monkeypatch.setattr(first, "_handle_message", stuck)
+    first.start()
+    station = station_factory("ST-PUBACK")
+    event = station.event("device.docked", {"serial": "SIM0009"})
+    assert received.wait(10)
+    # The platform dies before recording it: its connection is cut, its session stays.
+    first._client.loop_stop()
+    first._client.socket().close()  # type: ignore[union-attr]
+    release.set()
+    second = DevPlatform(workdir, pki, broker.host, broker.port, client_id="platform-ack",
+                         session_expiry_s=600)
+    with second:
+        # The broker kept the message unacknowledged in the session and delivers it again.
+        second.wait_for(lambda: any(e["id"] == event["id"]
+                                    for e in second.events(station.id)), 10, "the event")
+    first.stop()

@@ -192,7 +192,14 @@ def test_tags_made_while_the_broker_is_down_arrive_in_order(stand: DevStand,
         assert waiting >= 6
         stand.start_broker()
         _wait("backlog sent", lambda: station.sync.outbox.backlog() == 0, timeout=60)
-        stand.platform.flush()
+        # Sent is not received yet: the platform takes them from its broker session as
+        # it records them, each acknowledged once recorded.
+        made = _db(config).execute(
+            "SELECT COUNT(*) FROM outbox WHERE json_extract(payload, '$.type') IN "
+            "('clip.tagged', 'clip.important')").fetchone()[0]
+        stand.platform.wait_for(lambda: len([
+            e for e in stand.platform.events("ST-0001")
+            if e["type"] in ("clip.tagged", "clip.important")]) >= made, 30, "every tag")
     finally:
         station.stop()
     tagged = _log(config, "clip.tagged")

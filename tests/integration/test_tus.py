@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -500,3 +503,33 @@ def test_backoff_delay_is_full_jitter_under_the_cap() -> None:
         backoff_delay(-1)
     with pytest.raises(ValueError):
         RateLimiter(0)
+
+
+def test_a_server_over_its_load_cap_answers_503_with_retry_after(
+        start_server: Callable[..., TusServer], pki: Pki) -> None:
+    server = start_server(max_active=1, busy_retry_after=7)
+    with client_for(server, pki) as client:
+        url = client.create(1000, {"clip_id": "busy"})
+    # One upload in progress: its PATCH body is still on its way.
+    context = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+    raw = context.wrap_socket(socket.create_connection(("127.0.0.1", server.port)),
+                              server_hostname="localhost")
+    path = urlsplit(url).path
+    raw.sendall((f"PATCH {path} HTTP/1.1\r\nHost: localhost\r\nTus-Resumable: 1.0.0\r\n"
+                 "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+                 "Content-Length: 1000\r\n\r\n").encode() + b"x" * 10)
+    deadline = time.monotonic() + 10
+    while server.active != 1:
+        assert time.monotonic() < deadline, "the PATCH never started"
+        time.sleep(0.01)
+    with client_for(server, pki) as client, pytest.raises(TusStatusError) as caught:
+        client.create(10, {"clip_id": "second"})
+    assert (caught.value.status, caught.value.retryable) == (503, True)
+    assert caught.value.retry_after_s == 7.0
+    assert server.busy_refusals == 1
+    raw.sendall(b"x" * 990)  # the first upload completes; the slot is free again
+    assert raw.recv(4096).startswith(b"HTTP/1.1 204")
+    raw.close()
+    with client_for(server, pki) as client:
+        assert client.create(10, {"clip_id": "second"}).startswith(server.url)
+    assert server.busy_refusals == 1 and server.active == 0
