@@ -1,16 +1,21 @@
 """After the copy: verify the vault copy, probe it, record it copied and seal it.
 
 A dock session copies a recording into the vault and hands it here; while
-the session copies the camera's next recording, a clip goes through:
+the session copies the camera's next recording, the clip is checked twice
+at once, and recorded when both are done:
 
-    verify pool ──▶ read the vault object back from the disk, compare its SHA-256;
-                    a duplicate of a clip already held stops here
-    probe pool  ──▶ media probe (FFmpeg, in a child process) ──▶ ``copied`` ──▶ sealed
+    verify pool ──▶ read the vault object back from the disk, compare its SHA-256,
+                    record the digest (a duplicate of a clip already held stops here) ─┐
+    probe pool  ──▶ media probe (FFmpeg, in a child process) ────────────────────────────┤
+                                                      both done: ``copied`` ──▶ sealed ◀─┘
 
 Both pools are shared fairly by the docked cameras (agent/workpool.py): the
 verify pool is small (disk-bound), the probe pool has one worker per core
-(CPU-bound).  A verify that fails sends the clip back to ``discovered`` and
-asks its session to copy it again (:class:`SessionWork`), until
+(CPU-bound).  Running the two side by side rather than one after the other
+halves the time from the last byte read to the seal, which is what an
+officer waits for when every camera finishes at once.  A verify that fails
+sends the clip back to ``discovered`` (its probe is dropped) and asks its
+session to copy it again (:class:`SessionWork`), until
 ``ingest.change_retries`` is spent; then it is quarantined.  Every state
 change is one transaction with its custody log entry.
 """
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,28 +94,48 @@ class ClipChecker:
         self.observer = observer
 
     def hand_over(self, clip: Copied, report: DockReport, work: SessionWork) -> None:
-        """Queue ``clip`` for its checks, as part of its session's batch."""
+        """Queue ``clip``'s verify and probe, as part of its session's batch."""
         self.observer.clip_phase(clip.handle, clip.clip_id, clip.rec, "verifying")
+        checks = _Checks(clip, report)
         work.batch.add(self.verifies.submit(clip.handle,
-                                            lambda: self._verify(clip, report, work)))
+                                            lambda: self._verify(checks, work)))
+        self.probes.submit(lambda: self._probe(checks), key=clip.handle, batch=work.batch)
 
     # --- verify pool -----------------------------------------------------------------------
 
-    def _verify(self, clip: Copied, report: DockReport, work: SessionWork) -> None:
+    def _verify(self, checks: _Checks, work: SessionWork) -> None:
+        clip, report = checks.clip, checks.report
         try:
             verified = self._read_back(clip, report, work)
-            if verified is None:
-                return
-            duplicate_of = self._record_sha256(clip, verified)
+            if verified is not None:
+                if self._record_sha256(clip, verified) is not None:
+                    report.duplicates.append(clip.clip_id)
+                    self.observer.clip_phase(clip.handle, clip.clip_id, clip.rec, "done")
+                    verified = None  # nothing more to record: the probe is not needed
+                elif not checks.probed:
+                    self.observer.clip_phase(clip.handle, clip.clip_id, clip.rec, "probing")
         except AgentError as exc:
             self._failed(clip, report, exc)
-            return
-        if duplicate_of is not None:
-            report.duplicates.append(clip.clip_id)
-            self.observer.clip_phase(clip.handle, clip.clip_id, clip.rec, "done")
-            return
-        self.probes.submit(lambda: self._probe_and_record(clip, verified, report),
-                           key=clip.handle, batch=work.batch)
+            verified = None
+        if checks.verify_done(verified):
+            self._record_and_seal(checks)
+
+    # --- probe pool ------------------------------------------------------------------------
+
+    def _probe(self, checks: _Checks) -> None:
+        clip = checks.clip
+        if checks.abandoned:
+            return  # the verify failed already: the clip is copied again
+        started = time.monotonic()
+        try:
+            media = self.probe(clip.final, clip.clip_id, clip.rec.name)
+        except AgentError as exc:
+            result: tuple[dict[str, Any] | None, list[str]] | AgentError = exc
+        else:
+            result = media
+        log.debug("clip %s: probed in %.2f s", clip.clip_id, time.monotonic() - started)
+        if checks.probe_done(result):
+            self._record_and_seal(checks)
 
     def _read_back(self, clip: Copied, report: DockReport, work: SessionWork) -> bool | None:
         """Whether the vault copy was read back and matched; None if it failed (handled)."""
@@ -116,8 +143,11 @@ class ClipChecker:
             return False
         if clip.existed and not clip.repaired:
             return True  # commit has just read the stored object back from the disk, intact
+        started = time.monotonic()
         try:
             self.vault.verify(clip.sha256)
+            log.debug("clip %s: vault copy verified in %.2f s", clip.clip_id,
+                      time.monotonic() - started)
         except IntegrityError as exc:
             if not clip.existed:
                 self.vault.remove(clip.sha256)
@@ -165,13 +195,16 @@ class ClipChecker:
                          f"{clip.rec.path}: {exc.diagnostics()}")
         reset_if_copying(self.store, clip.clip_id, f"ingest failed: {exc}")
 
-    # --- probe pool ------------------------------------------------------------------------
+    # --- both done ------------------------------------------------------------------------
 
-    def _probe_and_record(self, clip: Copied, verified: bool, report: DockReport) -> None:
-        """Probe the vault copy, record the clip copied with its media facts, then seal it."""
-        self.observer.clip_phase(clip.handle, clip.clip_id, clip.rec, "probing")
+    def _record_and_seal(self, checks: _Checks) -> None:
+        """Record the clip copied with its media facts, then seal it (the last check's thread)."""
+        clip, report = checks.clip, checks.report
         try:
-            self._record_copied(clip, verified)
+            if isinstance(checks.media, AgentError):
+                raise checks.media
+            assert checks.media is not None and checks.verified is not None
+            self._record_copied(clip, checks.verified, checks.media)
         except AgentError as exc:
             self._failed(clip, report, exc)
             return
@@ -189,9 +222,10 @@ class ClipChecker:
                                  "is tried again within custody.checkpoint_interval_s")
         self.observer.clip_phase(clip.handle, clip.clip_id, clip.rec, "done")
 
-    def _record_copied(self, clip: Copied, verified: bool) -> None:
+    def _record_copied(self, clip: Copied, verified: bool,
+                       media: tuple[dict[str, Any] | None, list[str]]) -> None:
         rec = clip.rec
-        media_info, flags = self.probe(clip.final, clip.clip_id, rec.name)
+        media_info, flags = media
         row = self.store.clip(clip.clip_id)
         offset = row["clock_offset_s"]
         all_flags = sorted(set(json.loads(row["flags"])) | set(flags)
@@ -208,6 +242,40 @@ class ClipChecker:
                 flags=json.dumps(all_flags), recorded_end=recorded_end,
                 log_body={"sha256": clip.sha256, "size": clip.size, "verified": verified,
                           "flags": all_flags})
+
+
+class _Checks:
+    """The verify and the probe of one clip, run side by side: who finishes last records.
+
+    ``verified`` None after the verify means there is nothing to record (the copy
+    failed its verify, is a duplicate, or the station's side failed: handled there).
+    """
+
+    def __init__(self, clip: Copied, report: DockReport) -> None:
+        self.clip, self.report = clip, report
+        self.verified: bool | None = None
+        self.media: tuple[dict[str, Any] | None, list[str]] | AgentError | None = None
+        self.abandoned = False  # the verify found nothing to record: skip the probe
+        self.probed = False
+        self._left = 2
+        self._lock = threading.Lock()
+
+    def verify_done(self, verified: bool | None) -> bool:
+        """The verify's outcome; True if the caller should record the clip now."""
+        with self._lock:
+            self.verified = verified
+            self.abandoned = verified is None
+            return self._finished()
+
+    def probe_done(self, media: tuple[dict[str, Any] | None, list[str]] | AgentError) -> bool:
+        """The probe's outcome; True if the caller should record the clip now."""
+        with self._lock:
+            self.media, self.probed = media, True
+            return self._finished()
+
+    def _finished(self) -> bool:
+        self._left -= 1
+        return self._left == 0 and not self.abandoned
 
 
 def clock_flags(offset: float | None, max_skew_s: float) -> list[str]:

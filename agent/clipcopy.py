@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,12 +137,15 @@ class ClipCopier:
             before = device.stat(rec)
             self._note_change_since_listing(clip_id, rec, before)
             with self._reserving(before[0]):
+                started = time.monotonic()
                 with device.open(rec) as stream:
                     result = copy_to_vault(
                         stream, temp, chunk_size=ingest.chunk_kib * 1024,
                         queue_chunks=ingest.queue_chunks, cancel=self.stopping,
                         budget=self.vault.budget,
                         progress=lambda n: self.observer.clip_bytes(device.handle, clip_id, n))
+                log.debug("clip %s: %d bytes copied in %.2f s", clip_id, result.size,
+                          time.monotonic() - started)
                 after = device.stat(rec)
                 changed = _changes(before, after, result.size)
                 if changed:

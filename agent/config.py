@@ -59,7 +59,7 @@ class IngestSection:
                                  "(MiB): the peak whatever the number of cameras "
                                  "(docs/OPERATIONS.md, memory).")
     verify: bool = option(True, doc="Re-read each vault copy from disk and compare its hash.")
-    verify_workers: int = option(2, min=1, max=16,
+    verify_workers: int = option(4, min=1, max=16,
                                  doc="Vault copies verified at the same time (disk-bound), "
                                      "shared fairly by the docked cameras.")
     change_retries: int = option(2, min=0, max=10,

@@ -90,11 +90,13 @@ def bench_docks(cameras: int, rate_mib_s: float, size_mib: int, clips: int, repe
     for k in range(repeat):
         run = run_once(cams, workdir / f"run-{k}", rate_mib_s, mode)
         run["efficiency"] = round(ideal / run["sessions_s"], 3)
+        run["read_efficiency"] = round(ideal / run["read_s"], 3)
         run["process_efficiency"] = round(ideal / run["process_s"], 3)
         runs.append(run)
         print(json.dumps(run), flush=True)
     median = {key: round(statistics.median(r[key] for r in runs), 3)
-              for key in ("sessions_s", "process_s", "efficiency", "process_efficiency",
+              for key in ("sessions_s", "read_s", "process_s", "efficiency", "read_efficiency",
+                    "process_efficiency",
                           "cpu_s", "agent_peak_rss_mib", "tree_peak_rss_mib")}
     return {
         "command": (f"scripts/bench docks --cameras {cameras} --rate {rate_mib_s:g} "
@@ -262,7 +264,7 @@ def run_once(cams: list[Camera], run_dir: Path, rate_mib_s: float, mode: str) ->
         [station]
         id = "ST-BENCH"
         data_dir = "{run_dir / 'data'}"
-        log_level = "warning"
+        log_level = "debug"
 
         [devices.simulated]
         root = "{run_dir / 'sim'}"
@@ -274,7 +276,8 @@ def run_once(cams: list[Camera], run_dir: Path, rate_mib_s: float, mode: str) ->
             load_before = os.getloadavg()
             sample = _run_agent(config, cgroup, run_dir / "agent.log")
             load_after = os.getloadavg()
-        sample.update(_check_store(run_dir / "data" / "state.db", cams))
+        sample.update(_check_store(run_dir / "data" / "state.db", cams,
+                                   run_dir / "agent.log"))
     finally:
         if not os.environ.get("BWC_BENCH_KEEP"):
             shutil.rmtree(run_dir / "data", ignore_errors=True)  # the vault: GiBs per run
@@ -330,8 +333,12 @@ def _tree_rss_kib(pid: int) -> int:
     return total
 
 
-def _check_store(db_path: Path, cams: list[Camera]) -> dict[str, Any]:
-    """Every clip sealed and verified with its camera's digest; the sessions' span."""
+def _check_store(db_path: Path, cams: list[Camera], log: Path) -> dict[str, Any]:
+    """Every clip sealed and verified with its camera's digest; the sessions' span.
+
+    ``read_s`` ends when the last clip's bytes are in the vault (the agent's debug
+    line "bytes copied in"), ``sessions_s`` when the last clip is sealed.
+    """
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         rows = db.execute("SELECT device_serial, path, state, verified, sha256, size, "
@@ -347,7 +354,11 @@ def _check_store(db_path: Path, cams: list[Camera]) -> dict[str, Any]:
                          f"{len(rows)} clips, {len(bad)} not sealed+verified, "
                          f"{len(set(expected) - set(got))} missing")
     last_seal = max(r[6] for r in rows)
+    copied = [line[:23] for line in log.read_text(errors="replace").splitlines()
+              if "bytes copied in" in line]
+    last_read = max(datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f").timestamp() for t in copied)
     return {"clips_sealed_verified": len(rows),
+            "read_s": round(last_read - _ts(first_dock), 3),
             "sessions_s": round(_ts(last_seal) - _ts(first_dock), 3)}
 
 

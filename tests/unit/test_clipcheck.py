@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +98,51 @@ def test_verify_setting_decides_the_verified_flag(station_config: Callable[..., 
         assert station.store is not None
         rows = station.store.clips()
     assert {(r["state"], r["verified"]) for r in rows} == {("sealed", int(verify))}
+
+
+def test_a_clip_probed_before_its_verify_ends_is_recorded_when_the_verify_ends(
+        station_config: Callable[..., Config]) -> None:
+    import threading
+
+    config = station_config()
+    sources = _sources(camera(config, clips=3))
+    with running_station(config) as station:
+        assert station.offloader is not None and station.store is not None
+        checker = station.offloader.copier.checker
+        real_probe = checker.probe
+        probed: list[str] = []
+
+        def probe(path: Path, clip_id: str, name: str) -> tuple[dict[str, Any] | None, list[str]]:
+            result = real_probe(path, clip_id, name)
+            probed.append(clip_id)
+            return result
+
+        checker.probe = probe  # type: ignore[method-assign]
+        # Every verify worker is held: the probes run and end first.
+        gate = threading.Event()
+        started = threading.Semaphore(0)
+        pool = station.offloader.verifies
+
+        def hold() -> None:
+            started.release()
+            gate.wait(60)
+
+        holds = [pool.submit(object(), hold) for _ in range(pool.workers)]
+        for _ in holds:
+            assert started.acquire(timeout=10)
+        results = []
+        session = threading.Thread(target=lambda: results.append(station.run_once()))
+        session.start()
+        deadline = time.monotonic() + 60
+        while len(probed) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(probed) == 3
+        # Probed, not verified: nothing is recorded copied yet.
+        assert {r["state"] for r in station.store.clips()} == {"copying"}
+        gate.set()
+        session.join(60)
+        rows = station.store.clips()
+    assert results and results[0].ok
+    assert {r["name"]: r["sha256"] for r in rows} == sources
+    assert {(r["state"], r["verified"]) for r in rows} == {("sealed", 1)}
+    assert all(json.loads(r["media"])["verdict"] == "ok" for r in rows)
