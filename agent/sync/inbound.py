@@ -131,6 +131,8 @@ COMMAND_ARGS: dict[str, dict[str, Field]] = {
                      "note": Field("text", required=False, max_len=500)},
     "outbox-drop": {"item": Field("int", max_len=2**62, min_value=1),
                     "reason": Field("text", max_len=500), "force": Field("bool", required=False)},
+    "resend-events": {"from_seq": Field("int", max_len=2**53),
+                      "to_seq": Field("int", max_len=2**53)},
 }
 
 

@@ -24,6 +24,7 @@ from agent.officers.inbound import OfficerMessages
 from agent.overview import platform_status, station_status
 from agent.pki.identity import identity_certificates
 from agent.store import ClipState, Store
+from agent.store.db import EVENT_TOPIC
 from agent.sync import care
 from agent.sync.inbound import Inbound, tag_command
 from agent.sync.mqtt import MqttLink
@@ -86,6 +87,9 @@ class SyncService:
             "tag": tag_command(config, store),
             "sync-clock": lambda _args: {"devices": self.station.sync_clocks()},
             **care.handlers(config, store, lambda: self.inbound.running_command),
+            "resend-events": lambda args: {"resent": self.outbox.resend_events(
+                EVENT_TOPIC.format(station_id=config.station.id), args["from_seq"],
+                args["to_seq"])},
         }, on_acknowledged=self._acknowledged, settle=self._settle,
             messages=officers.handlers())
         officers.refused = self._refuse_officer_message
@@ -212,9 +216,11 @@ class SyncService:
         """The retained MQTT status: the figures the CLI and the pages show (agent.overview)."""
         progress = getattr(self.station, "progress", None)
         facts = getattr(self.station, "daemon_facts", None)
+        # Read before the outbox: "outbox": 0 then means every event up to it was delivered.
+        event_seq = self.outbox.event_seq()
         status = station_status(self.config, self.store, vault=self.vault, progress=progress,
                                 daemon=facts() if facts is not None else None)
-        return platform_status(status, last_sync=self._last_sync)
+        return {**platform_status(status, last_sync=self._last_sync), "event_seq": event_seq}
 
     # --- batch mode ----------------------------------------------------------------------
 

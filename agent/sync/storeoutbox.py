@@ -6,10 +6,14 @@ as the state change they announce; the MQTT link drains them from here.
 
 from __future__ import annotations
 
+from agent.errors import AgentError
 from agent.store import Store
 from agent.store.db import OUTBOX_PENDING
 from agent.sync.outbox import OutboxItem
 from agent.timeutil import now
+
+# The most events one resend-events command may ask for (a bounded update).
+RESEND_MAX = 10000
 
 
 class StoreOutbox:
@@ -52,6 +56,31 @@ class StoreOutbox:
                                 "(last_error IS NULL OR dropped_at IS NOT NULL)",
                                 tuple(sorted(item_ids)))
         return {int(r["id"]) for r in rows}
+
+    def resend_events(self, topic: str, from_seq: int, to_seq: int) -> int:
+        """Send again the events ``from_seq``..``to_seq`` delivered already; how many.
+
+        For a platform that found events missing (docs/PROTOCOL.md, ``resend-events``):
+        a broker that crashed may lose what it had acknowledged.  The events go out
+        again, in their order, with their ids (the platform de-duplicates by id).
+        """
+        if to_seq < from_seq or to_seq - from_seq >= RESEND_MAX:
+            raise AgentError(f"resend-events: from_seq {from_seq} to to_seq {to_seq} is not "
+                             f"a range of 1 to {RESEND_MAX} events")
+        with self.store.transaction() as tx:
+            count = tx.execute(
+                "UPDATE outbox SET delivered_at = NULL WHERE topic = ? AND delivered_at IS "
+                "NOT NULL AND CAST(json_extract(CAST(payload AS TEXT), '$.seq') AS INTEGER) "
+                "BETWEEN ? AND ?", (topic, from_seq, to_seq)).rowcount
+            tx.log("events.resent", None, {"from_seq": from_seq, "to_seq": to_seq,
+                                           "events": count})
+        self.store.outbox_signal.set()
+        return int(count)
+
+    def event_seq(self) -> int:
+        """The seq of the newest event queued (0 before the first)."""
+        row = self.store.query_one("SELECT value FROM meta WHERE key = 'event_seq'")
+        return int(row["value"]) if row else 0
 
     def wait_for_new(self, timeout: float) -> None:
         self.store.outbox_signal.wait(timeout)

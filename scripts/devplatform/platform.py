@@ -16,6 +16,10 @@ broker and the real ``TusServer``:
   station has not confirmed (no ``clip.acknowledged`` event yet) are sent
   again at its next birth, and uploads completed before a crash of the
   platform are checked again when it starts;
+- events are numbered per station (``seq``): once a station's status says
+  every event up to ``event_seq`` is with the broker (``outbox`` 0), the seqs
+  missing here (lost by a broker that crashed) are asked for again with the
+  signed ``resend-events`` command;
 - ``send_command`` publishes a signed command with an MQTT 5 response topic
   and correlation data and returns the station's response.
 
@@ -70,6 +74,9 @@ from scripts.devplatform.tusserver import CompletedUpload, TusServer
 log = logging.getLogger(__name__)
 
 PREFIX = "bwc/v1/stations"
+GAP_CHECK_DELAY_S = 3.0  # after a status saying every event is with the broker
+RESEND_MAX = 10000  # the most events one resend-events command asks for
+RESEND_AGAIN_S = 60.0  # the same events are asked for again after this long
 MANIFEST_SCHEMA = "bwc.manifest/v1"
 _HASH_BLOCK = 1024 * 1024
 _SHA256_HEX = frozenset("0123456789abcdef")
@@ -267,6 +274,8 @@ class DevPlatform:
         self._cond = threading.Condition()  # notified on every recorded change
         self._responses: dict[str, dict[str, Any]] = {}
         self._timers: list[threading.Timer] = []
+        # station -> (first, last, when): the events last asked for again
+        self._resend_asked: dict[str, tuple[int, int, float]] = {}
         self._subscribed = threading.Event()
         self._connection = 0  # bumped by every CONNACK
         self._connect_error: str | None = None
@@ -553,6 +562,8 @@ class DevPlatform:
                     value.set()
                 elif kind == "ack":
                     self._send_ack(value)
+                elif kind == "gaps":
+                    self._check_gaps(*value)
                 elif kind == "owed-acks":
                     for clip_id in self.records.owed_acks():
                         self._schedule_ack(clip_id)
@@ -573,6 +584,7 @@ class DevPlatform:
                 # while the station was away: send again what the station never confirmed.
                 for clip_id in self.records.unconfirmed_acks(station_id):
                     self._schedule_ack(clip_id)
+                self._schedule_gap_check(station_id, body)
         elif kind == "identity":
             if self.records.station_identity(station_id, body):
                 for clip_id in self.records.unsettled_clips(station_id):
@@ -631,6 +643,47 @@ class DevPlatform:
             self._schedule_ack(clip_id)
 
     # -- acknowledgements --------------------------------------------------------------
+
+    def _schedule_gap_check(self, station_id: str, status: dict[str, Any]) -> None:
+        """Once a station says every event it made is with the broker, find those lost since.
+
+        ``event_seq`` is its newest event; with ``outbox`` 0 each one was acknowledged
+        by the broker.  Checked a moment later (the broker may still be delivering
+        them); a seq missing then was lost by the broker (a crash), and the station
+        is asked to send those events again (resend-events, PROTOCOL.md section 6).
+        """
+        seq, outbox = status.get("event_seq"), status.get("outbox")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or outbox != 0:
+            return
+        timer = threading.Timer(GAP_CHECK_DELAY_S, self._work.put,
+                                (("gaps", (station_id, seq)),))
+        timer.daemon = True
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def _check_gaps(self, station_id: str, seq: int) -> None:
+        missing = self.records.missing_events(station_id, seq)
+        if not missing:
+            return
+        first, last = missing[0], min(missing[-1], missing[0] + RESEND_MAX - 1)
+        asked = self._resend_asked.get(station_id)
+        if asked is not None and asked[:2] == (first, last) \
+                and time.monotonic() - asked[2] < RESEND_AGAIN_S:
+            return  # asked just now; a later status shows whether the events came
+        self._resend_asked[station_id] = (first, last, time.monotonic())
+        log.warning("dev platform: %d events of %s missing (seq %d..%d); asking it to send "
+                    "them again", len(missing), station_id, first, last)
+        envelope = self.command_envelope(station_id, "resend-events",
+                                         {"from_seq": first, "to_seq": last})
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.reply_topic(station_id)
+        props.CorrelationData = str(_payload_field(envelope, "correlation_id")).encode()
+        try:
+            self.publish_raw(f"{PREFIX}/{station_id}/cmd/resend-events", envelope,
+                             properties=props)
+        except TransportError as exc:
+            self._resend_asked.pop(station_id, None)
+            log.warning("dev platform: resend-events to %s not sent (%s)", station_id, exc)
 
     def _schedule_ack(self, clip_id: str) -> None:
         if self.ack_delay_s > 0:
@@ -854,6 +907,13 @@ class Records:
     def ack_sent(self, clip_id: str, envelope: dict[str, Any]) -> None:
         self._write("UPDATE clips SET ack = ?, ack_sent_at = ? WHERE clip_id = ?",
                     (json.dumps(envelope), now(), clip_id))
+
+    def missing_events(self, station_id: str, up_to: int) -> list[int]:
+        """The seqs 1..``up_to`` of ``station_id``'s events never received, in order."""
+        have = {row["seq"] for row in self._rows(
+            "SELECT seq FROM events WHERE station_id = ? AND seq BETWEEN 1 AND ?",
+            (station_id, up_to))}
+        return [seq for seq in range(1, up_to + 1) if seq not in have]
 
     def unconfirmed_acks(self, station_id: str) -> list[str]:
         """Clips of ``station_id`` acknowledged but without its ``clip.acknowledged`` event."""

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -507,3 +508,30 @@ def test_a_message_is_acknowledged_to_the_broker_only_once_recorded(
         second.wait_for(lambda: any(e["id"] == event["id"]
                                     for e in second.events(station.id)), 10, "the event")
     first.stop()
+
+
+def test_events_a_broker_lost_are_asked_for_again(
+        platform: DevPlatform, pki: DevPki, station_factory: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import scripts.devplatform.platform as platform_mod
+
+    monkeypatch.setattr(platform_mod, "GAP_CHECK_DELAY_S", 0.1)
+    station = station_factory("ST-GAPS")
+    for seq in (1, 2, 4):  # the broker acknowledged 3 and 5, then lost them
+        station.publish("events", {"id": str(uuid.uuid4()), "type": "device.docked",
+                                   "station_id": station.id, "seq": seq, "at": now(),
+                                   "data": {}})
+    platform.wait_for(lambda: len(platform.events(station.id)) == 3, 10, "three events")
+    # Still sending (outbox not empty): nothing is asked for yet.
+    station.publish("status", {"state": "online", "event_seq": 5, "outbox": 2})
+    platform.flush()
+    time.sleep(0.5)  # five times the check's delay
+    platform.flush()
+    assert not [m for m in station.received if m.topic == station.topic("cmd/resend-events")]
+    station.publish("status", {"state": "online", "event_seq": 5, "outbox": 0})
+    (command,) = station.wait_messages("cmd/resend-events")
+    platform_key = load_public_key(pki.platform_pub_path)
+    payload = json.loads(dsse.verify_envelope(command, {pki.platform_keyid: platform_key},
+                                              dsse.COMMAND))
+    assert (payload["name"], payload["station_id"]) == ("resend-events", station.id)
+    assert payload["args"] == {"from_seq": 3, "to_seq": 5}

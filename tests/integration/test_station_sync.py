@@ -416,3 +416,36 @@ def test_rescan_and_sync_clock_commands(stand: DevStand, tmp_path: Path) -> None
     flags = json.loads(sqlite3.connect(config.data_dir / "state.db").execute(
         "SELECT flags FROM clips").fetchone()[0])
     assert "clock.skew" in flags, "an hour off is flagged on the clip"
+
+
+def test_resend_events_sends_delivered_events_again_and_status_says_the_last_seq(
+        stand: DevStand, tmp_path: Path) -> None:
+    config = _station(stand, tmp_path)
+    _camera(config, clips=1)
+    station = Station(config)
+    station.start(watch=True)
+    try:
+        assert station.sync is not None and station.sync.link.wait_connected(10)
+        stand.platform.wait_for(lambda: all(s == "released" for s in _states(config).values())
+                                and _states(config), timeout=30, what="clip released")
+        stand.platform.wait_for(lambda: station.sync.outbox.backlog() == 0, 10, "outbox empty")
+        status = stand.platform.send_command("ST-0001", "status", {})["result"]
+        sent = [json.loads(r[0]) for r in sqlite3.connect(config.data_dir / "state.db").execute(
+            "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY id")]
+        assert status["event_seq"] == sent[-1]["seq"] == len(sent)
+        before = stand.platform.duplicates("ST-0001")
+        response = stand.platform.send_command("ST-0001", "resend-events",
+                                               {"from_seq": 2, "to_seq": 4})
+        assert response["ok"] is True and response["result"] == {"resent": 3}
+        # The same events, with their ids: the platform counts them as duplicates.
+        stand.platform.wait_for(lambda: stand.platform.duplicates("ST-0001") == before + 3,
+                                10, "three events again")
+        refused = stand.platform.send_command("ST-0001", "resend-events",
+                                              {"from_seq": 5, "to_seq": 4})
+        assert refused["ok"] is False and "not a range" in refused["error"]
+        bad = stand.platform.send_command("ST-0001", "resend-events",
+                                          {"from_seq": "1", "to_seq": 4})
+        assert bad["ok"] is False and bad["error"].startswith("args:")
+    finally:
+        station.stop()
+    assert _log_kinds(config, "events.resent") == [{"from_seq": 2, "to_seq": 4, "events": 3}]
