@@ -23,7 +23,8 @@ Measured: the time for all stations to reconnect after the broker came
 back, and how their attempts spread (per-100-ms buckets: a synchronised
 storm would put them all in a few); events lost (delivered by a station,
 never recorded by the platform: must be 0), duplicates the platform
-received (de-duplicated by id), clips acknowledged, 503 answers and the
+received (de-duplicated by id), events the broker lost in its crash and the
+platform asked for again (``resend-events``), clips acknowledged, 503 answers and the
 stations that waited for their Retry-After, the agents' memory idle and
 busy (RSS, VmHWM).  Everything goes to ``bench-run/fleet-<N>.json``.
 """
@@ -55,6 +56,7 @@ from scripts.devplatform.stand import free_port, mosquitto_binary
 
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 _WAIT = re.compile(r" in ([0-9.]+) s \(attempt")
+_MISSING = re.compile(r"dev platform: (\d+) events of \S+ missing")
 
 
 @dataclass
@@ -335,8 +337,12 @@ def _results(fleet: Fleet, times: dict[str, Any], total_clips: int) -> dict[str,
                                        "('acknowledged', 'released', 'purged')").fetchone()[0]
         retry_after_waits += len(_log_lines(station, "the server asked for"))
         upload_retries += len(_log_lines(station, "upload attempt"))
+    busy_503, asked_again = 0, 0
     with open(fleet.dir / "platform.log", errors="replace") as platform_log:
-        busy_503 = sum(1 for line in platform_log if "busy:" in line)
+        for line in platform_log:
+            busy_503 += "busy:" in line
+            if (m := _MISSING.search(line)) is not None:
+                asked_again += int(m.group(1))
     return {
         "broker_restart": {
             "all_reconnected_s": round(max(reconnect), 2),
@@ -347,6 +353,7 @@ def _results(fleet: Fleet, times: dict[str, Any], total_clips: int) -> dict[str,
         },
         "events": {"delivered": sent, "pending_at_stop": pending,
                    "received_distinct": len(received), "lost": len(lost),
+                   "lost_by_the_broker_and_sent_again": asked_again,
                    "lost_examples": lost[:10], "duplicates_received": int(duplicates)},
         "clips": {"total": total_clips, "acknowledged": acknowledged},
         "uploads": {"busy_503_answered": busy_503, "retry_after_waits": retry_after_waits,

@@ -244,7 +244,12 @@ class TusServer:
         fsync_dir(self.store)
 
     def recover(self) -> list[str]:
-        """Undo the chunks a crash left pending; returns their upload ids."""
+        """Undo the chunks a crash left pending; returns their upload ids.
+
+        An upload whose bytes all arrived but which a crash kept from being marked
+        completed is completed now (``on_complete`` runs): its client, finding the
+        offset at the length, sends nothing more.
+        """
         undone = []
         for marker in sorted(self.store.glob("*.pending")):
             upload_id = marker.stem
@@ -253,6 +258,13 @@ class TusServer:
                 undone.append(upload_id)
                 log.info("upload %s: dropped a checksummed chunk a crash left unverified",
                          upload_id)
+        for sidecar in sorted(self.store.glob("*.json")):
+            info = self.info(sidecar.stem) if _ID.fullmatch(sidecar.stem) else None
+            if info is not None and not info.get("completed_at") \
+                    and self.offset(info["id"]) == info["length"]:
+                log.info("upload %s: every byte arrived before a crash; completed now",
+                         info["id"])
+                self.completed(info["id"], info)
         return undone
 
     def completed_uploads(self) -> list[tuple[CompletedUpload, str]]:

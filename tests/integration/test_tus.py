@@ -293,6 +293,29 @@ def test_a_checksummed_chunk_a_crash_left_unverified_is_dropped_at_start(
     assert sha256(completed[0].path) == sha256(source)
 
 
+def test_an_upload_whose_bytes_all_arrived_before_a_crash_is_completed_at_start(
+        start_server: Callable[..., TusServer], pki: Pki, tmp_path: Path,
+        completed: list[CompletedUpload]) -> None:
+    first = start_server()
+    source = make_file(tmp_path / "c.mp4", 200_000)
+    with client_for(first, pki) as client:
+        url = client.create(200_000, {"clip_id": "c"})
+        assert client.upload(url, source, start=0, total=200_000) == 200_000
+    first.stop()
+    upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+    # A crash between the last byte written and the upload marked completed.
+    info = first.info(upload_id)
+    assert info is not None and info["completed_at"]
+    first.save_info(upload_id, {**info, "completed_at": None})
+    completed.clear()
+    second = start_server(port=first.port)
+    # The client finds the offset at the length and sends nothing more: the server
+    # completes the upload itself, so the platform hears of it.
+    assert [c.id for c in completed] == [upload_id]
+    assert sha256(completed[0].path) == sha256(source)
+    assert (second.info(upload_id) or {}).get("completed_at")
+
+
 def test_a_pending_marker_beyond_the_data_never_lengthens_it(
         start_server: Callable[..., TusServer], pki: Pki, tmp_path: Path) -> None:
     # After a power cut the synced marker may name bytes the unsynced data lost.
