@@ -79,6 +79,11 @@ class Offloader:
         self._serial_locks: dict[str, threading.Lock] = {}
         self._serial_locks_guard = threading.Lock()
 
+    def close(self) -> None:
+        """Stop the verify and probe workers once no session runs (what is queued runs first)."""
+        self.probes.shutdown()
+        self.verifies.shutdown()
+
     # --- the session ---------------------------------------------------------------------
 
     def offload(self, device: Device) -> DockReport:

@@ -258,6 +258,7 @@ class Station:
         self.offloader = Offloader(self.config, self.store, self.vault, after_copy=after_copy,
                                    before_listing=before_listing, make_room=make_room,
                                    stopping=self._stopping, observer=self.progress)
+        self._stops.append(self.offloader.close)  # after the sessions (stops run in reverse)
         self._pool = ThreadPoolExecutor(max_workers=self.config.station.max_ingest_workers,
                                         thread_name_prefix="dock")
         pool = self._pool
