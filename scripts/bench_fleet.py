@@ -16,8 +16,10 @@ The run:
 3. a third into the window the broker is killed (SIGKILL) and started again
    ``--down`` seconds later; two thirds in, the platform (the upload server
    and its consumer) is killed and started again the same way;
-4. wait until every clip is acknowledged at its station and every event is
-   delivered; stop the agents (SIGTERM).
+4. wait until every clip is acknowledged at its station, every event is
+   delivered and the platform holds every one of them (those the broker lost
+   in its crash come back through ``resend-events`` after the station's next
+   status); stop the agents (SIGTERM).
 
 Measured: the time for all stations to reconnect after the broker came
 back, and how their attempts spread (per-100-ms buckets: a synchronised
@@ -219,7 +221,10 @@ def bench_fleet(stations: int, clips: int, window_s: float, down_s: float, max_u
         events["all_acknowledged"] = time.time()
         busy = {"vmhwm_mib": _stats([_status_kib(s.proc.pid, "VmHWM") / 1024
                                      for s in fleet.stations if s.proc])}
-        time.sleep(5)  # the platform records the last events
+        # Events a broker lost come back once a station's next status (within
+        # platform.status_interval_s) says its outbox is empty and the platform asks.
+        _wait(lambda: not _missing_at_platform(fleet), timeout_s, "every event at the platform")
+        events["no_event_missing"] = time.time()
         fleet.stop_stations()
         result = _results(fleet, events, total_clips)
         result.update(stations=stations, clips_per_station=clips, window_s=window_s,
@@ -288,6 +293,25 @@ def _acknowledged(stations: list[Station]) -> int:
             total += db.execute("SELECT COUNT(*) FROM clips WHERE state IN "
                                 "('acknowledged', 'released', 'purged')").fetchone()[0]
     return total
+
+
+def _missing_at_platform(fleet: Fleet) -> list[str]:
+    """Events the stations delivered that the platform has not recorded (yet)."""
+    db = sqlite3.connect(f"file:{fleet.dir / 'platform' / 'platform.db'}?mode=ro", uri=True,
+                         timeout=10)
+    try:
+        received = {row[0] for row in db.execute("SELECT id FROM events")}
+    finally:
+        db.close()
+    missing = []
+    for station in fleet.stations:
+        with _db(station) as sdb:
+            for (payload,) in sdb.execute("SELECT payload FROM outbox WHERE topic LIKE "
+                                          "'%/events' AND delivered_at IS NOT NULL"):
+                body = json.loads(payload)
+                if body["id"] not in received:
+                    missing.append(f"{station.station_id}:{body['type']}:{body['seq']}")
+    return missing
 
 
 def _undelivered(stations: list[Station]) -> int:
