@@ -5,7 +5,6 @@ browser elsewhere on the network gets.  Nothing refused reaches the custody log.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,13 @@ from agent.officers.roster import UPDATE
 from agent.station import Station
 from scripts.devplatform.officers import revocation
 from tests.web.conftest import PASSWORD, custody, log_size
-from tests.web.officer_station import CHINESE, UNKNOWN, OfficerStation, officer_station
+from tests.web.officer_station import (
+    CHINESE,
+    UNKNOWN,
+    OfficerStation,
+    network_officer_config,
+    officer_station,
+)
 
 ACTIONS = ("officer/tag", "officer/untag", "officer/important", "officer/signout")
 
@@ -201,30 +206,11 @@ def _name(setup: OfficerStation, clip_id: str) -> str:
 
 
 def test_officer_routes_answer_the_stations_own_screen_only(tmp_path: Path) -> None:
-    from agent import config as config_mod
     from agent.store import Store
-    from agent.web.accounts import Accounts
     from agent.web.server import WebServer
-    from scripts.devplatform.officers import OfficerAuthority
-    from tests.conftest import write_station_config
     from tests.web.test_web_http import _asgi_get
 
-    authority = OfficerAuthority(tmp_path / "platform")
-    path = write_station_config(tmp_path, f"""
-        [custody]
-        credential_key_file = "{authority.pub_path}"
-
-        [web]
-        listen = "192.0.2.1"
-        hostnames = ["station.example"]
-        tls_cert_file = "{tmp_path / 'web.pem'}"
-        tls_key_file = "{tmp_path / 'web.key'}"
-        users_file = "{tmp_path / 'users.json'}"
-        """)
-    config = config_mod.load(path)
-    Accounts(tmp_path / "users.json").add("alice", PASSWORD)
-    (tmp_path / "web.key").write_text("unused here")
-    os.chmod(tmp_path / "web.key", 0o600)
+    config = network_officer_config(tmp_path)
     store = Store(tmp_path / "state.db", station_id="ST-0001")
     try:
         server = WebServer(config, store, None, None)  # never started: nothing is bound

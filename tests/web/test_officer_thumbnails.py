@@ -11,7 +11,6 @@ object.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from agent.station import Station
 from agent.thumbnails import Thumbnails
 from agent.web.security import CSP
 from tests.web.conftest import PASSWORD, log_size
-from tests.web.officer_station import CHINESE, officer_station
+from tests.web.officer_station import CHINESE, network_officer_config, officer_station
 from tests.web.test_officer_http import _sign_in
 
 WEB = Path(__file__).resolve().parents[2] / "agent" / "web"
@@ -111,30 +110,11 @@ def test_an_audio_recording_is_listed_with_the_sound_icon(
 
 
 def test_from_the_network_no_picture_is_served(tmp_path: Path) -> None:
-    from agent import config as config_mod
     from agent.store import Store
-    from agent.web.accounts import Accounts
     from agent.web.server import WebServer
-    from scripts.devplatform.officers import OfficerAuthority
-    from tests.conftest import write_station_config
     from tests.web.test_web_http import _asgi_get
 
-    authority = OfficerAuthority(tmp_path / "platform")
-    path = write_station_config(tmp_path, f"""
-        [custody]
-        credential_key_file = "{authority.pub_path}"
-
-        [web]
-        listen = "192.0.2.1"
-        hostnames = ["station.example"]
-        tls_cert_file = "{tmp_path / 'web.pem'}"
-        tls_key_file = "{tmp_path / 'web.key'}"
-        users_file = "{tmp_path / 'users.json'}"
-        """)
-    config = config_mod.load(path)
-    Accounts(tmp_path / "users.json").add("alice", PASSWORD)
-    (tmp_path / "web.key").write_text("unused here")
-    os.chmod(tmp_path / "web.key", 0o600)
+    config = network_officer_config(tmp_path)
     clip = "0190f0c1-0000-7000-8000-000000000001"
     Thumbnails(config.data_dir).save(clip, cv2.imencode(".jpg", np.zeros((9, 16, 3),
                                                                          np.uint8))[1].tobytes())
