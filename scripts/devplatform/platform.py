@@ -323,6 +323,9 @@ class DevPlatform:
         self.tus.stop()
         for timer in self._timers:
             timer.cancel()
+        # paho's network thread may take one more turn after the socket closed and log
+        # "Client is not connected" as an error: at a stop that is no error.
+        self._client.disable_logger()
         self._client.disconnect()
         self._client.loop_stop()
         self._subscribed.clear()
