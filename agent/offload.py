@@ -114,10 +114,11 @@ class Offloader:
             todo = self._list_and_register(device, info, dock_id, report)
             log.info("%s: %d recordings listed, %d to copy", info.serial, report.recordings,
                      len(todo))
+            attempts: dict[str, int] = {}  # kept across rounds: retries end in quarantine
             while todo:
                 # The session ends once its clips are verified, probed and sealed.
                 with self.probes.batch() as batch:
-                    work = SessionWork(batch)
+                    work = SessionWork(batch, attempts=attempts)
                     self._copy_all(device, info, todo, report, work)
                 todo, work.again = work.again, []  # vault copies that failed their verify
         except DeviceGoneError as exc:

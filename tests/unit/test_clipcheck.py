@@ -17,15 +17,16 @@ from agent.station import Station
 from tests.support.stations import camera, running_station
 
 
-def _damage_first_verify(station: Station) -> list[str]:
-    """The vault disk damages the first object written, right before it is read back."""
+def _damage_first_verify(station: Station, times: int = 1) -> list[str]:
+    """The vault disk damages the first ``times`` objects written, right before each is read
+    back (always the same bytes: a failing disk that damages every copy)."""
     vault = station.vault
     assert vault is not None
     real = vault.verify
     damaged: list[str] = []
 
     def verify(sha256: str, **kwargs: bool) -> int:
-        if not damaged:
+        if len(damaged) < times:
             damaged.append(sha256)
             path = vault.path_for(sha256)
             os.chmod(path, 0o644)
@@ -86,6 +87,21 @@ def test_a_vault_copy_failing_its_last_verify_is_quarantined(
     # The damaged object is not kept under its digest: it does not hold those bytes.
     assert not (config.data_dir / "vault" / "sha256" / damaged[0][:2] / damaged[0][2:4]
                 / damaged[0]).exists()
+
+
+def test_a_vault_copy_that_keeps_failing_its_verify_is_quarantined_after_its_retries(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: ``ingest.change_retries`` bounds the copies of a clip whose verify fails, also
+    across the rounds of a dock session; then it is quarantined, never copied for ever."""
+    config = station_config("[ingest]\nchange_retries = 1\n")
+    camera(config, clips=1)
+    with running_station(config) as station:
+        damaged = _damage_first_verify(station, times=6)
+        summary = station.run_once()
+        (row,) = station.store.clips()
+    assert len(damaged) == 2  # the first copy and one retry, each damaged
+    assert (row["state"], row["copy_attempts"]) == ("quarantined", 2)
+    assert not summary.ok
 
 
 @pytest.mark.parametrize("verify", [True, False])
