@@ -117,6 +117,10 @@ class ClipChecker:
         except AgentError as exc:
             self._failed(clip, report, exc)
             verified = None
+        except Exception as exc:  # a defect: still reported, and the clip copied again
+            log.exception("clip %s: the verify failed", clip.clip_id)
+            self._failed(clip, report, _unexpected("verify", exc))
+            verified = None
         if checks.verify_done(verified):
             self._record_and_seal(checks)
 
@@ -131,6 +135,9 @@ class ClipChecker:
             media = self.probe(clip.final, clip.clip_id, clip.rec.name)
         except AgentError as exc:
             result: tuple[dict[str, Any] | None, list[str]] | AgentError = exc
+        except Exception as exc:  # a defect: still reported, and the clip copied again
+            log.exception("clip %s: the media probe failed", clip.clip_id)
+            result = _unexpected("media probe", exc)
         else:
             result = media
         log.debug("clip %s: probed in %.2f s", clip.clip_id, time.monotonic() - started)
@@ -326,3 +333,8 @@ def quarantine(store: Store, clip_id: str, reason: str, sha256: str | None) -> N
                       **fields)
         tx.event("alert", {"code": "clip.quarantined", "clip_id": clip_id,
                            "message": reason})
+
+
+def _unexpected(check: str, exc: Exception) -> StoreError:
+    """An error no check expects, as the station-side failure it is (never a silent clip)."""
+    return StoreError(f"the {check} failed: {type(exc).__name__}: {exc}")

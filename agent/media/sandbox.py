@@ -62,7 +62,8 @@ def run(path: Path, limits: Limits, *, clip_id: str | None = None,
         name: str | None = None) -> facts.MediaInfo:
     """Probe ``path`` in a child process; never raises for the file's content.
 
-    Raises StoreError only if the vault file itself cannot be opened.
+    Raises StoreError only if the vault file itself cannot be opened or the probe's
+    process cannot run (its temporary files, a process to start: the station's side).
     """
     label = f"clip {clip_id or '-'} ({name or Path(path).name})"
     try:
@@ -80,9 +81,13 @@ def run(path: Path, limits: Limits, *, clip_id: str | None = None,
                    "memory_mib": limits.memory_mib,
                    "full_decode_bytes": limits.full_decode_bytes, "samples": limits.samples,
                    "thumbnail": limits.thumbnail}
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            outcome = _spawn(request, fd, out, err, limits.deadline_s)
-            output, errors = _head(out), _head(err).decode("utf-8", "replace")
+        try:
+            with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+                outcome = _spawn(request, fd, out, err, limits.deadline_s)
+                output, errors = _head(out), _head(err).decode("utf-8", "replace")
+        except OSError as exc:  # no room for its output, no process to spare: the station's
+            raise StoreError(f"the media probe of {label} could not run: "
+                             f"{exc.strerror or exc}") from exc
     finally:
         os.close(fd)
     if errors.strip():

@@ -162,3 +162,62 @@ def test_a_clip_probed_before_its_verify_ends_is_recorded_when_the_verify_ends(
     assert {r["name"]: r["sha256"] for r in rows} == sources
     assert {(r["state"], r["verified"]) for r in rows} == {("sealed", 1)}
     assert all(json.loads(r["media"])["verdict"] == "ok" for r in rows)
+
+
+def _ingest_failures(station: Station) -> list[str]:
+    return [json.loads(r["body"])["message"] for r in station.store.query(
+        "SELECT body FROM custody_log WHERE kind = 'alert'")
+        if json.loads(r["body"])["code"] == "ingest.failed"]
+
+
+def test_a_probe_that_cannot_run_is_a_station_failure_and_the_clip_is_copied_again(
+        station_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: no clip is left ``copying`` in silence: a probe without room for its output
+    (or a process to run in) fails the clip's ingest with an alert; the next dock copies it."""
+    import errno
+
+    import agent.media.sandbox as sandbox
+
+    config = station_config()
+    camera(config, clips=1)
+
+    def full(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with running_station(config) as station:
+        with monkeypatch.context() as patch:
+            patch.setattr(sandbox.tempfile, "TemporaryFile", full)
+            summary = station.run_once()
+        (row,) = station.store.clips()
+        assert (row["state"], summary.ok) == ("discovered", False)
+        (message,) = _ingest_failures(station)
+        assert "the media probe of clip" in message and \
+            "could not run: No space left on device" in message
+        assert station.run_once().ok  # the next dock, with room again
+        assert station.store.clip(row["clip_id"])["state"] == "sealed"
+
+
+@pytest.mark.parametrize("check", ["verify", "probe"])
+def test_a_check_failing_in_a_way_nobody_expected_is_still_reported(
+        station_config: Callable[..., Config], check: str) -> None:
+    """Rule: a defect in a check (any exception) is an ingest failure with an alert naming
+    it, never a clip left ``copying`` with the session reported fine."""
+    config = station_config()
+    camera(config, clips=1)
+    with running_station(config) as station:
+        assert station.offloader is not None and station.vault is not None
+
+        def broken(*_args: Any, **_kwargs: Any) -> Any:
+            raise RuntimeError("a defect")
+
+        if check == "verify":
+            station.vault.verify = broken  # type: ignore[method-assign]
+        else:
+            checker = station.offloader.copier.checker
+            checker.probe = broken
+        summary = station.run_once()
+        (row,) = station.store.clips()
+        assert (row["state"], summary.ok) == ("discovered", False)
+        (message,) = _ingest_failures(station)
+        name = "verify" if check == "verify" else "media probe"
+        assert f"the {name} failed: RuntimeError: a defect" in message
