@@ -82,7 +82,8 @@ class ClipChecker:
 
     def __init__(self, config: Config, store: Store, vault: Vault, alerts: Alerts,
                  probe: Probe, probes: ProbeQueue, verifies: FairPool, *,
-                 after_copy: Callable[[str], None] | None, observer: DockObserver) -> None:
+                 after_copy: Callable[[str], None] | None, observer: DockObserver,
+                 thumbnail: Callable[[str, bool], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.vault = vault
@@ -92,6 +93,9 @@ class ClipChecker:
         self.verifies = verifies
         self.after_copy = after_copy
         self.observer = observer
+        # (clip id, keep): the probe's thumbnail is kept once the clip is recorded copied,
+        # dropped when the clip ends any other way.
+        self.thumbnail = thumbnail or (lambda _clip_id, _keep: None)
 
     def hand_over(self, clip: Copied, report: DockReport, work: SessionWork) -> None:
         """Queue ``clip``'s verify and probe, as part of its session's batch."""
@@ -123,6 +127,8 @@ class ClipChecker:
             verified = None
         if checks.verify_done(verified):
             self._record_and_seal(checks)
+        elif checks.abandoned:
+            self.thumbnail(clip.clip_id, False)
 
     # --- probe pool ------------------------------------------------------------------------
 
@@ -143,6 +149,8 @@ class ClipChecker:
         log.debug("clip %s: probed in %.2f s", clip.clip_id, time.monotonic() - started)
         if checks.probe_done(result):
             self._record_and_seal(checks)
+        elif checks.abandoned:
+            self.thumbnail(clip.clip_id, False)
 
     def _read_back(self, clip: Copied, report: DockReport, work: SessionWork) -> bool | None:
         """Whether the vault copy was read back and matched; None if it failed (handled)."""
@@ -213,8 +221,10 @@ class ClipChecker:
             assert checks.media is not None and checks.verified is not None
             self._record_copied(clip, checks.verified, checks.media)
         except AgentError as exc:
+            self.thumbnail(clip.clip_id, False)
             self._failed(clip, report, exc)
             return
+        self.thumbnail(clip.clip_id, True)  # before the seal: the screen lists sealed clips
         report.copied.append(clip.clip_id)
         self.observer.clip_phase(clip.handle, clip.clip_id, clip.rec, "sealing")
         if self.after_copy is not None:

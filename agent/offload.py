@@ -72,8 +72,13 @@ class Offloader:
         # Copied clips are verified and probed here while the session copies the next one.
         self.verifies = FairPool("verify", config.ingest.verify_workers)
         self.probes = ProbeQueue(config.media.probe_workers or default_workers())
+        # Thumbnails made by a probe wait here until their clip is recorded copied (kept) or
+        # ends otherwise (dropped): a duplicate or a failed copy never keeps a picture.
+        self._thumbnails_waiting: dict[str, bytes] = {}
+        self._thumbnails_lock = threading.Lock()
         checker = ClipChecker(config, store, vault, self.alerts, self._probe, self.probes,
-                              self.verifies, after_copy=after_copy, observer=self.observer)
+                              self.verifies, after_copy=after_copy, observer=self.observer,
+                              thumbnail=self._settle_thumbnail)
         self.copier = ClipCopier(config, store, vault, self.alerts, checker,
                                  stopping=self.stopping, observer=self.observer)
         self._serial_locks: dict[str, threading.Lock] = {}
@@ -295,8 +300,8 @@ class Offloader:
                name: str) -> tuple[dict[str, Any] | None, list[str]]:
         """The one place the media module is called: the manifest's ``media`` and flags.
 
-        The clip's thumbnail, made by the same probe, is kept before the clip is
-        recorded copied (the screen lists sealed clips only).
+        The clip's thumbnail, made by the same probe, waits for
+        :meth:`_settle_thumbnail` (the screen lists sealed clips only).
         """
         cfg = self.config.media
         if not cfg.probe:
@@ -306,8 +311,16 @@ class Offloader:
                            memory_mib=cfg.probe_memory_mib,
                            thumbnail=self.thumbnails is not None)
         if self.thumbnails is not None and info.thumbnail is not None:
-            self.thumbnails.save(clip_id, info.thumbnail.jpeg)
+            with self._thumbnails_lock:
+                self._thumbnails_waiting[clip_id] = info.thumbnail.jpeg
         return info.to_dict(), media.flags_for(info)
+
+    def _settle_thumbnail(self, clip_id: str, keep: bool) -> None:
+        """Keep the clip's waiting thumbnail (it is recorded copied), or drop it."""
+        with self._thumbnails_lock:
+            jpeg = self._thumbnails_waiting.pop(clip_id, None)
+        if keep and jpeg is not None and self.thumbnails is not None:
+            self.thumbnails.save(clip_id, jpeg)
 
     def _sync_clock(self, device: Device, info: DeviceInfo, report: DockReport) -> None:
         try:

@@ -12,6 +12,7 @@ import sqlite3
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -153,6 +154,42 @@ def _jpeg(width: int = 160, height: int = 90) -> bytes:
     ok, buf = cv2.imencode(".jpg", np.full((height, width, 3), 90, np.uint8))
     assert ok
     return bytes(buf.tobytes())
+
+
+def test_a_duplicate_probed_before_its_verify_ends_keeps_no_thumbnail(
+        screen_config: Config) -> None:
+    """Rule: a thumbnail is kept only for a clip recorded copied; a duplicate (whose purge
+    would never reach it) or a copy that fails keeps none, whichever check ends first."""
+    import shutil
+    import threading
+
+    cam = camera(screen_config, clips=1, width=320, height=240)
+    (original,) = [p for p in (cam / "DCIM").rglob("*") if p.is_file()]
+    shutil.copy2(original, original.with_name("COPY_" + original.name))  # the same bytes
+    with running_station(screen_config) as station:
+        assert station.offloader is not None
+        checker = station.offloader.copier.checker
+        probed: dict[str, threading.Event] = {}
+        real_probe, real_record = checker.probe, checker._record_sha256
+
+        def probe(path: Path, clip_id: str, name: str) -> Any:
+            try:
+                return real_probe(path, clip_id, name)
+            finally:
+                probed.setdefault(clip_id, threading.Event()).set()
+
+        def record(clip: Any, verified: bool) -> Any:
+            # A busy verify pool: each clip's probe (and its thumbnail) is done first.
+            assert probed.setdefault(clip.clip_id, threading.Event()).wait(60)
+            return real_record(clip, verified)
+
+        checker.probe = probe
+        checker._record_sha256 = record  # type: ignore[method-assign]
+        assert station.run_once().ok
+    states = {row["clip_id"]: row["state"] for row in _clips(screen_config)}
+    assert sorted(states.values()) == ["duplicate", "sealed"] and len(probed) == 2
+    kept = {p.stem for p in Thumbnails(screen_config.data_dir).root.iterdir()}
+    assert kept == {c for c, state in states.items() if state == "sealed"}
 
 
 def test_a_thumbnail_is_kept_under_its_clip_id_only(tmp_path: Path) -> None:
