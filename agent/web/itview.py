@@ -78,9 +78,15 @@ def _connection_rows(lang: Language, status: Mapping[str, Any]) -> list[tuple[st
     _ = lang.gettext
     daemon = status["daemon"]
     started = daemon.get("started_at")
-    rows = [(_("Agent"), (_("version %(version)s, running since %(at)s") if started
-                          else _("version %(version)s")) % {
-        "version": status["version"], "at": started}, "ok")]
+    agent = (_("version %(version)s, running since %(at)s") if started
+             else _("version %(version)s")) % {"version": status["version"], "at": started}
+    # These pages are served by the daemon itself, so it runs; its main loop may not (the
+    # web thread goes on while it hangs): that is what "unresponsive" says.
+    hung = daemon.get("state") == "unresponsive"
+    if hung:
+        agent += " — " + _("not responding: last heartbeat %(age)s s ago") % {
+            "age": daemon.get("heartbeat_age_s")}
+    rows = [(_("Agent"), agent, "bad" if hung else "ok")]
     broker = status["sync"]["broker"]
     if status["sync"]["platform"]:
         state = (broker or {}).get("state") or "unknown"

@@ -109,5 +109,13 @@ def test_the_it_page_shows_the_agent_the_broker_and_the_active_alerts(
                     for h in itview.words(catalogs.pick(code), fig, "alice")["health"]}
             assert {label: rows[label][0] for label in expected} == expected
             assert [rows[label][1] for label in expected] == ["ok", "bad", "warn"]
+        # The daemon's main loop hangs while its web thread still serves the page.
+        fig["status"]["daemon"] = {**daemon, "state": "unresponsive", "running": False,
+                                   "heartbeat_age_s": 312.5}
+        rows = {h["label"]: (h["value"], h["level"])
+                for h in itview.words(catalogs.pick("en"), fig, "alice")["health"]}
+        assert rows["Agent"] == (f"version {fig['status']['version']}, running since "
+                                 "2026-11-30T01:00:00.000Z — not responding: last heartbeat "
+                                 "312.5 s ago", "bad")
     finally:
         store.close()

@@ -176,7 +176,7 @@ def test_a_probe_that_cannot_run_is_a_station_failure_and_the_clip_is_copied_aga
     (or a process to run in) fails the clip's ingest with an alert; the next dock copies it."""
     import errno
 
-    import agent.media.sandbox as sandbox
+    from agent.media import sandbox
 
     config = station_config()
     camera(config, clips=1)
