@@ -69,8 +69,11 @@ class StoreOutbox:
                              f"a range of 1 to {RESEND_MAX} events")
         with self.store.transaction() as tx:
             count = tx.execute(
-                "UPDATE outbox SET delivered_at = NULL WHERE topic = ? AND delivered_at IS "
-                "NOT NULL AND CAST(json_extract(CAST(payload AS TEXT), '$.seq') AS INTEGER) "
+                # Never one IT staff dropped (its PUBACK may have come after the drop); a
+                # refusal before its delivery is history, not a reason to hold it now.
+                "UPDATE outbox SET delivered_at = NULL, last_error = NULL "
+                "WHERE topic = ? AND delivered_at IS NOT NULL AND dropped_at IS NULL AND "
+                "CAST(json_extract(CAST(payload AS TEXT), '$.seq') AS INTEGER) "
                 "BETWEEN ? AND ?", (topic, from_seq, to_seq)).rowcount
             tx.log("events.resent", None, {"from_seq": from_seq, "to_seq": to_seq,
                                            "events": count})
