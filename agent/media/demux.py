@@ -13,10 +13,11 @@ demuxers, parsers and decoders) and walks every packet once:
   after each of ``samples`` evenly spaced byte offsets, and the last GOP.
   A window runs from a keyframe of the anchor stream (the first video
   stream, else the first audio stream); the first one to the first
-  keyframe at least ``WINDOW_S`` seconds later, a sample for ``WINDOW_S``
-  seconds of its time stamps however long the GOP, the last one to the
-  end.  Every audio and video packet inside a window is decoded, then each
-  decoder is drained and reset.
+  keyframe at least ``WINDOW_S`` seconds later (at most
+  ``FIRST_WINDOW_MAX_S``), a sample for ``WINDOW_S`` seconds of its time
+  stamps however long the GOP, the last one to the end.  Every audio and
+  video packet inside a window is decoded, then each decoder is drained and
+  reset.
 - FFmpeg's log lines are captured (never written to stderr) and each one is
   pinned to the packet being read or decoded when FFmpeg wrote it.
 - ``picture``, if given, is offered the frames decoded from each packet of
@@ -54,6 +55,7 @@ MAX_STREAMS = 64
 FULL_DECODE_BYTES = 64 * 1024 * 1024
 SAMPLES = 7
 WINDOW_S = 1.0
+FIRST_WINDOW_MAX_S = 10.0
 MAX_TAIL_BYTES = 64 * 1024 * 1024
 MAX_PROBLEMS = 32  # problems kept in detail; all are counted
 MAX_LOG_LINES = 200
@@ -329,11 +331,12 @@ class _Walker:
             elif not self.window_open and (self.tail_from is None
                                            or at - self.tail_from >= WINDOW_S):
                 self.tail, self.tail_bytes, self.tail_from = [], 0, at
-        if self.window_open and self.r.windows and st is self.anchor and \
-                begin is not None and begin - self.window_from >= WINDOW_S:
-            # A sample is the first WINDOW_S of a GOP, not the whole GOP (the first GOP is
-            # decoded whole): decoding from a keyframe may stop anywhere, and a long GOP
-            # (8 s with x264's defaults) would cost eight times the decode for the same check.
+        if self.window_open and st is self.anchor and begin is not None and \
+                begin - self.window_from >= (WINDOW_S if self.r.windows else FIRST_WINDOW_MAX_S):
+            # A sample is the first WINDOW_S of a GOP, not the whole GOP: decoding from a
+            # keyframe may stop anywhere, and a long GOP (8 s with x264's defaults) would
+            # cost eight times the decode for the same check.  The first GOP is decoded
+            # whole up to FIRST_WINDOW_MAX_S: a file of one GOP is not decoded whole here.
             self.close_window(begin)
         bad = self.decode_packet(packet, st) if self.window_open else False
         # Kept inside a window too: a window cut short in the last GOP leaves that GOP

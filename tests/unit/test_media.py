@@ -298,6 +298,21 @@ def test_a_sample_is_one_second_however_long_the_gop(tmp_path: Path) -> None:
     assert m["checks"]["decoded_packets"] <= 250 + 30 * len(samples) + 250
 
 
+def test_the_first_window_of_a_file_of_one_gop_stops_after_10_s(tmp_path: Path) -> None:
+    """Rule: a recording with a single keyframe is not decoded whole by the first window; the
+    last window (the whole GOP) is bounded by its 64 MiB on its own."""
+    path = tmp_path / "one_gop.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x120:rate=25:duration=30", "-c:v", "libx264",
+                    "-preset", "veryfast", "-g", "10000", "-pix_fmt", "yuv420p", str(path)],
+                   check=True)
+    m = _sampled(path, samples=3)
+    assert m["verdict"] == "ok", m["issues"]
+    first, last = m["checks"]["windows"]
+    assert first[0] == 0.0 and first[1] == pytest.approx(10.0, abs=0.12)
+    assert last == [0.0, pytest.approx(30.0, abs=0.1)] and m["checks"]["last_gop"] == "decoded"
+
+
 def test_sampled_decode_still_finds_damage(corpus: Path) -> None:
     m = _sampled(corpus / "zeroed_h264.mp4", samples=3)
     assert m["verdict"] == "corrupt" and 2.0 <= m["damage"]["time_s"] <= 3.7
