@@ -204,3 +204,27 @@ def test_numbers_and_strings_match_v8() -> None:
     mismatches = [(v, a, b) for v, a, b in zip(values, ours, v8["n"], strict=True) if a != b]
     assert mismatches == []
     assert [canonicalize(s).decode() for s in strings] == v8["s"]
+
+
+def test_refusals_name_the_value_and_say_why_in_full() -> None:
+    """Rule: a value canonical JSON cannot carry is refused with a message naming it and why.
+
+    The message is what an auditor or a platform engineer reads when a manifest
+    cannot be sealed or checked, so it is pinned word for word.
+    """
+    with pytest.raises(ValueError) as err:
+        canonicalize({"a": "x\ud800y"})
+    assert str(err.value) == ("string contains '\\ud800' (a lone surrogate), which is not "
+                              "valid Unicode and cannot be canonicalized")
+    with pytest.raises(ValueError) as err:
+        canonicalize({"k\udfffey": 1})
+    assert str(err.value) == ("object member name 'k\\udfffey' contains a lone surrogate, "
+                              "which is not valid Unicode and cannot be canonicalized")
+    with pytest.raises(ValueError) as err:
+        canonicalize(-(2**53) - 1)
+    assert str(err.value) == (f"integer {-(2**53) - 1} is beyond +/-2**53 and cannot be "
+                              "represented exactly in canonical JSON (RFC 8785 numbers are "
+                              "IEEE 754 doubles)")
+    with pytest.raises(TypeError) as type_err:
+        canonicalize({7: "seven"})
+    assert str(type_err.value) == "object member name 7 is a int, not a string"

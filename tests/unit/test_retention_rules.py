@@ -1,0 +1,184 @@
+"""Purging the vault: the exact rules of retention.keep_days, low_water_mb and the camera wait.
+
+One station is offloaded and sealed once for the module; each test works on a
+copy of its data directory, moves clips to the state it needs with their
+acknowledgement times set to the millisecond, and calls purge() at chosen
+instants, with the free space of the vault's disk fixed where it matters.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import config as config_mod
+from agent.config import Config
+from agent.store import Store
+from agent.sync.retention import purge
+from agent.timeutil import parse_rfc3339
+from agent.vault import Vault
+from tests.conftest import write_station_config
+from tests.support.stations import camera, running_station
+
+ACKED_AT = "2026-01-01T00:00:00.000Z"
+T = parse_rfc3339(ACKED_AT).timestamp()
+DAY = 86400.0
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("sealed")
+    config = config_mod.load(write_station_config(base))
+    camera(config, clips=3)
+    with running_station(config) as station:
+        assert station.run_once().ok
+    return base
+
+
+class FreeSpace(Vault):
+    """The station's vault on a disk with ``free`` bytes free (one value per call, the last
+    repeated): the rules below depend on the free space, not on this machine's disk."""
+
+    def __init__(self, root: Path, *free: int) -> None:
+        super().__init__(root)
+        self.free = list(free)
+        self.calls = 0
+
+    def free_bytes(self) -> int:
+        self.calls += 1
+        return self.free.pop(0) if len(self.free) > 1 else self.free[0]
+
+
+@pytest.fixture
+def station(template: Path, tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    shutil.copytree(template / "data", tmp_path / "data")
+    (tmp_path / "sim").mkdir()
+    db = sqlite3.connect(tmp_path / "data" / "state.db")
+    ids = [r[0] for r in db.execute("SELECT clip_id FROM clips ORDER BY clip_id")]
+    db.close()
+    yield tmp_path, ids
+
+
+def _config(base: Path, retention: str) -> Config:
+    return config_mod.load(write_station_config(base, "[retention]\n" + retention))
+
+
+def _set(config: Config, clip_id: str, state: str, acknowledged_at: str = ACKED_AT) -> None:
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET state = ?, ack = '{\"signed\": true}', acknowledged_at = ? "
+               "WHERE clip_id = ?", (state, acknowledged_at, clip_id))
+    db.commit()
+    db.close()
+
+
+def _purge_reasons(store: Store) -> dict[str, str]:
+    return {r["clip_id"]: json.loads(r["body"])["reason"] for r in store.query(
+        "SELECT clip_id, body FROM custody_log WHERE kind = 'clip.purged'")}
+
+
+def test_retention_ends_exactly_keep_days_after_the_acknowledgement(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: a vault copy is kept keep_days after its ack, to the millisecond, then purged."""
+    base, ids = station
+    config = _config(base, 'release = "never"\nkeep_days = 2\nlow_water_mb = 0\n')
+    _set(config, ids[0], "acknowledged")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    vault = Vault(config.data_dir / "vault")
+    digest = store.clip(ids[0])["sha256"]
+    assert purge(config, store, vault, at=T + 2 * DAY - 0.001) == []
+    assert vault.has(digest) and store.clip(ids[0])["state"] == "acknowledged"
+    assert purge(config, store, vault, at=T + 2 * DAY) == [ids[0]]
+    assert not vault.has(digest) and store.clip(ids[0])["state"] == "purged"
+    assert _purge_reasons(store) == {ids[0]: "retention of 2 days passed"}
+    assert {store.clip(i)["state"] for i in ids[1:]} == {"sealed"}, "only acknowledged clips"
+
+
+def test_fractional_keep_days_count_in_hours(station: tuple[Path, list[str]]) -> None:
+    """Rule: keep_days = 0.5 keeps an acknowledged copy twelve hours."""
+    base, ids = station
+    config = _config(base, 'release = "never"\nkeep_days = 0.5\nlow_water_mb = 0\n')
+    _set(config, ids[0], "released")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    vault = Vault(config.data_dir / "vault")
+    assert purge(config, store, vault, at=T + 12 * 3600 - 1) == []
+    assert purge(config, store, vault, at=T + 12 * 3600) == [ids[0]]
+    assert _purge_reasons(store) == {ids[0]: "retention of 0.5 days passed"}
+
+
+def test_low_water_mb_is_mebibytes_and_only_below_the_mark_purges(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: low_water_mb = N purges early only while less than N MiB are free."""
+    base, ids = station
+    config = _config(base, 'release = "never"\nkeep_days = 3650\nlow_water_mb = 100\n')
+    _set(config, ids[0], "acknowledged")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    at_mark = FreeSpace(config.data_dir / "vault", 100 * MIB)
+    assert purge(config, store, at_mark, at=T + DAY) == [], "exactly at the mark: kept"
+    assert at_mark.calls == 1
+    config = _config(base, 'release = "never"\nkeep_days = 3650\nlow_water_mb = 101\n')
+    assert purge(config, store, at_mark, at=T + DAY) == [ids[0]]
+    assert _purge_reasons(store) == {
+        ids[0]: "free space under the low-water mark (101 MB)"}
+    assert not at_mark.has(store.clip(ids[0])["sha256"])
+
+
+def test_under_pressure_the_oldest_acknowledgement_goes_first_and_only_while_needed(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: disk pressure purges the oldest acknowledged copy first, and stops once free."""
+    base, ids = station
+    config = _config(base, 'release = "never"\nkeep_days = 3650\nlow_water_mb = 100\n')
+    _set(config, ids[0], "acknowledged", "2026-01-03T00:00:00.000Z")
+    _set(config, ids[1], "acknowledged", "2026-01-01T00:00:00.000Z")
+    _set(config, ids[2], "released", "2026-01-02T00:00:00.000Z")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    # Under the mark for the first clip looked at, free again after its purge.
+    vault = FreeSpace(config.data_dir / "vault", 99 * MIB, 200 * MIB)
+    assert purge(config, store, vault, at=T + DAY) == [ids[1]]
+    vault = FreeSpace(config.data_dir / "vault", 99 * MIB, 99 * MIB, 200 * MIB)
+    assert purge(config, store, vault, at=T + DAY) == [ids[2], ids[0]]
+
+
+def test_with_release_after_ack_a_copy_waits_for_its_camera_unless_the_disk_is_short(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: with release = after-ack, an acknowledged clip not yet deleted from its camera
+    keeps its vault copy past keep_days; only low-water pressure purges it before."""
+    base, ids = station
+    config = _config(base, 'release = "after-ack"\nkeep_days = 1\nlow_water_mb = 100\n')
+    _set(config, ids[0], "acknowledged")
+    _set(config, ids[1], "released")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    roomy = FreeSpace(config.data_dir / "vault", 500 * MIB)
+    assert purge(config, store, roomy, at=T + 30 * DAY) == [ids[1]]
+    assert store.clip(ids[0])["state"] == "acknowledged"
+    assert roomy.has(store.clip(ids[0])["sha256"])
+    short = FreeSpace(config.data_dir / "vault", 10 * MIB)
+    assert purge(config, store, short, at=T + 30 * DAY) == [ids[0]]
+    assert _purge_reasons(store) == {
+        ids[1]: "retention of 1 days passed",
+        ids[0]: "free space under the low-water mark (100 MB)"}
+
+
+def test_a_vault_object_another_live_clip_holds_is_kept_when_one_clip_is_purged(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: purging one clip never takes the bytes another live clip still needs."""
+    base, ids = station
+    config = _config(base, 'release = "never"\nkeep_days = 0\nlow_water_mb = 0\n')
+    db = sqlite3.connect(config.data_dir / "state.db")
+    digest = db.execute("SELECT sha256 FROM clips WHERE clip_id = ?", (ids[0],)).fetchone()[0]
+    db.execute("UPDATE clips SET sha256 = ? WHERE clip_id = ?", (digest, ids[1]))
+    db.commit()
+    db.close()
+    _set(config, ids[0], "acknowledged")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    vault = Vault(config.data_dir / "vault")
+    assert purge(config, store, vault, at=T + DAY) == [ids[0]]
+    assert vault.has(digest), "clip 2 (sealed) still needs these bytes"
+    _set(config, ids[1], "acknowledged")
+    assert purge(config, store, vault, at=T + DAY) == [ids[1]]
+    assert not vault.has(digest)
