@@ -345,3 +345,37 @@ def test_bad_inputs_are_named() -> None:
         TreeBuilder().append(b"abcd")
     with pytest.raises(ValueError, match="a tree of size 3 has 2 perfect subtrees, got 1"):
         TreeBuilder.from_state(3, [LEAF_HASHES[0]])
+
+
+def test_a_log_resumed_from_its_saved_state_grows_as_if_never_stopped() -> None:
+    """Rule: a station restarted at any log size (the empty log too) appends the next
+    entries at the right index and signs the same roots as one that never stopped."""
+    for saved in range(0, 9):
+        builder = TreeBuilder.from_leaves(LEAF_HASHES[:saved])
+        resumed = TreeBuilder.from_state(*builder.state())
+        assert resumed.size == saved
+        assert resumed.root() == ROOTS[saved]
+        for size in range(saved + 1, 9):
+            assert resumed.append(LEAF_HASHES[size - 1]) == size - 1
+            assert resumed.root() == ROOTS[size]
+        assert resumed.state() == TreeBuilder.from_leaves(LEAF_HASHES).state()
+
+
+def test_a_saved_state_that_cannot_be_a_log_is_refused_by_name() -> None:
+    """Rule: a damaged saved log state is refused, saying what is wrong, never resumed."""
+    with pytest.raises(ValueError) as err:
+        TreeBuilder.from_state(-1, [])
+    assert str(err.value) == "a tree of size -1 has 0 perfect subtrees, got 0 hashes"
+    with pytest.raises(ValueError) as err:
+        TreeBuilder.from_state(1, [b"short"])
+    assert str(err.value) == "compact range hashes must be 32 bytes each"
+
+
+def test_the_tree_gives_back_each_leaf_hash_by_index() -> None:
+    """Rule: the leaf an auditor is shown is the one at that index, and no other."""
+    tree = MerkleTree(LEAF_HASHES)
+    assert [tree.leaf(i) for i in range(8)] == LEAF_HASHES
+    for bad in (-1, 8):
+        with pytest.raises(ValueError) as err:
+            tree.leaf(bad)
+        assert str(err.value) == f"leaf index {bad} is not within a tree of size 8"

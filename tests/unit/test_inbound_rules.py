@@ -1,0 +1,322 @@
+"""The trust rules of acknowledgements and commands, each at its edge (docs/PROTOCOL.md §5, §6).
+
+An ack is what lets the station delete evidence from a camera, so every way it
+could be wrongly taken for a good one is tried here: a field missing, the digest
+of the mutable clip row instead of the signed manifest, a digest that differs
+only in case or spacing.  Commands are checked at the exact instants their
+validity window opens and closes, with the station's clock held still.
+
+A real sealed station (store on disk, real clips, manifests signed by its key)
+and a real Ed25519 platform key; messages go through ``Inbound`` as the MQTT
+worker hands them over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import config as config_mod
+from agent.config import Config
+from agent.custody import dsse
+from agent.custody.jcs import canonicalize
+from agent.custody.keys import StationKey
+from agent.store import Store
+from agent.sync import inbound as inbound_mod
+from agent.sync.inbound import Inbound
+from agent.sync.mqtt import InboundMessage
+from agent.timeutil import rfc3339
+from tests.conftest import write_station_config
+from tests.support.stations import camera, running_station
+
+PLATFORM = StationKey.generate()
+NOW = dt.datetime(2026, 11, 28, 1, 0, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("sealed")
+    config = config_mod.load(write_station_config(base))
+    camera(config, clips=2)
+    with running_station(config) as station:
+        assert station.run_once().ok
+    return base
+
+
+@dataclass
+class Platform:
+    """The station's side of the platform's messages, and what it did with them."""
+
+    config: Config
+    store: Store
+    inbound: Inbound
+    acknowledged: list[str] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+    def clip(self, index: int = 0) -> Any:
+        return self.store.query("SELECT * FROM clips ORDER BY clip_id")[index]
+
+    def refusals(self, kind: str) -> list[dict[str, Any]]:
+        return [json.loads(r["body"]) for r in self.store.query(
+            "SELECT body FROM custody_log WHERE kind = ? ORDER BY seq", (kind,))]
+
+    def set_row(self, sql: str, *params: Any) -> None:
+        db = sqlite3.connect(self.config.data_dir / "state.db")
+        db.execute(sql, params)
+        db.commit()
+        db.close()
+
+
+@pytest.fixture
+def platform(template: Path, tmp_path: Path) -> Iterator[Platform]:
+    shutil.copytree(template / "data", tmp_path / "data")
+    config = config_mod.load(write_station_config(tmp_path))
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET state = 'uploaded'")
+    db.commit()
+    db.close()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    acknowledged: list[str] = []
+    answers: list[dict[str, Any]] = []
+    yield Platform(config, store, Inbound(
+        config, store, {PLATFORM.keyid: PLATFORM.public_key},
+        respond=lambda _topic, _corr, body: answers.append(json.loads(body)),
+        commands={"status": lambda _args: {"ok": 1}},
+        on_acknowledged=acknowledged.append), acknowledged, answers)
+    store.close()
+
+
+def _signed(payload: Any, payload_type: str = dsse.ACK) -> bytes:
+    return json.dumps(dsse.sign_envelope(payload_type, canonicalize(payload),
+                                         [PLATFORM])).encode()
+
+
+def _ack(row: Any, **changes: Any) -> bytes:
+    payload = {"clip_id": row["clip_id"], "sha256": row["sha256"], "station_id": "ST-0001",
+               "stored_at": "2026-11-28T00:00:00.000Z", "location": "s3://evidence/x"}
+    payload.update(changes)
+    return _signed({k: v for k, v in payload.items() if v is not _DROP})
+
+
+_DROP = object()
+
+
+def _refused_ack(platform: Platform, raw: bytes, code: str) -> None:
+    before = {r["clip_id"]: r["state"] for r in platform.store.clips()}
+    assert platform.inbound.handle_ack(raw) is None
+    assert platform.acknowledged == []
+    assert {r["clip_id"]: r["state"] for r in platform.store.clips()} == before
+    assert platform.refusals("ack.refused")[-1]["code"] == code
+
+
+# --- acknowledgements ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["clip_id", "sha256", "station_id"])
+@pytest.mark.parametrize("value", [_DROP, None, ""])
+def test_an_ack_missing_a_required_field_never_acknowledges_a_clip(
+        platform: Platform, name: str, value: Any) -> None:
+    """Rule: an ack whose clip_id, sha256 or station_id is missing, null or empty never
+    acknowledges a clip (a missing field is not a matching one)."""
+    _refused_ack(platform, _ack(platform.clip(), **{name: value}), "payload")
+    reason = platform.refusals("ack.refused")[-1]["reason"]
+    assert f"field {name!r}" in reason
+
+
+def test_optional_ack_fields_of_the_wrong_type_are_refused(platform: Platform) -> None:
+    """Rule: stored_at and location, when present, are strings of bounded length."""
+    _refused_ack(platform, _ack(platform.clip(), stored_at=12), "payload")
+    _refused_ack(platform, _ack(platform.clip(), location="x" * 2049), "payload")
+    assert platform.inbound.handle_ack(_ack(platform.clip(), stored_at=_DROP,
+                                            location="x" * 2048)) == platform.clip()["clip_id"]
+
+
+def test_an_ack_matching_only_the_clip_row_is_refused_the_signed_manifest_decides(
+        platform: Platform) -> None:
+    """Rule: an ack's sha256 must equal the digest in the clip's signed manifest; a clip
+    row changed after sealing (a damaged or edited database) never makes an ack match."""
+    row = platform.clip()
+    forged = "ab" * 32
+    platform.set_row("UPDATE clips SET sha256 = ? WHERE clip_id = ?", forged, row["clip_id"])
+    _refused_ack(platform, _ack(row, sha256=forged), "digest")
+    assert platform.refusals("ack.refused")[-1]["reason"] == (
+        f"ack sha256 {forged} does not match the sealed digest {row['sha256']} of clip "
+        f"{row['clip_id']}")
+    _refused_ack(platform, _ack(row), "digest")  # the row no longer agrees either
+
+
+def test_an_ack_for_a_clip_without_a_manifest_is_refused(platform: Platform) -> None:
+    """Rule: no signed manifest, nothing to match: the ack is refused."""
+    row = platform.clip()
+    platform.set_row("UPDATE clips SET manifest = NULL WHERE clip_id = ?", row["clip_id"])
+    _refused_ack(platform, _ack(row), "digest")
+
+
+@pytest.mark.parametrize("how", ["upper case", "space after", "prefixed", "one digit off",
+                                 "truncated"])
+def test_an_ack_digest_is_compared_exactly(platform: Platform, how: str) -> None:
+    """Rule: the ack's sha256 is the sealed digest character for character (lowercase
+    hex), never a loose match."""
+    digest = platform.clip()["sha256"]
+    variant = {"upper case": digest.upper(), "space after": digest + " ",
+               "prefixed": "sha256:" + digest,
+               "one digit off": digest[:-1] + ("0" if digest[-1] != "0" else "1"),
+               "truncated": digest[:63]}[how]
+    _refused_ack(platform, _ack(platform.clip(), sha256=variant), "digest")
+
+
+def test_an_ack_for_another_station_or_an_unknown_clip_is_refused(platform: Platform) -> None:
+    """Rule: an ack names this station and one of its clips, or it is refused."""
+    row = platform.clip()
+    _refused_ack(platform, _ack(row, station_id="ST-0002"), "station")
+    assert platform.refusals("ack.refused")[-1]["reason"] == \
+        "ack names station 'ST-0002', not 'ST-0001'"
+    _refused_ack(platform, _ack(row, clip_id="0193-not-a-clip"), "unknown-clip")
+
+
+def test_an_ack_for_a_clip_not_uploaded_is_refused(platform: Platform) -> None:
+    """Rule: a clip is acknowledged only after it was uploaded (or is being uploaded)."""
+    row = platform.clip()
+    for state in ("sealed", "copied", "quarantined"):
+        platform.set_row("UPDATE clips SET state = ? WHERE clip_id = ?", state, row["clip_id"])
+        _refused_ack(platform, _ack(row), "state")
+
+
+def test_a_valid_ack_acknowledges_once_and_a_second_is_ignored(platform: Platform) -> None:
+    """Rule: a valid ack moves exactly its clip to acknowledged, records the signed ack,
+    and a repeated ack changes nothing."""
+    first, second = platform.clip(0), platform.clip(1)
+    raw = _ack(first)
+    assert platform.inbound.handle_ack(raw) == first["clip_id"]
+    assert platform.acknowledged == [first["clip_id"]]
+    row = platform.store.clip(first["clip_id"])
+    assert row["state"] == "acknowledged"
+    assert json.loads(row["ack"]) == json.loads(raw)
+    assert platform.store.clip(second["clip_id"])["state"] == "uploaded"
+    entries = platform.store.log_size()
+    assert platform.inbound.handle_ack(raw) is None
+    assert platform.acknowledged == [first["clip_id"]]
+    assert platform.store.log_size() == entries
+    assert platform.refusals("ack.refused") == []
+
+
+def test_an_ack_signed_by_another_key_or_as_another_type_is_refused(platform: Platform) -> None:
+    """Rule: only the platform key's signature over an ack makes an ack."""
+    row = platform.clip()
+    payload = json.loads(dsse.b64decode(json.loads(_ack(row))["payload"]))
+    _refused_ack(platform, json.dumps(dsse.sign_envelope(
+        dsse.ACK, canonicalize(payload), [StationKey.generate()])).encode(), "signature")
+    _refused_ack(platform, _signed(payload, dsse.COMMAND), "signature")
+
+
+# --- commands, with the station's clock held still ------------------------------------------
+
+@pytest.fixture
+def frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Frozen:  # type: ignore[override]
+            return cls.fromtimestamp(NOW.timestamp(), tz)
+
+    monkeypatch.setattr(inbound_mod, "datetime", Frozen)
+
+
+def _command(issued: dt.datetime, expires: dt.datetime, **changes: Any) -> InboundMessage:
+    body: dict[str, Any] = {
+        "id": f"cmd-{os.urandom(6).hex()}", "name": "status", "station_id": "ST-0001",
+        "issued_at": rfc3339(issued.timestamp()), "expires_at": rfc3339(expires.timestamp()),
+        "args": {}, "reply_to": "bwc/v1/stations/ST-0001/reply/ops", "correlation_id": "c-1"}
+    body.update(changes)
+    body = {k: v for k, v in body.items() if v is not _DROP}
+    return InboundMessage(topic="bwc/v1/stations/ST-0001/cmd/status", name="status",
+                          payload=_signed(body, dsse.COMMAND))
+
+
+def _code(response: dict[str, Any]) -> str:
+    return "ok" if response["ok"] else str(response["error"]).split(":", 1)[0]
+
+
+S = dt.timedelta(seconds=1)
+MS = dt.timedelta(milliseconds=1)
+
+
+@pytest.mark.usefixtures("frozen")
+@pytest.mark.parametrize(("issued", "expires", "code"), [
+    (NOW - 5 * 60 * S, NOW - S, "expired"),         # issued before, expiry already past
+    (NOW - 5 * 60 * S, NOW, "expired"),             # expires at this very instant
+    (NOW - 5 * 60 * S, NOW + MS, "ok"),
+    (NOW - 2 * 3600 * S, NOW + 365 * 86400 * S, "stale"),  # old, with a far expiry
+    (NOW - 600 * S - MS, NOW + 60 * S, "stale"),    # command_max_age_s = 600
+    (NOW - 600 * S, NOW + 60 * S, "ok"),
+    (NOW + 60 * S + MS, NOW + 600 * S, "future"),   # beyond 60 s of clock skew
+    (NOW + 60 * S, NOW + 600 * S, "ok"),
+])
+def test_a_command_runs_only_inside_its_validity_window(
+        platform: Platform, issued: dt.datetime, expires: dt.datetime, code: str) -> None:
+    """Rule: a command runs only if not expired (expires_at after now), not issued more
+    than 60 s ahead, and not older than command_max_age_s; at the edges, to the ms."""
+    response = platform.inbound.handle_command(_command(issued, expires))
+    assert _code(response) == code, response
+    seen = platform.store.query("SELECT id FROM seen_commands")
+    assert len(seen) == (1 if code == "ok" else 0)
+    if code != "ok":
+        assert platform.refusals("command.refused")[-1]["code"] == code
+
+
+@pytest.mark.usefixtures("frozen")
+@pytest.mark.parametrize("value", [_DROP, None, ""])
+@pytest.mark.parametrize("name", ["station_id", "id", "issued_at", "expires_at", "name"])
+def test_a_command_missing_a_required_field_is_refused(platform: Platform, name: str,
+                                                       value: Any) -> None:
+    """Rule: a command without its station id (or id, name, issue or expiry time) never
+    runs, whatever else it carries."""
+    message = _command(NOW - S, NOW + 60 * S, **{name: value})
+    response = platform.inbound.handle_command(message)
+    assert _code(response) == "payload", response
+    assert f"field {name!r}" in response["error"]
+    assert platform.store.query("SELECT id FROM seen_commands") == []
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_command_for_another_station_is_refused(platform: Platform) -> None:
+    """Rule: a command names this station, or it is refused."""
+    response = platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S,
+                                                        station_id="ST-0002"))
+    assert _code(response) == "station"
+    assert response["error"] == "station: command is for station 'ST-0002'"
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_replayed_command_is_refused_and_its_id_remembered_past_its_expiry(
+        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a command id runs once; it is remembered until a day after the command expires."""
+    message = _command(NOW - S, NOW + 60 * S, id="cmd-once")
+    assert _code(platform.inbound.handle_command(message)) == "ok"
+    assert _code(platform.inbound.handle_command(message)) == "replay"
+    stored = platform.store.query_one("SELECT expires_at FROM seen_commands WHERE id = ?",
+                                      ("cmd-once",))
+    assert stored is not None and stored["expires_at"] == rfc3339((NOW + 60 * S).timestamp())
+    # A day later a new command prunes expired ids, but not this one yet (expired < 1 day).
+    later = NOW + 86400 * S
+
+    class Later(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Later:  # type: ignore[override]
+            return cls.fromtimestamp(later.timestamp(), tz)
+
+    monkeypatch.setattr(inbound_mod, "datetime", Later)
+    assert _code(platform.inbound.handle_command(_command(later - S, later + 60 * S))) == "ok"
+    ids = {r["id"] for r in platform.store.query("SELECT id FROM seen_commands")}
+    assert "cmd-once" in ids
+    later = NOW + 86400 * S + 61 * S
+    assert _code(platform.inbound.handle_command(_command(later - S, later + 60 * S))) == "ok"
+    ids = {r["id"] for r in platform.store.query("SELECT id FROM seen_commands")}
+    assert "cmd-once" not in ids
