@@ -1,0 +1,274 @@
+"""scripts/mutate: mutation testing of the code that guards evidence, module by module.
+
+Each module of tests/mutation/modules.toml is mutated with mutmut 3 in a copy of the
+tree under ``mutation-run/<module>/`` (mutmut writes its mutants/ there, never into the
+working tree), against that module's fast tests only.  Every mutant is one small change
+(an operator, a constant, a dropped argument, a removed call); it is *killed* when a test
+fails, *survives* when every test still passes.  A survivor is either a missing assertion
+or, after a person has shown it, an equivalent mutant: tests/mutation/equivalent.toml lists
+those, each with its reason, and they are left out of the kill rate.
+
+Output: per module the mutants, killed, equivalent, surviving, the kill rate of the
+non-equivalent ones and the minutes taken; then every survivor with its diff.  The summary
+goes to mutation-run/summary.json too.  Exit status 1 if a module is under ``--min-rate``
+(90 %) or did not finish within ``--timeout-min``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ROOT / "tests" / "mutation" / "modules.toml"
+EQUIVALENT = ROOT / "tests" / "mutation" / "equivalent.toml"
+RUN_DIR = ROOT / "mutation-run"
+
+# Logging calls are not evidence: their wording is for people reading the journal.
+NOT_MUTATED = [r"^\s*log\.(debug|info|warning|error|exception)\("]
+# What a mutant ends as (mutmut's words) that counts as caught by the tests.
+CAUGHT = {"killed", "timeout", "segfault", "caught by type check"}
+
+
+@dataclass
+class Survivor:
+    name: str
+    status: str
+    file: str
+    diff: str
+    removed: tuple[str, ...]
+    added: tuple[str, ...]
+    equivalent: str | None = None
+
+
+@dataclass
+class Result:
+    module: str
+    total: int = 0
+    caught: int = 0
+    minutes: float = 0.0
+    finished: bool = True
+    not_checked: int = 0
+    survivors: list[Survivor] = field(default_factory=list)
+
+    @property
+    def equivalent(self) -> list[Survivor]:
+        return [s for s in self.survivors if s.equivalent is not None]
+
+    @property
+    def surviving(self) -> list[Survivor]:
+        return [s for s in self.survivors if s.equivalent is None]
+
+    @property
+    def rate(self) -> float:
+        scored = self.total - len(self.equivalent) - self.not_checked
+        return 100.0 * self.caught / scored if scored else 100.0
+
+
+def load_modules() -> dict[str, dict[str, list[str]]]:
+    with MODULES.open("rb") as f:
+        modules: dict[str, dict[str, list[str]]] = tomllib.load(f)["modules"]
+    return modules
+
+
+def load_equivalent() -> list[dict[str, str]]:
+    if not EQUIVALENT.exists():
+        return []
+    with EQUIVALENT.open("rb") as f:
+        entries: list[dict[str, str]] = tomllib.load(f).get("equivalent", [])
+    for entry in entries:
+        missing = {"file", "removed", "added", "reason"} - set(entry)
+        if missing:
+            sys.exit(f"{EQUIVALENT}: an entry lacks {', '.join(sorted(missing))}: {entry}")
+    return entries
+
+
+def _lines(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+def equivalent_reason(survivor: Survivor, entries: list[dict[str, str]]) -> str | None:
+    """The reason given for this mutant (same file, same lines removed and added), or None."""
+    for entry in entries:
+        if (fnmatch.fnmatch(survivor.file, entry["file"])
+                and _lines(entry["removed"]) == survivor.removed
+                and _lines(entry["added"]) == survivor.added):
+            return entry["reason"]
+    return None
+
+
+def source_files(module: dict[str, list[str]]) -> list[str]:
+    files = sorted({str(p.relative_to(ROOT)) for pattern in module["files"]
+                    for p in ROOT.glob(pattern) if p.name != "__init__.py" or p.stat().st_size})
+    if not files:
+        sys.exit(f"{MODULES}: no file matches {module['files']}")
+    return files
+
+
+def copy_tree(dest: Path) -> None:
+    """The working tree as git sees it (tracked and new files, nothing ignored)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in listed:
+        src = ROOT / name
+        if not name or not src.is_file() or name.startswith("mutation-run/"):
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+
+
+def mutmut_config(files: list[str], module: dict[str, list[str]]) -> str:
+    def block(key: str, values: list[str]) -> str:
+        return f"{key} =\n" + "".join(f"    {v}\n" for v in values)
+
+    # Tests that read the source itself (not its behaviour) see mutmut's rewritten copy.
+    deselect = [arg for test in module.get("deselect", []) for arg in ("--deselect", test)]
+    return ("\n[mutmut]\n"
+            + block("source_paths", ["agent/", "drivers/"])
+            + block("only_mutate", files)
+            + block("do_not_mutate_patterns", NOT_MUTATED)
+            + block("pytest_add_cli_args_test_selection", module["tests"])
+            + block("pytest_add_cli_args", ["-p", "no:cacheprovider", "-q", *deselect])
+            + block("also_copy", ["config/", "docs/", "scripts/"])
+            # A mutant that loops is stopped after (its tests' time + 2 s) x 6 of wall time.
+            + "timeout_multiplier = 6.0\ntimeout_constant = 2.0\n"
+            + "use_git_change_detection = false\n")
+
+
+def mutmut(work: Path, *args: str, timeout: float | None = None,
+           log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "mutmut"
+    out = log.open("w") if log is not None else subprocess.PIPE
+    try:
+        proc = subprocess.Popen([str(exe), *args], cwd=work, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            stdout, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            stdout, _ = proc.communicate()
+            raise
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout or "", "")
+
+
+def parse_diff(diff: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    path, removed, added = "", [], []
+    for line in diff.splitlines():
+        if line.startswith("--- "):
+            path = line[4:].strip()
+        elif line.startswith("+++ ") or line.startswith("@@") or line.startswith("#"):
+            continue
+        elif line.startswith("-"):
+            removed.append(line[1:].strip())
+        elif line.startswith("+"):
+            added.append(line[1:].strip())
+    return path, tuple(r for r in removed if r), tuple(a for a in added if a)
+
+
+def run_module(name: str, module: dict[str, list[str]], args: argparse.Namespace,
+               entries: list[dict[str, str]]) -> Result:
+    result = Result(name)
+    work = RUN_DIR / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    copy_tree(work)
+    files = source_files(module)
+    with (work / "setup.cfg").open("a", encoding="utf-8") as cfg:
+        cfg.write(mutmut_config(files, module))
+    print(f"== {name}: {', '.join(files)} against {', '.join(module['tests'])}", flush=True)
+    started = time.monotonic()
+    try:
+        mutmut(work, "run", "--max-children", str(args.jobs),
+               timeout=args.timeout_min * 60, log=work / "mutmut-run.log")
+    except subprocess.TimeoutExpired:
+        result.finished = False
+    result.minutes = (time.monotonic() - started) / 60
+    listing = mutmut(work, "results", "--all", "true").stdout
+    for line in listing.splitlines():
+        mutant, sep, status = line.strip().rpartition(": ")
+        if not sep:
+            continue
+        result.total += 1
+        if status in CAUGHT:
+            result.caught += 1
+        elif status == "not checked":
+            result.not_checked += 1
+        else:
+            diff = mutmut(work, "show", mutant).stdout
+            path, removed, added = parse_diff(diff)
+            survivor = Survivor(mutant, status, path, diff, removed, added)
+            survivor.equivalent = equivalent_reason(survivor, entries)
+            result.survivors.append(survivor)
+    if result.total == 0:
+        result.finished = False
+        print((work / "mutmut-run.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+    if result.not_checked:
+        result.finished = False
+    return result
+
+
+def report(results: list[Result], min_rate: float) -> bool:
+    ok = True
+    for result in results:
+        for survivor in result.surviving:
+            print(f"\n-- survivor ({survivor.status}) {survivor.name}")
+            print(survivor.diff.rstrip())
+    print("\n| module | mutants | killed | equivalent | surviving | kill rate | minutes |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        note = "" if r.finished else f" (unfinished: {r.not_checked} not run)"
+        print(f"| {r.module} | {r.total} | {r.caught} | {len(r.equivalent)} | "
+              f"{len(r.surviving)} | {r.rate:.1f} %{note} | {r.minutes:.1f} |")
+        ok = ok and r.finished and r.rate >= min_rate
+    RUN_DIR.mkdir(exist_ok=True)
+    (RUN_DIR / "summary.json").write_text(json.dumps([
+        {"module": r.module, "mutants": r.total, "killed": r.caught,
+         "equivalent": [s.name for s in r.equivalent],
+         "surviving": [s.name for s in r.surviving], "not_checked": r.not_checked,
+         "kill_rate": round(r.rate, 1), "minutes": round(r.minutes, 1),
+         "finished": r.finished} for r in results], indent=2) + "\n")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/mutate", description=__doc__.split("\n")[0])
+    parser.add_argument("modules", nargs="*", help="module names (default: all, in order)")
+    parser.add_argument("--list", action="store_true", help="list the modules and exit")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants run at once (default 2)")
+    parser.add_argument("--timeout-min", type=float, default=30.0,
+                        help="give a module up after this many minutes (default 30)")
+    parser.add_argument("--min-rate", type=float, default=90.0,
+                        help="the lowest kill rate that passes, in %% (default 90)")
+    args = parser.parse_args(argv)
+    modules = load_modules()
+    if args.list:
+        for name, module in modules.items():
+            print(f"{name}: {' '.join(source_files(module))}\n    tests: "
+                  f"{' '.join(module['tests'])}")
+        return 0
+    unknown = [m for m in args.modules if m not in modules]
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(modules)}")
+    entries = load_equivalent()
+    results = [run_module(name, modules[name], args, entries)
+               for name in (args.modules or list(modules))]
+    return 0 if report(results, args.min_rate) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
