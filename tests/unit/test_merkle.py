@@ -379,3 +379,18 @@ def test_the_tree_gives_back_each_leaf_hash_by_index() -> None:
         with pytest.raises(ValueError) as err:
             tree.leaf(bad)
         assert str(err.value) == f"leaf index {bad} is not within a tree of size 8"
+
+
+def test_proofs_over_hashes_of_the_wrong_length_never_verify() -> None:
+    """Rule: a leaf or an old root that is not a 32-byte SHA-256 never verifies, even when
+    the rest of the proof was computed from it."""
+    sibling = LEAF_HASHES[1]
+    for bad in (b"x" * 31, b"x" * 33):
+        assert not verify_inclusion(bad, 0, 2, [sibling], node_hash(bad, sibling))
+        assert not verify_consistency(1, 2, bad, node_hash(bad, sibling), [sibling])
+        assert not verify_consistency(1, 2, LEAF_HASHES[0], bad, [sibling])
+        assert not verify_inclusion(LEAF_HASHES[0], 0, 2, [sibling], bad)
+    # The same shapes with proper hashes do verify: only the lengths were wrong above.
+    assert verify_inclusion(LEAF_HASHES[0], 0, 2, [sibling], node_hash(LEAF_HASHES[0], sibling))
+    assert verify_consistency(1, 2, LEAF_HASHES[0], node_hash(LEAF_HASHES[0], sibling),
+                              [sibling])
