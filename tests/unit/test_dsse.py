@@ -256,3 +256,73 @@ def test_auditor_verifies_an_envelope_with_openssl(station: StationKey, tmp_path
     (tmp_path / "pae.bin").write_bytes((tmp_path / "pae.bin").read_bytes().replace(b"0190", b"0191"))
     bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert bad.returncode != 0
+
+
+def test_base64_of_every_length_is_decoded_padded_or_not() -> None:
+    """Rule: DSSE fields in standard or URL-safe base64, with or without padding, decode to
+    the same bytes; anything else is refused, saying why."""
+    for data in (b"", b"a", b"ab", b"abc", b"abcd", b"\xfb\xff\xfe"):
+        padded = base64.b64encode(data).decode()
+        for text in (padded, padded.rstrip("="), base64.urlsafe_b64encode(data).decode()):
+            assert dsse.b64decode(text) == data, text
+    with pytest.raises(ValueError) as err:
+        dsse.b64decode("Y")
+    assert "Invalid" in str(err.value) or "padding" in str(err.value), str(err.value)
+    assert str(err.value) != "None"
+    problems = dsse.envelope_problems({"payloadType": dsse.ACK, "payload": "a*b",
+                                       "signatures": [{"keyid": "", "sig": "AAAA"}]}, {})
+    assert problems[0].startswith("payload is not valid base64: ")
+    assert problems[0] != "payload is not valid base64: None"
+
+
+def test_a_signer_is_required_says_so() -> None:
+    """Rule: an envelope is never made without a signature."""
+    with pytest.raises(ValueError) as err:
+        dsse.sign_envelope(dsse.MANIFEST, b"x", [])
+    assert str(err.value) == "sign_envelope needs at least one signer"
+
+
+def test_a_trusted_key_of_an_unsupported_kind_verifies_nothing() -> None:
+    """Rule: only Ed25519 and ECDSA keys can verify; a key of another kind in the trust
+    map (an RSA key from a mis-set configuration) never makes a signature count."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    envelope = {"payloadType": dsse.ACK, "payload": base64.b64encode(b"{}").decode(),
+                "signatures": [{"keyid": "platform", "sig": base64.b64encode(b"x" * 64).decode()}]}
+    with pytest.raises(IntegrityError, match="signature does not verify"):
+        dsse.verify_envelope(envelope, {"platform": rsa_key})  # type: ignore[dict-item]
+
+
+class _EcSigner:
+    def __init__(self, curve: ec.EllipticCurve, digest: Any) -> None:
+        self.key = ec.generate_private_key(curve)
+        self.digest = digest
+        self.keyid = f"ec-{curve.name}"
+
+    def sign(self, data: bytes) -> bytes:
+        return self.key.sign(data, ec.ECDSA(self.digest))
+
+
+@pytest.mark.parametrize("curve", ["secp256r1", "secp384r1", "secp521r1"])
+def test_ecdsa_platform_keys_verify_with_the_digest_their_curve_pairs_with(curve: str) -> None:
+    """Rule: an ECDSA signature is checked with SHA-256 on P-256, SHA-384 on P-384 and
+    SHA-512 on P-521 (as openssl and JOSE pair them), and with no other digest."""
+    from cryptography.hazmat.primitives import hashes
+
+    pairs: dict[str, tuple[ec.EllipticCurve, Any]] = {
+        "secp256r1": (ec.SECP256R1(), hashes.SHA256()),
+        "secp384r1": (ec.SECP384R1(), hashes.SHA384()),
+        "secp521r1": (ec.SECP521R1(), hashes.SHA512())}
+    curve_obj, digest = pairs[curve]
+    right = _EcSigner(curve_obj, digest)
+    trusted = {right.keyid: right.key.public_key()}
+    envelope = dsse.sign_envelope(dsse.COMMAND, b'{"id": "c"}', [right])
+    assert dsse.verify_envelope(envelope, trusted, expected_type=dsse.COMMAND) == b'{"id": "c"}'
+    for other in (hashes.SHA256(), hashes.SHA384(), hashes.SHA512()):
+        if other.name == digest.name:
+            continue
+        wrong = _EcSigner(curve_obj, other)
+        wrong.key = right.key
+        envelope = dsse.sign_envelope(dsse.COMMAND, b'{"id": "c"}', [wrong])
+        assert dsse.envelope_problems(envelope, trusted) != [], other.name
