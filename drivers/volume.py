@@ -151,9 +151,14 @@ class VolumeDevice:
         if raw is None:
             # Not in the last listing (e.g. a recording from a previous dock):
             # list again rather than guess how the name was encoded.
-            self.recordings()
+            listing = self.recordings()
             with self._lock:
                 raw = self._raw.get(recording.path)
+            if raw is None and all(s.path != recording.path for s in listing.skipped):
+                # Nothing at all by that name: the file is gone (deleted on the camera, or
+                # released by this station just before a crash), which is no I/O failure.
+                raise RecordingMissingError(f"{recording.path!r} is not on {self.root} "
+                                            "(not in its listing)")
         if raw is None:
             raise DeviceError(f"{recording.path!r} is not on {self.root} (not in its listing)")
         return raw

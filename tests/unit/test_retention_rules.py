@@ -19,11 +19,17 @@ import pytest
 from agent import config as config_mod
 from agent.config import Config
 from agent.store import Store
-from agent.sync.retention import purge
+from agent.sync.retention import (
+    cameras_holding,
+    purge,
+    release_acknowledged,
+    releases_due,
+    sweep_purged,
+)
 from agent.timeutil import parse_rfc3339
 from agent.vault import Vault
 from tests.conftest import write_station_config
-from tests.support.stations import camera, running_station
+from tests.support.stations import camera, running_station, sim_devices
 
 ACKED_AT = "2026-01-01T00:00:00.000Z"
 T = parse_rfc3339(ACKED_AT).timestamp()
@@ -58,7 +64,7 @@ class FreeSpace(Vault):
 @pytest.fixture
 def station(template: Path, tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     shutil.copytree(template / "data", tmp_path / "data")
-    (tmp_path / "sim").mkdir()
+    shutil.copytree(template / "sim", tmp_path / "sim")
     db = sqlite3.connect(tmp_path / "data" / "state.db")
     ids = [r[0] for r in db.execute("SELECT clip_id FROM clips ORDER BY clip_id")]
     db.close()
@@ -182,3 +188,109 @@ def test_a_vault_object_another_live_clip_holds_is_kept_when_one_clip_is_purged(
     _set(config, ids[1], "acknowledged")
     assert purge(config, store, vault, at=T + DAY) == [ids[1]]
     assert not vault.has(digest)
+
+
+def test_a_purged_clip_whose_object_a_crash_left_behind_is_swept_at_start(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: a crash between a purge's record and its deletion leaves an object the next
+    start removes, unless a live clip still holds the same bytes."""
+    base, ids = station
+    config = _config(base, "")
+    vault = Vault(config.data_dir / "vault")
+    db = sqlite3.connect(config.data_dir / "state.db")
+    digests = [db.execute("SELECT sha256 FROM clips WHERE clip_id = ?", (i,)).fetchone()[0]
+               for i in ids]
+    db.execute("UPDATE clips SET state = 'purged' WHERE clip_id IN (?, ?)", (ids[0], ids[1]))
+    db.execute("UPDATE clips SET sha256 = ? WHERE clip_id = ?", (digests[1], ids[2]))
+    db.commit()
+    db.close()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    assert sweep_purged(store, vault) == 1
+    assert not vault.has(digests[0])
+    assert vault.has(digests[1]), "clip 3 (sealed) holds these bytes too"
+    assert sweep_purged(store, vault) == 0
+
+
+def _release_due_state(config: Config, clip_id: str, failures: int, retry_at: float) -> None:
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET state = 'acknowledged', ack = '{}', acknowledged_at = ?, "
+               "release_failures = ?, release_retry_at = ? WHERE clip_id = ?",
+               (ACKED_AT, failures, retry_at, clip_id))
+    db.commit()
+    db.close()
+
+
+def test_a_failed_release_is_due_again_only_once_its_back_off_has_passed(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: a camera whose release failed is tried again when its retry time has come,
+    not before; a camera with no failed release is never "due"."""
+    base, ids = station
+    config = _config(base, "")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    serial = store.clip(ids[0])["device_serial"]
+    _release_due_state(config, ids[0], failures=0, retry_at=T)
+    assert not releases_due(store, serial, at=T + DAY), "no failure: nothing to retry"
+    _release_due_state(config, ids[0], failures=2, retry_at=T + 120)
+    assert not releases_due(store, serial, at=T + 119.999)
+    assert releases_due(store, serial, at=T + 120)
+    assert not releases_due(store, "ANOTHER-CAMERA", at=T + DAY)
+
+
+def test_the_cameras_holding_a_clip_are_its_own_and_those_of_unreleased_duplicates(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: an acknowledged clip's bytes are on its camera and on every camera holding an
+    unreleased duplicate of it; a released duplicate's camera no longer counts."""
+    base, ids = station
+    config = _config(base, "")
+    db = sqlite3.connect(config.data_dir / "state.db")
+    own = db.execute("SELECT device_serial FROM clips WHERE clip_id = ?", (ids[0],)).fetchone()[0]
+    db.execute("UPDATE clips SET state = 'duplicate', duplicate_of = ?, device_serial = 'CAM-B' "
+               "WHERE clip_id = ?", (ids[0], ids[1]))
+    db.execute("UPDATE clips SET state = 'duplicate', duplicate_of = ?, device_serial = 'CAM-C', "
+               "released_at = ? WHERE clip_id = ?", (ids[0], ACKED_AT, ids[2]))
+    db.commit()
+    db.close()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    assert cameras_holding(store, ids[0]) == sorted([own, "CAM-B"])
+    assert cameras_holding(store, ids[2]) == ["CAM-C"]
+
+
+def _release_kinds(store: Store, clip_id: str) -> list[str]:
+    return [r["kind"] for r in store.query(
+        "SELECT kind FROM custody_log WHERE clip_id = ? AND kind LIKE 'release.%' ORDER BY seq",
+        (clip_id,))]
+
+
+@pytest.mark.parametrize("last", ["release.started", "release.failed"])
+def test_a_release_cut_short_by_a_crash_is_recorded_only_if_it_had_started(
+        station: tuple[Path, list[str]], last: str) -> None:
+    """Rule: a camera file missing after a crash counts as released only when the log says
+    its deletion had started (release.started, nothing after it); otherwise its absence
+    proves nothing and the clip stays acknowledged."""
+    base, ids = station
+    config = _config(base, 'release = "after-ack"\n')
+    _set(config, ids[0], "acknowledged")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    row = store.clip(ids[0])
+    with store.transaction() as tx:
+        tx.log("release.started", ids[0], {"device_serial": row["device_serial"],
+                                           "path": row["path"]})
+        if last == "release.failed":
+            tx.log("release.failed", ids[0], {"reason": "read-only card"})
+    (camera_file,) = [p for p in (base / "sim").rglob(Path(row["path"]).name)]
+    camera_file.unlink()  # the deletion happened; the crash came before its record
+    with running_station(config) as running:
+        device = sim_devices(running)[0]
+        released = release_acknowledged(config, store, device, device.identify(),
+                                        retry_failed=True)
+    if last == "release.started":
+        assert released == [ids[0]]
+        assert store.clip(ids[0])["state"] == "released"
+        body = json.loads(store.query_one(
+            "SELECT body FROM custody_log WHERE clip_id = ? AND kind = 'clip.released'",
+            (ids[0],))["body"])
+        assert body["recovered"] is True and body["sha256"] == row["sha256"]
+    else:
+        assert released == []
+        assert store.clip(ids[0])["state"] == "acknowledged"
+        assert _release_kinds(store, ids[0])[-1] == "release.skipped"
