@@ -20,6 +20,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ROOT / "tests" / "mutation" / "modules.toml"
@@ -81,29 +83,55 @@ def load_modules() -> dict[str, dict[str, list[str]]]:
     return modules
 
 
-def load_equivalent() -> list[dict[str, str]]:
+@dataclass
+class Equivalents:
+    entries: list[dict[str, str]]  # one mutant each: file, removed, added, reason
+    row_rules: list[dict[str, Any]]  # [[row_columns]]: files, names, reason
+
+
+def load_equivalent() -> Equivalents:
     if not EQUIVALENT.exists():
-        return []
+        return Equivalents([], [])
     with EQUIVALENT.open("rb") as f:
-        entries: list[dict[str, str]] = tomllib.load(f).get("equivalent", [])
+        data = tomllib.load(f)
+    entries: list[dict[str, str]] = data.get("equivalent", [])
     for entry in entries:
         missing = {"file", "removed", "added", "reason"} - set(entry)
         if missing:
             sys.exit(f"{EQUIVALENT}: an entry lacks {', '.join(sorted(missing))}: {entry}")
-    return entries
+    rules: list[dict[str, Any]] = data.get("row_columns", [])
+    for rule in rules:
+        missing = {"files", "names", "reason"} - set(rule)
+        if missing:
+            sys.exit(f"{EQUIVALENT}: a row_columns rule lacks {', '.join(sorted(missing))}")
+    return Equivalents(entries, rules)
 
 
 def _lines(text: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
-def equivalent_reason(survivor: Survivor, entries: list[dict[str, str]]) -> str | None:
+def _row_keys_folded(line: str, names: list[str]) -> str:
+    """``line`` with the string keys of ``name["key"]`` lower-cased, for each row name."""
+    alternatives = "|".join(re.escape(n) for n in names)
+    pattern = r"\b(" + alternatives + r")\[(['\"])([^'\"]*)\2\]"
+    return re.sub(pattern, lambda m: f"{m[1]}[{m[2]}{m[3].lower()}{m[2]}]", line)
+
+
+def equivalent_reason(survivor: Survivor, known: Equivalents) -> str | None:
     """The reason given for this mutant (same file, same lines removed and added), or None."""
-    for entry in entries:
+    for entry in known.entries:
         if (fnmatch.fnmatch(survivor.file, entry["file"])
                 and _lines(entry["removed"]) == survivor.removed
                 and _lines(entry["added"]) == survivor.added):
             return entry["reason"]
+    for rule in known.row_rules:
+        if (any(fnmatch.fnmatch(survivor.file, f) for f in rule["files"])
+                and len(survivor.removed) == len(survivor.added)
+                and survivor.removed != survivor.added
+                and [_row_keys_folded(x, rule["names"]) for x in survivor.removed]
+                == [_row_keys_folded(x, rule["names"]) for x in survivor.added]):
+            return str(rule["reason"])
     return None
 
 
@@ -181,7 +209,7 @@ def parse_diff(diff: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
 
 
 def run_module(name: str, module: dict[str, list[str]], args: argparse.Namespace,
-               entries: list[dict[str, str]]) -> Result:
+               entries: Equivalents) -> Result:
     result = Result(name)
     work = RUN_DIR / name
     shutil.rmtree(work, ignore_errors=True)

@@ -294,3 +294,35 @@ def test_a_release_cut_short_by_a_crash_is_recorded_only_if_it_had_started(
         assert released == []
         assert store.clip(ids[0])["state"] == "acknowledged"
         assert _release_kinds(store, ids[0])[-1] == "release.skipped"
+
+
+def test_a_purge_is_logged_and_announced_with_its_digest_and_reason(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: every purge is a custody log entry and a clip.purged event naming the clip,
+    its SHA-256 and why, and the clip records when it was purged."""
+    base, ids = station
+    config = _config(base, 'release = "never"\nkeep_days = 1\nlow_water_mb = 0\n')
+    _set(config, ids[0], "acknowledged")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    digest = store.clip(ids[0])["sha256"]
+    assert purge(config, store, Vault(config.data_dir / "vault"), at=T + DAY) == [ids[0]]
+    entry = store.query_one("SELECT body FROM custody_log WHERE kind = 'clip.purged'")
+    assert entry is not None
+    assert json.loads(entry["body"]) == {"from": "acknowledged", "to": "purged",
+                                         "sha256": digest,
+                                         "reason": "retention of 1 days passed"}
+    events = [json.loads(r["payload"]) for r in store.query(
+        "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY id")]
+    purged = [e for e in events if e["type"] == "clip.purged"]
+    assert [e["data"] for e in purged] == [
+        {"clip_id": ids[0], "sha256": digest, "reason": "retention of 1 days passed"}]
+    assert parse_rfc3339(store.clip(ids[0])["purged_at"]).timestamp() > T
+
+
+def test_a_failing_release_backs_off_from_a_minute_doubling_up_to_an_hour() -> None:
+    """Rule: a release that keeps failing is tried after 1, 2, 4, ... minutes, never less
+    often than hourly."""
+    from agent.sync.retention import retry_delay
+
+    assert [retry_delay(n) for n in range(0, 9)] == [
+        60.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0, 3600.0]
