@@ -179,8 +179,11 @@ def mutmut(work: Path, *args: str, timeout: float | None = None,
            log: Path | None = None) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "mutmut"
     out = log.open("w") if log is not None else subprocess.PIPE
+    # The sealed stations the tests build are built once per module run (tests/support/
+    # templates.py), not once per mutant.
+    env = {**os.environ, "BWC_TEST_TEMPLATES": str(work / "templates")}
     try:
-        proc = subprocess.Popen([str(exe), *args], cwd=work, stdout=out,
+        proc = subprocess.Popen([str(exe), *args], cwd=work, stdout=out, env=env,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             stdout, _ = proc.communicate(timeout=timeout)

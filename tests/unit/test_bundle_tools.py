@@ -31,6 +31,7 @@ from agent.store import Store
 from agent.verify import verify_paths
 from tests.conftest import write_station_config
 from tests.support.stations import camera, running_station
+from tests.support.templates import built_once
 
 ROOT = Path(__file__).resolve().parents[2]
 BAGIT = str(Path(sys.executable).with_name("bagit.py"))
@@ -39,7 +40,10 @@ BAGIT = str(Path(sys.executable).with_name("bagit.py"))
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real bundle of two clips whose export had to sign a checkpoint (earlier ones exist)."""
-    base = tmp_path_factory.mktemp("station")
+    return built_once("bundle-tools", tmp_path_factory, _build_bundle) / "bundle"
+
+
+def _build_bundle(base: Path) -> None:
     config_path = write_station_config(base)
     config = config_mod.load(config_path)
     camera(config, clips=2)
@@ -51,7 +55,6 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(["tag", "--config", str(config_path), "--clip", first, "--case", "C-1"]) == 0
     bundle = base / "bundle"
     assert main(["export", "--config", str(config_path), "--all", "--out", str(bundle)]) == 0
-    return bundle
 
 
 @pytest.fixture

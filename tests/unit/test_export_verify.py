@@ -36,6 +36,7 @@ from agent.vault import Vault
 from agent.verify import Report, verify_paths
 from agent.verify.layout import safe_name
 from drivers.simcam import DEFAULT_CATALOG, make_camera
+from tests.support.templates import built_once
 
 CLIPS = 8
 
@@ -75,7 +76,15 @@ def _run_station(config: Config) -> None:
 
 @pytest.fixture(scope="module")
 def sealed_station(tmp_path_factory: pytest.TempPathFactory) -> SealedStation:
-    base = tmp_path_factory.mktemp("station")
+    base = built_once("export-verify", tmp_path_factory, _build_sealed_station)
+    config_path = base / "station.toml"
+    facts = json.loads((base / "facts.json").read_text(encoding="utf-8"))
+    return SealedStation(base=base, config=config_mod.load(config_path),
+                         config_path=config_path, clip_ids=facts["clip_ids"],
+                         bundle=base / "bundle", duplicate_id=facts["duplicate_id"])
+
+
+def _build_sealed_station(base: Path) -> None:
     (base / "sim").mkdir()
     raw = {"station": {"id": "ST-0001", "data_dir": str(base / "data")},
            "devices": {"simulated": {"root": str(base / "sim"),
@@ -113,8 +122,9 @@ def sealed_station(tmp_path_factory: pytest.TempPathFactory) -> SealedStation:
     duplicate = [r["clip_id"] for r in store.clips() if r["state"] == "duplicate"]
     store.close()
     assert len(duplicate) == 1
-    return SealedStation(base=base, config=config, config_path=config_path, clip_ids=clip_ids,
-                         bundle=bundle, duplicate_id=duplicate[0])
+    (base / "facts.json").write_text(json.dumps({"clip_ids": clip_ids,
+                                                 "duplicate_id": duplicate[0]}),
+                                     encoding="utf-8")
 
 
 @pytest.fixture

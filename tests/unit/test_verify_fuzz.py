@@ -44,6 +44,7 @@ from agent.verify.checks import (
 from agent.verify.report import Report
 from tests.conftest import write_station_config
 from tests.support.stations import camera, running_station
+from tests.support.templates import built_once
 from tests.unit.test_officer_export import exported  # noqa: F401 (a fixture: officers, cases)
 
 FAST = settings(max_examples=40, deadline=2000,
@@ -70,7 +71,12 @@ json_values = st.recursive(
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("station")
+    bundle = built_once("verify-fuzz", tmp_path_factory, _build_bundle) / "bundle"
+    assert verify_paths([bundle]).ok
+    return bundle
+
+
+def _build_bundle(base: Path) -> None:
     config_path = write_station_config(base)
     config = config_mod.load(config_path)
     camera(config, clips=1, seconds=0.2)
@@ -78,8 +84,6 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert station.run_once().ok
     bundle = base / "bundle"
     assert main(["export", "--config", str(config_path), "--all", "--out", str(bundle)]) == 0
-    assert verify_paths([bundle]).ok
-    return bundle
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from agent.verify import verify_paths
 from agent.verify.report import escape
 from tests.conftest import write_station_config
 from tests.support.stations import camera, running_station
+from tests.support.templates import built_once
 
 BWC_AGENT = str(Path(sys.executable).with_name("bwc-agent"))
 LIMIT_S = 20
@@ -39,7 +40,12 @@ LIMIT_S = 20
 
 @pytest.fixture(scope="module")
 def station(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("station")
+    base = built_once("verify-hostile", tmp_path_factory, _build_station)
+    return {"base": base, "bundle": base / "bundle",
+            "data": config_mod.load(base / "station.toml").data_dir}
+
+
+def _build_station(base: Path) -> None:
     config_path = write_station_config(base)
     config = config_mod.load(config_path)
     camera(config, clips=2)
@@ -47,7 +53,6 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         assert running.run_once().ok
     bundle = base / "bundle"
     assert main(["export", "--config", str(config_path), "--all", "--out", str(bundle)]) == 0
-    return {"base": base, "bundle": bundle, "data": config.data_dir}
 
 
 @pytest.fixture
