@@ -326,3 +326,65 @@ def test_a_failing_release_backs_off_from_a_minute_doubling_up_to_an_hour() -> N
 
     assert [retry_delay(n) for n in range(0, 9)] == [
         60.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0, 3600.0]
+
+
+def test_each_kind_of_release_is_recorded_with_what_was_deleted_and_clears_its_error(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: every deletion from a camera is recorded — the clip released (an acknowledged
+    clip), release.after_purge (a clip purged while it waited for its camera), or
+    release.duplicate (a second copy of acknowledged bytes) — each with the camera, the path
+    and the SHA-256 deleted, a clip.released event, the time, and the last error cleared."""
+    base, ids = station
+    config = _config(base, 'release = "after-ack"\n')
+    db = sqlite3.connect(config.data_dir / "state.db")
+    rows = {r[0]: r for r in db.execute("SELECT clip_id, path, sha256 FROM clips")}
+    first, second, third = (rows[i] for i in ids)
+    # The third recording holds the first one's bytes: a duplicate of it.
+    third_file = next((base / "sim").rglob(Path(third[1]).name))
+    first_file = next((base / "sim").rglob(Path(first[1]).name))
+    third_file.write_bytes(first_file.read_bytes())
+    st = third_file.stat()
+    db.execute("UPDATE clips SET state = 'duplicate', duplicate_of = ?, sha256 = ?, size = ?, "
+               "mtime_ms = ? WHERE clip_id = ?",
+               (ids[0], first[2], st.st_size, round(st.st_mtime * 1000), ids[2]))
+    db.execute("UPDATE clips SET state = 'acknowledged', ack = '{}', acknowledged_at = ? "
+               "WHERE clip_id = ?", (ACKED_AT, ids[0]))
+    db.execute("UPDATE clips SET state = 'purged', ack = '{}', acknowledged_at = ? "
+               "WHERE clip_id = ?", (ACKED_AT, ids[1]))
+    db.execute("UPDATE clips SET release_failures = 1, release_error = 'read-only card', "
+               "release_retry_at = 0")
+    db.commit()
+    db.close()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    with running_station(config) as running:
+        device = sim_devices(running)[0]
+        serial = device.identify().serial
+        released = release_acknowledged(config, store, device, device.identify())
+    assert sorted(released) == sorted(ids)
+    assert [store.clip(i)["state"] for i in ids] == ["released", "purged", "duplicate"]
+    for clip_id in ids:
+        clip = store.clip(clip_id)
+        assert clip["released_at"] is not None and clip["release_error"] is None, clip_id
+        assert parse_rfc3339(clip["released_at"]).timestamp() > T
+    bodies = {r["clip_id"]: (r["kind"], json.loads(r["body"])) for r in store.query(
+        "SELECT clip_id, kind, body FROM custody_log WHERE kind IN ('clip.released', "
+        "'release.after_purge', 'release.duplicate')")}
+    assert bodies == {
+        ids[0]: ("clip.released", {"from": "acknowledged", "to": "released",
+                                   "device_serial": serial, "path": first[1],
+                                   "sha256": first[2]}),
+        ids[1]: ("release.after_purge", {"device_serial": serial, "path": second[1],
+                                         "sha256": second[2], "after_purge": True}),
+        ids[2]: ("release.duplicate", {"device_serial": serial, "path": third[1],
+                                       "sha256": first[2], "duplicate_of": ids[0]})}
+    events = {e["data"]["clip_id"]: e["data"] for e in (json.loads(r["payload"]) for r in
+              store.query("SELECT payload FROM outbox WHERE topic LIKE '%/events'"))
+              if e["type"] == "clip.released"}
+    assert events == {
+        ids[0]: {"clip_id": ids[0], "device_serial": serial, "path": first[1],
+                 "sha256": first[2]},
+        ids[1]: {"clip_id": ids[1], "device_serial": serial, "path": second[1],
+                 "sha256": second[2], "after_purge": True},
+        ids[2]: {"clip_id": ids[2], "device_serial": serial, "path": third[1],
+                 "sha256": first[2], "duplicate_of": ids[0]}}
+    assert not first_file.exists() and not third_file.exists()
