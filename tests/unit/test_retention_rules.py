@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -388,3 +389,56 @@ def test_each_kind_of_release_is_recorded_with_what_was_deleted_and_clears_its_e
         ids[2]: {"clip_id": ids[2], "device_serial": serial, "path": third[1],
                  "sha256": first[2], "duplicate_of": ids[0]}}
     assert not first_file.exists() and not third_file.exists()
+    started = {r["clip_id"]: json.loads(r["body"]) for r in store.query(
+        "SELECT clip_id, body FROM custody_log WHERE kind = 'release.started'")}
+    assert started == {ids[0]: {"device_serial": serial, "path": first[1]},
+                       ids[1]: {"device_serial": serial, "path": second[1]},
+                       ids[2]: {"device_serial": serial, "path": third[1]}}
+
+
+@pytest.mark.parametrize(("error", "after_start", "kind", "alert"), [
+    ("gone", False, "release.skipped", False),     # the camera was unplugged
+    ("changed", False, "release.skipped", False),  # another file under the name now
+    ("missing", False, "release.skipped", False),  # deleted meanwhile
+    ("changed", True, "release.failed", True),     # swapped between check and delete
+    ("io", False, "release.skipped", True),        # a read-only or failing card
+])
+def test_a_release_failure_alerts_only_when_a_person_must_look(
+        station: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch, error: str,
+        after_start: bool, kind: str, alert: bool) -> None:
+    """Rule: a release that fails while the camera is there and could not be checked or
+    deleted (or failed once the deletion had started) raises one release.failed alert; a
+    camera unplugged, or a file gone or replaced before the deletion, does not."""
+    from agent.errors import (
+        DeviceError,
+        DeviceGoneError,
+        RecordingChangedError,
+        RecordingMissingError,
+    )
+
+    errors = {"gone": DeviceGoneError, "changed": RecordingChangedError,
+              "missing": RecordingMissingError, "io": DeviceError}
+    base, ids = station
+    config = _config(base, 'release = "after-ack"\n')
+    _set(config, ids[0], "acknowledged")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    with running_station(config) as running:
+        device = sim_devices(running)[0]
+
+        def failing(_rec: Any, *, sha256: str, before_delete: Any = None) -> None:
+            if after_start:
+                before_delete()
+            raise errors[error](f"{error} on the camera")
+
+        monkeypatch.setattr(device, "release", failing)
+        assert release_acknowledged(config, store, device, device.identify()) == []
+    assert store.clip(ids[0])["state"] == "acknowledged"
+    kinds = [r["kind"] for r in store.query(
+        "SELECT kind FROM custody_log WHERE clip_id = ? AND kind LIKE 'release.%' ORDER BY seq",
+        (ids[0],))]
+    assert kinds == (["release.started", kind] if after_start else [kind])
+    alerts = [json.loads(r["body"])["code"] for r in store.query(
+        "SELECT body FROM custody_log WHERE kind = 'alert'")]
+    assert alerts == (["release.failed"] if alert else [])
+    clip = store.clip(ids[0])
+    assert (clip["release_failures"], clip["release_error"]) == (1, f"{error} on the camera")
