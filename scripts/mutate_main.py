@@ -118,6 +118,21 @@ def _row_keys_folded(line: str, names: list[str]) -> str:
     return re.sub(pattern, lambda m: f"{m[1]}[{m[2]}{m[3].lower()}{m[2]}]", line)
 
 
+_SQL = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)
+
+
+def _sql_case_only(survivor: Survivor) -> bool:
+    """Whether the mutant only changed the case of an SQL statement with no quoted value."""
+    if len(survivor.removed) != 1 or len(survivor.added) != 1:
+        return False
+    before, after = survivor.removed[0], survivor.added[0]
+    if before == after or before.lower() != after.lower():
+        return False
+    literals = re.findall(r'"([^"]*)"', before)
+    changed = [lit for lit in literals if lit not in after]
+    return bool(changed) and all(_SQL.match(lit) and "'" not in lit for lit in changed)
+
+
 def equivalent_reason(survivor: Survivor, known: Equivalents) -> str | None:
     """The reason given for this mutant (same file, same lines removed and added), or None."""
     for entry in known.entries:
@@ -125,6 +140,9 @@ def equivalent_reason(survivor: Survivor, known: Equivalents) -> str | None:
                 and _lines(entry["removed"]) == survivor.removed
                 and _lines(entry["added"]) == survivor.added):
             return entry["reason"]
+    if _sql_case_only(survivor):
+        return ("SQL keywords and table and column names are case-insensitive in SQLite; the "
+                "statement holds no quoted value whose case would matter.")
     for rule in known.row_rules:
         if (any(fnmatch.fnmatch(survivor.file, f) for f in rule["files"])
                 and len(survivor.removed) == len(survivor.added)

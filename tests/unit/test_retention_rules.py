@@ -9,6 +9,7 @@ instants, with the free space of the vault's disk fixed where it matters.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -442,3 +443,56 @@ def test_a_release_failure_alerts_only_when_a_person_must_look(
     assert alerts == (["release.failed"] if alert else [])
     clip = store.clip(ids[0])
     assert (clip["release_failures"], clip["release_error"]) == (1, f"{error} on the camera")
+
+
+@pytest.mark.parametrize("case", ["deleted", "grew", "touched", "io", "unplugged"])
+def test_before_hashing_a_changed_or_missing_camera_file_is_skipped_saying_why(
+        station: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """Rule: a camera file that is gone, or whose size or modification time differ from the
+    copy's, is never deleted; the reason is recorded, and only a camera that cannot be read
+    (not one unplugged) raises an alert."""
+    from agent.errors import DeviceError, DeviceGoneError
+
+    base, ids = station
+    config = _config(base, 'release = "after-ack"\n')
+    _set(config, ids[0], "acknowledged")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    row = store.clip(ids[0])
+    camera_file = next((base / "sim").rglob(Path(row["path"]).name))
+    with running_station(config) as running:
+        device = sim_devices(running)[0]
+        device.recordings()
+        if case == "deleted":
+            camera_file.unlink()
+        elif case == "grew":
+            with camera_file.open("ab") as f:
+                f.write(b"\0")
+            os.utime(camera_file, ns=(row["mtime_ms"] * 1_000_000,) * 2)
+        elif case == "touched":
+            os.utime(camera_file, ns=((row["mtime_ms"] + 5000) * 1_000_000,) * 2)
+        else:
+            error = DeviceError if case == "io" else DeviceGoneError
+
+            def stat(_rec: Any) -> Any:
+                raise error("the card does not answer")
+
+            monkeypatch.setattr(device, "stat", stat)
+        assert release_acknowledged(config, store, device, device.identify()) == []
+    reason = store.clip(ids[0])["release_error"]
+    size = row["size"]
+    expected = {
+        "deleted": "not on the camera any more (",
+        "grew": f"changed on the camera since it was copied (size {size} -> {size + 1})",
+        "touched": f"changed on the camera since it was copied (size {size} -> {size})",
+        "io": "could not be checked on the camera: the card does not answer",
+        "unplugged": "could not be checked on the camera: the card does not answer"}[case]
+    assert reason.startswith(expected), reason
+    assert store.clip(ids[0])["state"] == "acknowledged"
+    if case != "deleted":
+        assert camera_file.exists()
+    alerts = [json.loads(r["body"])["code"] for r in store.query(
+        "SELECT body FROM custody_log WHERE kind = 'alert'")]
+    assert alerts == (["release.failed"] if case == "io" else [])
+    assert [r["kind"] for r in store.query(
+        "SELECT kind FROM custody_log WHERE clip_id = ? AND kind LIKE 'release.%'",
+        (ids[0],))] == ["release.skipped"]
