@@ -496,3 +496,20 @@ def test_before_hashing_a_changed_or_missing_camera_file_is_skipped_saying_why(
     assert [r["kind"] for r in store.query(
         "SELECT kind FROM custody_log WHERE clip_id = ? AND kind LIKE 'release.%'",
         (ids[0],))] == ["release.skipped"]
+
+
+def test_a_new_dock_retries_a_failed_release_at_once_the_timer_waits_its_turn(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: while a failed release waits for its back-off, the periodic retry leaves it;
+    docking the camera again tries it at once (the card may have been fixed)."""
+    base, ids = station
+    config = _config(base, 'release = "after-ack"\n')
+    _release_due_state(config, ids[0], failures=1, retry_at=4102444800.0)  # in 2100
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    with running_station(config) as running:
+        device = sim_devices(running)[0]
+        assert release_acknowledged(config, store, device, device.identify()) == []
+        assert store.clip(ids[0])["state"] == "acknowledged"
+        assert release_acknowledged(config, store, device, device.identify(),
+                                    retry_failed=True) == [ids[0]]
+    assert store.clip(ids[0])["state"] == "released"
