@@ -113,8 +113,10 @@ def _lines(text: str) -> tuple[str, ...]:
 
 def _row_keys_folded(line: str, names: list[str]) -> str:
     """``line`` with the string keys of ``name["key"]`` lower-cased, for each row name."""
-    alternatives = "|".join(re.escape(n) for n in names)
-    pattern = r"\b(" + alternatives + r")\[(['\"])([^'\"]*)\2\]"
+    # A name, or ")" for the result of a call (``tx.clip(clip_id)["state"]``).
+    alternatives = "|".join(rf"\b{re.escape(n)}" if n.isidentifier() else re.escape(n)
+                            for n in names)
+    pattern = r"(" + alternatives + r")\[(['\"])([^'\"]*)\2\]"
     return re.sub(pattern, lambda m: f"{m[1]}[{m[2]}{m[3].lower()}{m[2]}]", line)
 
 
