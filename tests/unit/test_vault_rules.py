@@ -1,0 +1,250 @@
+"""The vault's rules at the edges: an object that exists already, a damaged one, reading the
+disk rather than the page cache, what a crash leaves in incoming/, and every failure named.
+
+The cache rules are seen through the calls the vault makes (the flags of its opens, its
+posix_fadvise), since both ways of reading return the same bytes; a file system without
+O_DIRECT is simulated by refusing O_DIRECT with EINVAL, as such a file system does.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import IntegrityError, StoreError
+from agent.vault import VERIFY_BLOCK, Vault, disk_usage, hash_file
+
+
+def _put(vault: Vault, data: bytes, name: str = "clip") -> str:
+    temp = vault.temp_path(name)
+    temp.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    vault.commit(temp, digest)
+    return digest
+
+
+class _Calls:
+    """The flags of every os.open of ``path`` and every posix_fadvise advice, in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path, *,
+                 direct_refused: bool = False) -> None:
+        self.opens: list[int] = []
+        self.advice: list[int] = []
+        real_open, real_fadvise = os.open, os.posix_fadvise
+
+        def spy_open(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if os.fspath(name) == os.fspath(path):
+                self.opens.append(flags)
+                if direct_refused and flags & os.O_DIRECT:
+                    raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(name, flags, *args, **kwargs)
+
+        def spy_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+            self.advice.append(advice)
+            real_fadvise(fd, offset, length, advice)
+
+        monkeypatch.setattr(os, "open", spy_open)
+        monkeypatch.setattr(os, "posix_fadvise", spy_fadvise)
+
+
+def test_committing_bytes_the_vault_holds_keeps_the_object_and_drops_the_copy(
+        tmp_path: Path) -> None:
+    """Rule: the same bytes committed again (another clip, an interrupted run) leave the
+    stored object as it is, after reading it back, and remove the new copy."""
+    vault = Vault(tmp_path / "vault")
+    digest = _put(vault, b"the same recording")
+    before = vault.path_for(digest).stat()
+    temp = vault.temp_path("second")
+    temp.write_bytes(b"the same recording")
+    repaired: list[Path] = []
+    assert vault.commit(temp, digest, on_repair=repaired.append) == vault.path_for(digest)
+    assert not temp.exists() and repaired == []
+    after = vault.path_for(digest).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert not (tmp_path / "vault" / "corrupt").exists()
+
+
+def test_a_damaged_object_is_replaced_by_the_fresh_copy_and_kept_aside(tmp_path: Path) -> None:
+    """Rule: when a stored object no longer holds its bytes, the fresh copy replaces it and
+    the damaged file is kept under corrupt/ (never deleted: an auditor may ask)."""
+    vault = Vault(tmp_path / "vault")
+    digest = _put(vault, b"good bytes of the recording")
+    final = vault.path_for(digest)
+    os.chmod(final, 0o644)
+    final.write_bytes(b"bit rot of the recording!!")
+    temp = vault.temp_path("again")
+    temp.write_bytes(b"good bytes of the recording")
+    repaired: list[Path] = []
+    vault.commit(temp, digest, on_repair=repaired.append)
+    assert final.read_bytes() == b"good bytes of the recording"
+    assert stat.S_IMODE(final.stat().st_mode) == 0o444
+    (aside,) = repaired
+    assert aside.parent == tmp_path / "vault" / "corrupt"
+    assert aside.name.startswith(digest + ".")
+    assert aside.read_bytes() == b"bit rot of the recording!!"
+    assert vault.verify(digest) == len(b"good bytes of the recording")
+
+
+def test_an_unreadable_object_counts_as_damaged(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a stored object that cannot be read back (a failing disk) is replaced by the
+    fresh copy, like a damaged one, and kept aside."""
+    from agent import vault as vault_mod
+
+    vault = Vault(tmp_path / "vault")
+    digest = _put(vault, b"recording")
+    real = vault_mod.hash_file
+
+    def unreadable(path: Path, **kwargs: Any) -> tuple[str, int]:
+        if path == vault.path_for(digest):
+            raise StoreError(f"cannot read {path}: Input/output error")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(vault_mod, "hash_file", unreadable)
+    temp = vault.temp_path("again")
+    temp.write_bytes(b"recording")
+    repaired: list[Path] = []
+    vault.commit(temp, digest, on_repair=repaired.append)
+    assert len(repaired) == 1 and repaired[0].read_bytes() == b"recording"
+    assert not temp.exists()
+
+
+def test_verify_reads_the_disk_not_the_page_cache(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: the verify pass proves what the disk holds: it reads with O_DIRECT."""
+    vault = Vault(tmp_path / "vault")
+    digest = _put(vault, os.urandom(3 * 4096 + 5))
+    calls = _Calls(monkeypatch, vault.path_for(digest))
+    assert vault.verify(digest) == 3 * 4096 + 5
+    assert calls.opens and all(flags & os.O_DIRECT for flags in calls.opens), calls.opens
+
+
+def test_without_o_direct_verify_drops_the_cached_pages_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: on a file system without O_DIRECT, the file's cached pages are dropped before
+    the verify pass reads it (and after), so it still reads the disk."""
+    vault = Vault(tmp_path / "vault")
+    data = os.urandom(10_000)
+    digest = _put(vault, data)
+    calls = _Calls(monkeypatch, vault.path_for(digest), direct_refused=True)
+    assert vault.verify(digest) == len(data)
+    assert calls.opens[0] & os.O_DIRECT and not calls.opens[-1] & os.O_DIRECT
+    assert calls.advice[0] == os.POSIX_FADV_DONTNEED
+    assert calls.advice[-1] == os.POSIX_FADV_DONTNEED
+
+
+def test_hashing_for_a_listing_may_use_the_page_cache(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: hash_file without drop_cache reads through the page cache, dropping nothing."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 9000)
+    calls = _Calls(monkeypatch, path)
+    assert hash_file(path) == (hashlib.sha256(b"x" * 9000).hexdigest(), 9000)
+    assert hash_file(path, block=VERIFY_BLOCK) == (hashlib.sha256(b"x" * 9000).hexdigest(), 9000)
+    assert not any(flags & os.O_DIRECT for flags in calls.opens)
+    assert os.POSIX_FADV_DONTNEED not in calls.advice
+
+
+def test_a_block_size_direct_io_cannot_use_falls_back_to_dropping_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: O_DIRECT is only tried with whole 4 KiB blocks; other sizes read buffered."""
+    path = tmp_path / "f"
+    path.write_bytes(b"y" * 20_000)
+    calls = _Calls(monkeypatch, path)
+    assert hash_file(path, drop_cache=True, block=4096 * 3 + 1)[1] == 20_000
+    assert not any(flags & os.O_DIRECT for flags in calls.opens)
+    assert calls.advice[0] == os.POSIX_FADV_DONTNEED
+    assert hash_file(path, drop_cache=True, block=4096 * 3)[1] == 20_000
+    assert calls.opens[-1] & os.O_DIRECT
+
+
+def test_failures_of_the_vault_disk_are_named(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a vault operation that fails says which file and what the system said."""
+    vault = Vault(tmp_path / "vault")
+    missing = "ab" * 32
+    with pytest.raises(StoreError) as err:
+        vault.verify(missing)
+    assert str(err.value) == (f"cannot open {vault.path_for(missing)}: No such file or "
+                              "directory")
+    with pytest.raises(StoreError) as err:
+        hash_file(tmp_path / "nothing")
+    assert str(err.value) == f"cannot open {tmp_path / 'nothing'}: No such file or directory"
+    with pytest.raises(StoreError) as err:
+        vault.commit(vault.temp_path("never-written"), missing)
+    assert str(err.value) == ("cannot move never-written.part into the vault: No such file or "
+                              "directory")
+    digest = _put(vault, b"to purge")
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    with pytest.raises(StoreError) as err:
+        vault.remove(digest)
+    assert str(err.value) == f"cannot remove vault object {digest}: Operation not permitted"
+
+
+def test_a_read_error_while_verifying_is_named(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a disk read error during the verify pass is a StoreError naming the object."""
+    vault = Vault(tmp_path / "vault")
+    digest = _put(vault, b"z" * 5000)
+
+    def failing(*_args: Any) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", failing)
+    with pytest.raises(StoreError) as err:
+        vault.verify(digest)
+    assert str(err.value) == f"cannot read {vault.path_for(digest)}: Input/output error"
+    monkeypatch.setattr(os, "read", failing)
+    with pytest.raises(StoreError) as err:
+        hash_file(vault.path_for(digest))
+    assert str(err.value) == f"cannot read {vault.path_for(digest)}: Input/output error"
+
+
+def test_a_damaged_object_fails_verification_naming_both_digests(tmp_path: Path) -> None:
+    """Rule: an object whose bytes changed is an IntegrityError naming what it should be and
+    what it is."""
+    vault = Vault(tmp_path / "vault")
+    digest = _put(vault, b"original")
+    path = vault.path_for(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"changed!")
+    with pytest.raises(IntegrityError) as err:
+        vault.verify(digest)
+    assert str(err.value) == (f"vault object {digest} reads back as "
+                              f"{hashlib.sha256(b'changed!').hexdigest()}")
+
+
+def test_restart_removes_every_partial_copy_without_following_links(tmp_path: Path) -> None:
+    """Rule: what a crash left in incoming/ (files, directories, links) is removed at start,
+    and a link there is removed itself: what it points to is never touched."""
+    vault = Vault(tmp_path / "vault")
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "evidence.mp4").write_bytes(b"not the vault's")
+    (vault.incoming / "a.part").write_bytes(b"half")
+    (vault.incoming / "odd").mkdir()
+    (vault.incoming / "odd" / "inside").write_bytes(b"x")
+    (vault.incoming / "link").symlink_to(outside / "keep")
+    assert vault.reclaim_incoming() == ["a.part", "link", "odd"]
+    assert list(vault.incoming.iterdir()) == []
+    assert (outside / "keep" / "evidence.mp4").read_bytes() == b"not the vault's"
+    assert vault.reclaim_incoming() == []
+
+
+def test_disk_usage_reports_the_file_systems_free_and_total_bytes(tmp_path: Path) -> None:
+    """Rule: the station reports free and total bytes of the vault's disk as statvfs has them."""
+    st = os.statvfs(tmp_path)
+    usage = disk_usage(tmp_path)
+    assert usage["total_bytes"] == st.f_blocks * st.f_frsize
+    assert abs(usage["free_bytes"] - st.f_bavail * st.f_frsize) < 64 * 1024 * 1024
+    assert Vault(tmp_path / "vault").free_bytes() > 0
