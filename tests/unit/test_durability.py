@@ -159,3 +159,111 @@ def test_a_docked_clip_is_durable_in_the_vault_before_the_store_says_it_is_copie
         assert dir_synced < named, spy.describe()
         assert read_back < named, "the vault copy was not read back before it was recorded"
         assert named <= copied < committed
+
+
+# --- write_atomic and makedirs_durable at their edges ---------------------------------------
+
+def test_write_atomic_creates_its_temp_file_with_the_final_mode_and_safe_flags(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a key written atomically is never readable by others, not even for a moment:
+    its temp file is created new (O_EXCL, never through a planted link, not inherited by
+    child processes) with the final mode already."""
+    created: list[tuple[int, int]] = []
+    real_open = os.open
+
+    def spy(path: object, flags: int, mode: int = 0o777, **kwargs: object) -> int:
+        if flags & os.O_CREAT:
+            created.append((flags, mode))
+        return real_open(path, flags, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", spy)
+    write_atomic(tmp_path / "station.key", b"k", mode=0o600)
+    ((flags, mode),) = created
+    assert mode == 0o600
+    for flag in (os.O_CREAT, os.O_EXCL, os.O_NOFOLLOW, os.O_CLOEXEC, os.O_WRONLY):
+        assert flags & flag == flag, flag
+    write_atomic(tmp_path / "status.json", b"{}")
+    assert (tmp_path / "status.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_write_atomic_writes_everything_even_when_the_kernel_takes_it_in_pieces(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a short write is continued until every byte is in the file."""
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    write_atomic(tmp_path / "f", b"0123456789" * 10)
+    assert (tmp_path / "f").read_bytes() == b"0123456789" * 10
+
+
+@pytest.mark.parametrize("cleanup_fails", [False, True])
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp_and_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cleanup_fails: bool) -> None:
+    """Rule: a write that fails (disk full) leaves the previous file whole, removes its temp
+    file, and raises the error that made it fail, even if the clean-up fails too."""
+    import errno as errno_mod
+
+    target = tmp_path / "manifest.json"
+    target.write_bytes(b"previous")
+
+    def full(_fd: int, _data: object) -> int:
+        raise OSError(errno_mod.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    if cleanup_fails:
+        def read_only(_path: object) -> None:
+            raise OSError(errno_mod.EROFS, "Read-only file system")
+        monkeypatch.setattr(os, "unlink", read_only)
+    with pytest.raises(OSError) as err:
+        write_atomic(target, b"new")
+    assert err.value.errno == errno_mod.ENOSPC
+    assert target.read_bytes() == b"previous"
+    if not cleanup_fails:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_fsync_dir_refuses_what_is_not_a_directory(tmp_path: Path) -> None:
+    """Rule: fsync_dir flushes a directory, and says so when handed a file."""
+    from agent.durable import fsync_dir
+
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        fsync_dir(tmp_path / "file")
+    fsync_dir(tmp_path)
+
+
+def test_makedirs_durable_makes_private_directories_and_tolerates_a_racing_creator(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: station directories are made rwxr-x--- (0750) unless asked otherwise, and a
+    directory another thread creates at the same moment is no error."""
+    old = os.umask(0o022)
+    try:
+        made = makedirs_durable(tmp_path / "data" / "vault")
+        assert made == tmp_path / "data" / "vault"
+        assert (tmp_path / "data").stat().st_mode & 0o777 == 0o750
+        assert made.stat().st_mode & 0o777 == 0o750
+        makedirs_durable(tmp_path / "keys", mode=0o700)
+        assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+        real_mkdir = os.mkdir
+
+        def raced(path: object, mode: int = 0o777, **kwargs: object) -> None:
+            real_mkdir(path, mode)  # type: ignore[arg-type]  # the other thread won
+            raise FileExistsError(17, "File exists")
+
+        monkeypatch.setattr(os, "mkdir", raced)
+        assert makedirs_durable(tmp_path / "raced").is_dir()
+    finally:
+        os.umask(old)
+
+
+def test_removing_stale_temps_tolerates_one_removed_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a stale temp file removed by someone else meanwhile is no error."""
+    (tmp_path / ".a.tmp-1-x").write_bytes(b"")
+    real_unlink = os.unlink
+
+    def gone(path: object, *args: object, **kwargs: object) -> None:
+        real_unlink(path)  # type: ignore[arg-type]
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(os, "unlink", gone)
+    assert remove_stale_temps(tmp_path) == [".a.tmp-1-x"]
