@@ -22,9 +22,11 @@ from drivers.gat947_wire import (
     FrameError,
     FrameParser,
     Password,
+    ZfyInfo,
     command_name,
     decode,
     encode,
+    zfy_refusal,
 )
 
 GOOD = Frame(Command.GET_ZFY_INFO | 0x80, seq=7, status=0, payload=b"officer 012345")
@@ -80,7 +82,8 @@ class _CountingHeader:
         return HEADER.pack(*args)
 
 
-@pytest.mark.parametrize("piece", [b"\x00" * 7, SOF + b"\x01\x03\x00\x00\x03\xe8"])
+@pytest.mark.parametrize("piece", [b"\x00" * 7, SOF + b"\x01\x03\x00\x00\x03\xe8",
+                                   b"\x00\x00\x00" + SOF])
 def test_bytes_fed_one_piece_at_a_time_cost_bounded_work(
         monkeypatch: pytest.MonkeyPatch, piece: bytes) -> None:
     """Rule: behind an incomplete frame, each later header is decoded once (not once per
@@ -136,3 +139,30 @@ def test_header_layout_is_big_endian_as_documented() -> None:
     """Rule: the header is SOF, version, command, seq, status, 16-bit big-endian length."""
     frame = encode(Frame(0x03, seq=9, status=2, payload=b"xy"))
     assert frame[:HEADER.size] == SOF + struct.pack(">BBBBH", 1, 3, 9, 2, 2)
+
+
+def _zfy(**changes: str) -> bytes:
+    fields = {"serial": "ABC1234", "officer_id": "012349", "officer_name": "张三",
+              "unit_code": "110000000009", "unit_name": "北京市公安局"}
+    fields.update(changes)
+    return ZfyInfo(**fields).encode()
+
+
+def test_a_camera_refuses_officer_data_it_cannot_hold_saying_which_field() -> None:
+    """Rule: WriteZFYInfo data is refused (BAD_PAYLOAD) when an ID holds anything but the
+    digits 0-9, a text is not GBK, or the serial is another camera's; an empty serial and
+    every digit, 9 included, are accepted."""
+    assert zfy_refusal(_zfy(), "ABC1234") is None
+    assert zfy_refusal(_zfy(serial=""), "ABC1234") is None
+    assert zfy_refusal(_zfy(officer_id="999999", unit_code="000000000000"), "ABC1234") is None
+    assert zfy_refusal(_zfy(officer_id="01234a"), "ABC1234") == \
+        "officer_id holds something other than ASCII digits"
+    assert zfy_refusal(_zfy(unit_code="1100000000:0"), "ABC1234") == \
+        "unit_code holds something other than ASCII digits"
+    assert zfy_refusal(_zfy(serial="XYZ9999"), "ABC1234") == \
+        "the device serial is not the camera's ID code"
+    assert zfy_refusal(_zfy()[:-1], "ABC1234") == "ZFY_INFO is 89 bytes, got 88"
+    broken = bytearray(_zfy())
+    broken[13:15] = b"\x81\x20"  # officer_name: a lead byte without a valid trail byte
+    broken[57:59] = b"\xff\xff"  # unit_name
+    assert zfy_refusal(bytes(broken), "ABC1234") == "not valid GBK: officer_name, unit_name"
