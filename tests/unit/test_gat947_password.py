@@ -26,6 +26,7 @@ def _file(tmp_path: Path, data: bytes, mode: int = 0o600) -> Path:
     (b"s3cret\r\n", b"s3cret"),       # written on Windows
     (b"s3cret", b"s3cret"),           # no newline at the end
     (b"pass word  \n", b"pass word  "),  # spaces are part of it
+    (b"XPASSX\r\n", b"XPASSX"),
     (b"first\nsecond\nthird\n", b"first"),
     (b"x" * PASSWORD_MAX + b"\n", b"x" * PASSWORD_MAX),
 ])
