@@ -92,7 +92,7 @@ def test_bytes_fed_one_piece_at_a_time_cost_bounded_work(
     counting = _CountingHeader()
     monkeypatch.setattr(gat947_wire, "HEADER", counting)
     parser = FrameParser()
-    parser.feed(FAKE_HEAD)
+    parser.feed(b"noise" + FAKE_HEAD)  # the noise is dropped first: a new head
     calls = 0
     for _ in range(120):
         parser.feed(piece)
@@ -166,3 +166,54 @@ def test_a_camera_refuses_officer_data_it_cannot_hold_saying_which_field() -> No
     broken[13:15] = b"\x81\x20"  # officer_name: a lead byte without a valid trail byte
     broken[57:59] = b"\xff\xff"  # unit_name
     assert zfy_refusal(bytes(broken), "ABC1234") == "not valid GBK: officer_name, unit_name"
+
+
+def test_bytes_that_cannot_start_a_frame_are_dropped_but_a_possible_sof_is_kept() -> None:
+    """Rule: junk without an SOF is dropped at once (the buffer stays small), except a last
+    byte a5 that may be the first half of an SOF: the frame it starts is not lost."""
+    parser = FrameParser()
+    parser.feed(b"junk without a frame")
+    assert parser.next() is None and parser.pending == 0
+    wire = encode(GOOD)
+    parser.feed(b"junk" + wire[:1])
+    assert parser.next() is None and parser.pending == 1
+    parser.feed(wire[1:])
+    assert parser.next() == GOOD and parser.pending == 0
+
+
+def test_a_bad_header_is_refused_as_soon_as_it_is_complete() -> None:
+    """Rule: a header with a wrong version or a length over 1024 is refused as soon as its
+    8 bytes are in, without waiting for bytes it claims; a 1024-byte payload is allowed."""
+    parser = FrameParser()
+    parser.feed(SOF + b"\x02\x83\x01\x00\x00\x00")
+    with pytest.raises(FrameError) as err:
+        parser.next()
+    assert str(err.value) == "unsupported protocol version 2"
+    parser.clear()
+    parser.feed(SOF + b"\x01\x83\x01\x00" + (1025).to_bytes(2, "big"))
+    with pytest.raises(FrameError) as err:
+        parser.next()
+    assert str(err.value) == "payload length 1025 exceeds 1024"
+    biggest = Frame(0x83, seq=1, payload=b"p" * 1024)
+    assert decode(encode(biggest)) == biggest
+    with pytest.raises(ValueError) as value_err:
+        encode(Frame(0x83, seq=1, payload=b"p" * 1025))
+    assert str(value_err.value) == "payload of 1025 bytes exceeds 1024"
+
+
+def test_zfy_info_fields_keep_every_character_but_their_padding() -> None:
+    """Rule: a ZFY_INFO field is read up to its NUL padding (or trailing spaces some firmware
+    pads with) and keeps every other character, an X or a tab included; invalid GBK is
+    shown as U+FFFD in GBK's reading and the field is named."""
+    raw = bytearray(ZfyInfo("ABC123X", "012349", "张三\t", "110000000009", "公安局").encode())
+    raw[57 + 9:57 + 32] = b" " * (32 - 9)  # unit_name padded with spaces, not NULs
+    info, bad = ZfyInfo.decode(bytes(raw))
+    assert (info.serial, info.officer_name, info.unit_name) == ("ABC123X", "张三\t", "公安局")
+    assert bad == []
+    broken = bytearray(_zfy())
+    broken[13:15] = b"\x81\x20"
+    info, bad = ZfyInfo.decode(bytes(broken))
+    assert (info.officer_name, bad) == ("\ufffd 三", ["officer_name"])
+    with pytest.raises(FrameError) as err:
+        ZfyInfo.decode(bytes(88))
+    assert str(err.value) == "ZFY_INFO is 89 bytes, got 88"
