@@ -34,7 +34,7 @@ from tests.support.templates import built_once
 
 def _build(base: Path) -> None:
     config = config_mod.load(write_station_config(base))
-    camera(config, clips=3, serial="SIMSEAL")
+    camera(config, clips=3, serial="SIMSEAL", officer_id="012345")
     with running_station(config) as station:
         assert station.run_once().ok
 
@@ -100,6 +100,16 @@ def test_a_sealed_manifest_is_the_clip_row_signed_by_the_station(
     assert manifest["ingest"] == {"docked_at": row["docked_at"], "copied_at": row["copied_at"],
                                   "verified": True}
     assert manifest["media"] == json.loads(row["media"])
+    # What sealing worked out (officer binding, corrected times, flags) is what the row says.
+    assert manifest["flags"] == json.loads(row["flags"]) and manifest["flags"]
+    assert manifest["officer"]["id"] == "012345"
+    assert manifest["officer"]["credential_id"] == row["credential_id"]
+    assert manifest["officer"]["status"] == row["officer_status"]
+    assert manifest["officer"]["roster_version"] == row["roster_version"]
+    assert manifest["officer"]["verified"] is False
+    assert (manifest["recorded"]["start"], manifest["recorded"]["end"]) == (row["start_at"],
+                                                                            row["end_at"])
+    assert {"camera_start", "camera_end", "time_source"} <= set(manifest["recorded"])
     entry = store.query_one("SELECT body FROM custody_log WHERE clip_id = ? AND "
                             "kind = 'clip.sealed' ORDER BY seq DESC LIMIT 1", (ids[0],))
     assert entry is not None
