@@ -1,0 +1,207 @@
+"""The single-pass copy at its edges: which side a failure is blamed on, what is left behind,
+the direct-I/O path and its fallback, cancellation and progress.
+
+The failures are injected where the system would produce them (a read or write that
+returns an errno, a file system that refuses O_DIRECT with EINVAL); the bytes, digests
+and files are real.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import Cancelled, DeviceError, DeviceGoneError, StoreError
+from agent.ingest import copy_to_vault
+
+CHUNK = 64 * 1024
+
+
+class _Failing(io.RawIOBase):
+    """A device stream that fails with ``error`` after ``after`` bytes."""
+
+    def __init__(self, data: bytes, after: int, error: BaseException) -> None:
+        self.data, self.after, self.error, self.pos = data, after, error, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.pos >= self.after:
+            raise self.error
+        chunk = self.data[self.pos:min(self.pos + n, self.after)]
+        self.pos += len(chunk)
+        return chunk
+
+
+def _leftovers(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, CHUNK - 1, CHUNK, CHUNK + 1,
+                                  3 * CHUNK + 4096 + 17])
+def test_every_size_is_copied_whole_through_the_direct_path(tmp_path: Path, size: int,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """Rule: the vault copy holds exactly the device's bytes, whatever the file's size
+    against the 4 KiB blocks of direct I/O, and is opened for direct I/O when it can be."""
+    flags: list[int] = []
+    real_open = os.open
+
+    def spy(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(".part"):
+            flags.append(flag)
+        return real_open(path, flag, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    data = os.urandom(size)
+    temp = tmp_path / "clip.part"
+    result = copy_to_vault(io.BytesIO(data), temp, chunk_size=CHUNK, queue_chunks=2)
+    assert (result.sha256, result.size) == (hashlib.sha256(data).hexdigest(), size)
+    assert temp.read_bytes() == data
+    assert flags and flags[0] & os.O_DIRECT
+    assert temp.stat().st_mode & 0o777 == 0o600
+
+
+def test_without_direct_io_the_copy_is_buffered_and_still_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: on a file system that refuses O_DIRECT (EINVAL) the copy is written through
+    the page cache; a chunk size that is not whole 4 KiB blocks never tries direct I/O."""
+    flags: list[int] = []
+    real_open = os.open
+
+    def refusing(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(".part"):
+            flags.append(flag)
+            if flag & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flag, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    data = os.urandom(100_001)
+    temp = tmp_path / "a.part"
+    assert copy_to_vault(io.BytesIO(data), temp, chunk_size=CHUNK, queue_chunks=2).size == 100_001
+    assert temp.read_bytes() == data
+    assert [bool(f & os.O_DIRECT) for f in flags] == [True, False]
+    flags.clear()
+    odd = tmp_path / "b.part"
+    copy_to_vault(io.BytesIO(data), odd, chunk_size=CHUNK + 1, queue_chunks=2)
+    assert odd.read_bytes() == data
+    assert [bool(f & os.O_DIRECT) for f in flags] == [False]
+
+
+def test_a_vault_that_cannot_create_the_copy_says_so(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a temp file that cannot be created is the station's failure (StoreError), named."""
+    real_open = os.open
+
+    def denied(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(".part"):
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_open(path, flag, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(StoreError) as err:
+        copy_to_vault(io.BytesIO(b"x"), tmp_path / "c.part", chunk_size=CHUNK, queue_chunks=2)
+    assert str(err.value) == f"cannot create {tmp_path / 'c.part'}: Permission denied"
+
+
+def test_a_device_read_error_is_the_devices_and_leaves_nothing(tmp_path: Path) -> None:
+    """Rule: a read that fails on the camera is a DeviceError (the clip is read again or
+    quarantined), never the vault's, and the partial copy is removed."""
+    data = os.urandom(3 * CHUNK)
+    stream = _Failing(data, CHUNK + 5, OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(DeviceError) as err:
+        copy_to_vault(stream, tmp_path / "d.part", chunk_size=CHUNK, queue_chunks=2)
+    assert not isinstance(err.value, DeviceGoneError)
+    assert str(err.value) == "read failed: Input/output error"
+    assert _leftovers(tmp_path) == []
+    gone = _Failing(data, CHUNK, DeviceGoneError("camera unplugged"))
+    with pytest.raises(DeviceGoneError, match="camera unplugged"):
+        copy_to_vault(gone, tmp_path / "e.part", chunk_size=CHUNK, queue_chunks=2)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_vault_write_error_is_the_stations_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a write that fails on the station's disk (full) is a StoreError naming the copy
+    and the cause, never blamed on the camera, and the partial copy is removed."""
+    def full(_fd: int, _data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StoreError) as err:
+        copy_to_vault(io.BytesIO(os.urandom(2 * CHUNK)), tmp_path / "f.part",
+                      chunk_size=CHUNK, queue_chunks=2)
+    assert str(err.value) == "writing f.part into the vault failed: No space left on device"
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_hashing_failure_is_raised_and_leaves_nothing(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: if the digest cannot be computed the copy is not kept."""
+    from agent import ingest
+
+    class Broken:
+        def update(self, _chunk: bytes) -> None:
+            raise MemoryError("no memory for the hash")
+
+    monkeypatch.setattr(ingest.hashlib, "sha256", Broken)
+    with pytest.raises(MemoryError):
+        copy_to_vault(io.BytesIO(b"x" * 10), tmp_path / "g.part", chunk_size=CHUNK,
+                      queue_chunks=2)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_stopping_station_cancels_the_copy_and_leaves_nothing(tmp_path: Path) -> None:
+    """Rule: when the station stops, a copy in progress ends (Cancelled) without a partial."""
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def progress(done: int) -> None:
+        seen.append(done)
+        if done >= 2 * CHUNK:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        copy_to_vault(io.BytesIO(os.urandom(10 * CHUNK)), tmp_path / "h.part",
+                      chunk_size=CHUNK, queue_chunks=2, cancel=cancel, progress=progress)
+    assert seen == [CHUNK, 2 * CHUNK]
+    assert _leftovers(tmp_path) == []
+
+
+def test_progress_reports_the_bytes_read_so_far(tmp_path: Path) -> None:
+    """Rule: the station's screen gets the running total after every block read."""
+    seen: list[int] = []
+    copy_to_vault(io.BytesIO(b"z" * (2 * CHUNK + 10)), tmp_path / "i.part", chunk_size=CHUNK,
+                  queue_chunks=2, progress=seen.append)
+    assert seen == [CHUNK, 2 * CHUNK, 2 * CHUNK + 10]
+
+
+def test_the_copy_leaves_no_page_cache_behind(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: after the copy is fsynced its cached pages are dropped, so the verify pass that
+    follows reads the disk."""
+    order: list[str] = []
+    real_fsync, real_fadvise = os.fsync, os.posix_fadvise
+
+    def fsync(fd: int) -> None:
+        order.append("fsync")
+        real_fsync(fd)
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        order.append(f"fadvise {offset} {length} {advice}")
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    copy_to_vault(io.BytesIO(b"q" * 5000), tmp_path / "j.part", chunk_size=CHUNK,
+                  queue_chunks=2)
+    assert order == ["fsync", f"fadvise 0 0 {os.POSIX_FADV_DONTNEED}"]
