@@ -243,3 +243,53 @@ def test_a_missing_key_or_certificate_is_replaced_only_before_the_station_signed
         "new one for the same key)")
     cert.write_text("x")
     assert identity_problem(key, cert, has_signed=True) is None
+
+
+def test_a_station_that_has_signed_refuses_to_start_without_its_key_or_certificate(
+        template: Path, tmp_path: Path) -> None:
+    """Rule: once a station has signed, a missing key or certificate stops the start with
+    the message saying what to restore; nothing new is made in their place."""
+    import shutil
+
+    from agent.errors import ConfigError
+
+    for lost in ("station.key", "station.pem"):
+        base = tmp_path / lost
+        shutil.copytree(template / "data", base / "data")
+        (base / "sim").mkdir()
+        config = config_mod.load(write_station_config(base))
+        key_path, cert_path = key_paths(config)
+        (config.data_dir / "keys" / lost).unlink()
+        store = Store(config.data_dir / "state.db", station_id=config.station.id)
+        keeper = Custody(config, store, Vault(config.data_dir / "vault"))
+        with pytest.raises(ConfigError) as err:
+            keeper.start()
+        assert str(err.value) == identity_problem(key_path, cert_path, has_signed=True)
+        assert not (config.data_dir / "keys" / lost).exists()
+        store.close()
+
+
+def test_a_new_station_makes_its_identity_and_a_certificate_for_a_kept_key(
+        tmp_path: Path) -> None:
+    """Rule: a station that has signed nothing makes its key and certificate at the first
+    start; a key whose certificate is missing keeps its identity and gets a certificate
+    naming this station."""
+    from agent.custody.keys import certificate_station_id, keyid_of, load_certificate
+
+    config = config_mod.load(write_station_config(tmp_path))
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    keeper = Custody(config, store, Vault(config.data_dir / "vault"))
+    keeper.start()
+    keeper.stop()
+    key_path, cert_path = key_paths(config)
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    keyid = StationKey.load(key_path).keyid
+    cert_path.unlink()
+    keeper = Custody(config, store, Vault(config.data_dir / "vault"))
+    keeper.start()
+    assert keeper.key_id == keyid
+    cert = load_certificate(cert_path)
+    assert keyid_of(cert.public_key()) == keyid  # type: ignore[arg-type]
+    assert certificate_station_id(cert) == "ST-0001"
+    keeper.stop()
+    store.close()
