@@ -293,3 +293,47 @@ def test_a_new_station_makes_its_identity_and_a_certificate_for_a_kept_key(
     assert certificate_station_id(cert) == "ST-0001"
     keeper.stop()
     store.close()
+
+
+def test_the_checkpoint_timer_seals_what_was_left_and_survives_a_failure(
+        template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: every checkpoint interval the station seals clips left copied (a busy store
+    in their dock session) and signs a checkpoint; a failing round is tried again at the
+    next one, the timer goes on."""
+    import dataclasses
+    import shutil
+    import time
+
+    from agent.errors import StoreFullError
+
+    shutil.copytree(template / "data", tmp_path / "data")
+    (tmp_path / "sim").mkdir()
+    config = config_mod.load(write_station_config(tmp_path))
+    config = dataclasses.replace(config, custody=dataclasses.replace(
+        config.custody, checkpoint_interval_s=0.05))  # type: ignore[arg-type]
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    ids = [r["clip_id"] for r in store.query("SELECT clip_id FROM clips ORDER BY clip_id")]
+    _unseal(config, ids[0])
+    keeper = Custody(config, store, Vault(config.data_dir / "vault"))
+    real = keeper.seal_pending
+    rounds: list[int] = []
+
+    def flaky() -> int:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise StoreFullError("database or disk is full")
+        return real()
+
+    monkeypatch.setattr(keeper, "seal_pending", flaky)
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while store.clip(ids[0])["state"] != "sealed" and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        keeper.stop()
+    assert store.clip(ids[0])["state"] == "sealed"
+    assert len(rounds) >= 2
+    newest = _checkpoints(store)[-1]
+    assert newest["size"] == store.log_size()
+    store.close()
