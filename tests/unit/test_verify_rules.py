@@ -135,3 +135,97 @@ def test_a_manifest_digest_that_is_not_lowercase_hex_is_named(bundle: Path,
     assert (f"manifest-field: file.digests.sha256 {digest!r} is not 64 lowercase hex digits"
             in clip.problems)
     assert not clip.ok
+
+
+# --- a clip and its manifest, without a bundle (verify CLIP MANIFEST --cert CERT) -----------
+
+def _pair(bundle: Path, clip_id: str) -> tuple[Path, Path, Path]:
+    (clip,) = (bundle / "data" / "clips" / clip_id).iterdir()
+    return clip, bundle / "data" / "manifests" / f"{clip_id}.dsse.json", \
+        bundle / "certs" / "station.pem"
+
+
+def _verify_pair(clip: Path, manifest: Path, cert: Path) -> Report:
+    from agent.verify.pair import verify_clip_file
+
+    report = Report()
+    verify_clip_file(clip, manifest, cert, report)
+    return report
+
+
+def test_a_clip_and_its_manifest_verify_alone_and_say_what_was_not_checked(
+        bundle: Path) -> None:
+    """Rule: a clip with its signed manifest and the station certificate verifies on its
+    own, under the manifest's clip id and name, and says the custody log was not checked."""
+    clip_id = _clip_ids(bundle)[0]
+    clip, manifest, cert = _pair(bundle, clip_id)
+    report = _verify_pair(clip, manifest, cert)
+    assert report.ok, _problems(report)
+    (result,) = report.clips
+    signed = json.loads(base64.b64decode(json.loads(manifest.read_text())["payload"]))
+    assert (result.clip_id, result.name) == (clip_id, signed["file"]["name"])
+    assert report.targets == [{"path": f"{clip} + {manifest}", "kind": "clip"}]
+    assert (f"{clip} + {manifest}: custody log not checked (a clip and its manifest carry no "
+            "log proof; verify the export bundle or the station data directory for that)"
+            in report.warnings)
+
+
+@pytest.mark.parametrize("damage", ["manifest gone", "clip gone", "byte flipped",
+                                    "other key", "not canonical", "renamed"])
+def test_a_clip_and_manifest_pair_names_each_kind_of_damage(bundle: Path, station: Path,
+                                                            tmp_path: Path, damage: str) -> None:
+    """Rule: a missing manifest or clip, altered bytes, a manifest not signed by the
+    station or not canonical fail the pair with their finding; a renamed file is only a
+    warning (the bytes decide)."""
+    clip_id = _clip_ids(bundle)[0]
+    clip, manifest, cert = _pair(bundle, clip_id)
+    envelope = json.loads(manifest.read_text())
+    if damage == "manifest gone":
+        manifest.unlink()
+    elif damage == "clip gone":
+        clip.unlink()
+    elif damage == "byte flipped":
+        data = bytearray(clip.read_bytes())
+        data[100] ^= 1
+        clip.write_bytes(bytes(data))
+    elif damage == "other key":
+        payload = base64.b64decode(envelope["payload"])
+        manifest.write_text(json.dumps(dsse.sign_envelope(dsse.MANIFEST, payload,
+                                                          [StationKey.generate()])))
+    elif damage == "not canonical":
+        payload = json.loads(base64.b64decode(envelope["payload"]))
+        key = StationKey.load(station / "data" / "keys" / "station.key")
+        manifest.write_text(json.dumps(dsse.sign_envelope(
+            dsse.MANIFEST, json.dumps(payload, indent=1).encode(), [key])))
+    else:
+        moved = tmp_path / "renamed.MP4"
+        clip.rename(moved)
+        clip = moved
+    report = _verify_pair(clip, manifest, cert)
+    (result,) = report.clips
+    codes = {p.split(":", 1)[0] for p in result.problems}
+    expected = {"manifest gone": {"manifest-missing"}, "clip gone": {"file-missing"},
+                "byte flipped": {"file-digest"}, "other key": {"signature"},
+                "not canonical": {"manifest-canonical"}, "renamed": set()}[damage]
+    assert expected <= codes, result.problems
+    assert result.ok is (damage == "renamed")
+    if damage == "manifest gone":
+        assert result.clip_id == clip.name
+    if damage == "renamed":
+        signed = json.loads(base64.b64decode(envelope["payload"]))
+        assert (f"{clip_id}: the file is named 'renamed.MP4', the manifest names it "
+                f"{signed['file']['name']!r}") in report.warnings
+
+
+def test_the_certificate_is_checked_at_the_time_the_clip_was_sealed(
+        bundle: Path, station: Path) -> None:
+    """Rule: the station certificate must have been valid when the clip was sealed (its
+    copy time): a manifest claiming a copy before the certificate existed fails."""
+    clip_id = _clip_ids(bundle)[0]
+    _resign_manifest(bundle, station, clip_id,
+                     lambda m: m["ingest"].update(copied_at="2001-01-01T00:00:00.000Z"))
+    clip, manifest, cert = _pair(bundle, clip_id)
+    report = _verify_pair(clip, manifest, cert)
+    assert any(p.startswith("cert-invalid:") and "2001" in p for p in report.problems), \
+        report.problems
+    assert not report.ok
