@@ -229,3 +229,125 @@ def test_the_certificate_is_checked_at_the_time_the_clip_was_sealed(
     assert any(p.startswith("cert-invalid:") and "2001" in p for p in report.problems), \
         report.problems
     assert not report.ok
+
+
+# --- what the verifier refuses to read, and how it reports -----------------------------------
+
+def test_files_the_verifier_will_not_read_are_named_by_kind(tmp_path: Path) -> None:
+    """Rule: a FIFO, a socket, a directory or a link where a file should be is never read
+    (a FIFO would hang, a link could lead out of the bundle), and the finding says what it is."""
+    import os
+    import socket
+
+    from agent.verify.files import Unreadable, open_beneath, read_file
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "real").write_bytes(b"{}")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    try:
+        expected = {"fifo": "fifo is a FIFO, not a regular file (not read)",
+                    "dir": "dir is a directory, not a regular file (not read)",
+                    "sock": "cannot open sock: No such device or address",
+                    "link": "link is, or lies below, a symbolic link (not followed)",
+                    "missing": "missing is missing"}
+        for name, message in expected.items():
+            with pytest.raises(Unreadable) as err:
+                open_beneath(tmp_path, name)
+            assert str(err.value) == message, name
+        with pytest.raises(Unreadable) as err:
+            read_file(tmp_path / "fifo", 100)
+        assert str(err.value) == f"{tmp_path / 'fifo'} is a FIFO, not a regular file (not read)"
+        with pytest.raises(Unreadable) as err:
+            read_file(tmp_path / "link", 100)
+        assert str(err.value) == (f"{tmp_path / 'link'} is, or lies below, a symbolic link "
+                                  "(not followed)")
+        assert read_file(tmp_path / "link", 100, follow=True) == b"{}"
+    finally:
+        server.close()
+
+
+def test_the_kind_of_every_special_file_is_named() -> None:
+    """Rule: each kind of special file has its own name in a finding."""
+    import stat
+
+    from agent.verify.files import _kind
+
+    assert [_kind(m) for m in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK,
+                               stat.S_IFDIR, stat.S_IFLNK, 0)] == [
+        "a FIFO", "a character device", "a block device", "a socket", "a directory",
+        "a symbolic link", "not a regular file"]
+
+
+def test_a_manifest_link_inside_a_bundle_is_not_followed(bundle: Path) -> None:
+    """Rule: a manifest in a bundle replaced by a link (to a forged one elsewhere) is not
+    read; the finding says so."""
+    from agent.verify.checks import load_json_file
+
+    clip_id = _clip_ids(bundle)[0]
+    manifest = bundle / "data" / "manifests" / f"{clip_id}.dsse.json"
+    forged = bundle.parent / "forged.json"
+    forged.write_bytes(manifest.read_bytes())
+    manifest.unlink()
+    manifest.symlink_to(forged)
+    value, error = load_json_file(manifest)
+    assert value is None
+    assert error == f"{manifest} is, or lies below, a symbolic link (not followed)"
+    value, error = load_json_file(manifest, follow=True)
+    assert error is None and value["payloadType"] == dsse.MANIFEST
+    broken = bundle.parent / "broken.json"
+    broken.write_bytes(b'{"a": ')
+    value, error = load_json_file(broken)
+    assert value is None and error is not None and error.startswith("broken.json")
+
+
+def test_the_trust_bundle_is_read_through_a_link_and_refused_by_name(tmp_path: Path,
+                                                                    station: Path) -> None:
+    """Rule: --trust names a file the auditor chose (a link to it is followed); a missing
+    file or one without a PEM certificate is a usage error naming --trust."""
+    from agent.errors import ConfigError
+    from agent.verify import load_trust
+
+    pem = station / "bundle" / "certs" / "station.pem"
+    (tmp_path / "ca.pem").symlink_to(pem)
+    assert len(load_trust(tmp_path / "ca.pem")) == 1
+    with pytest.raises(ConfigError) as err:
+        load_trust(tmp_path / "none.pem")
+    assert str(err.value) == f"--trust: {tmp_path / 'none.pem'} is missing"
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError) as err:
+        load_trust(tmp_path / "junk.pem")
+    assert str(err.value).startswith(f"--trust: {tmp_path / 'junk.pem'} holds no PEM "
+                                     "certificate: ")
+
+
+def test_the_json_report_has_every_field_for_each_clip(bundle: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """Rule: `verify --json` gives, per clip, its id, name, verdict, problems, source,
+    state, trust, officer and cases (the fields tools read)."""
+    assert main(["verify", str(bundle), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for clip in report["clips"]:
+        assert set(clip) == {"clip_id", "name", "ok", "problems", "source", "state", "trust",
+                             "officer", "cases"}
+        assert clip["name"].endswith((".MP4", ".AVI"))
+        assert clip["source"] and clip["trust"] and isinstance(clip["cases"], list)
+
+
+def test_the_officer_line_says_who_with_what_credential_and_which_cases() -> None:
+    """Rule: each clip's verdict line names its officer (id, name, credential, status) and
+    its cases, and says '-' / 'none' where there are none."""
+    from agent.verify.report import _officer_line
+
+    assert _officer_line(None, []) == "officer -; cases: none"
+    assert _officer_line({"id": "000001", "name": "张三", "credential_id": "C-1",
+                          "status": "valid"}, ["A", "B"]) == \
+        "officer 000001 张三, credential C-1: valid; cases: A, B"
+    assert _officer_line({"id": "", "status": "no-credential"}, ["A"]) == \
+        "officer -: no-credential; cases: A"
+    assert _officer_line({"id": "7", "status": "revoked",
+                          "revoked_since": {"revoked_at": "2026-01-01T00:00:00.000Z"}}, []) == \
+        "officer 7: revoked (revoked since 2026-01-01T00:00:00.000Z); cases: none"
