@@ -320,3 +320,96 @@ def test_a_replayed_command_is_refused_and_its_id_remembered_past_its_expiry(
     assert _code(platform.inbound.handle_command(_command(later - S, later + 60 * S))) == "ok"
     ids = {r["id"] for r in platform.store.query("SELECT id FROM seen_commands")}
     assert "cmd-once" not in ids
+
+
+# --- the tag command and where answers go ---------------------------------------------------
+
+def _case_ids(platform: Platform, clip_id: str) -> list[str]:
+    row = platform.store.clip(clip_id)
+    return [row["case_id"]] if row["case_id"] else []
+
+
+def test_the_tag_command_tags_removes_and_corrects_cases_and_says_what_it_did(
+        platform: Platform) -> None:
+    """Rule: a platform tag command adds a case to the clips it names, takes it off with
+    remove, or corrects it with replaces; its answer lists the clips tagged, unknown and
+    unchanged (already so, or not in the case to remove)."""
+    from agent.sync.inbound import tag_command
+
+    run = tag_command(platform.config, platform.store)
+    first, second = platform.clip(0)["clip_id"], platform.clip(1)["clip_id"]
+    assert run({"case_id": "CASE-1", "clips": [first, "0193-unknown"]}) == \
+        {"tagged": [first], "unknown": ["0193-unknown"], "unchanged": []}
+    assert _case_ids(platform, first) == ["CASE-1"]
+    assert run({"case_id": "CASE-1", "clips": [first]}) == \
+        {"tagged": [], "unknown": [], "unchanged": [first]}
+    assert run({"case_id": "CASE-2", "replaces": "CASE-1", "clips": [first, second]}) == \
+        {"tagged": [first], "unknown": [], "unchanged": [second]}
+    assert _case_ids(platform, first) == ["CASE-2"]
+    assert run({"case_id": "CASE-2", "remove": True, "clips": [first, second]}) == \
+        {"tagged": [first], "unknown": [], "unchanged": [second]}
+    assert _case_ids(platform, first) == []
+    sources = {json.loads(r["body"]).get("source") for r in platform.store.query(
+        "SELECT body FROM custody_log WHERE kind = 'clip.tagged'")}
+    assert sources == {"platform-command"}
+
+
+def test_the_tag_command_refuses_a_case_id_or_args_it_cannot_take(platform: Platform) -> None:
+    """Rule: a case ID the station's pattern refuses is not added (a removal is always
+    allowed: it undoes), and an unknown argument refuses the whole command."""
+    from agent.sync.inbound import Refused, tag_command
+    from agent.tagging import TagError
+
+    run = tag_command(platform.config, platform.store)
+    first = platform.clip(0)["clip_id"]
+    with pytest.raises(TagError):
+        run({"case_id": "bad case\u0000", "clips": [first]})
+    assert _case_ids(platform, first) == []
+    with pytest.raises(Refused) as err:
+        run({"case_id": "CASE-1", "clips": [first], "force": True})
+    assert err.value.code == "args"
+
+
+@pytest.mark.usefixtures("frozen")
+@pytest.mark.parametrize(("reply_to", "answered"), [
+    ("bwc/v1/stations/ST-0001/reply/ops", True),
+    ("bwc/v1/stations/ST-0001/reply/", False),        # the subtree itself, no topic
+    ("bwc/v1/stations/ST-0001/reply/+", False),       # a filter, not a topic
+    ("bwc/v1/stations/ST-0001/reply/a/#", False),
+    ("bwc/v1/stations/ST-0002/reply/ops", False),     # another station's
+    ("bwc/v1/stations/ST-0001/events", False),
+])
+def test_answers_go_only_to_a_topic_under_the_stations_reply_subtree(
+        platform: Platform, reply_to: str, answered: bool) -> None:
+    """Rule: a command's answer is published only on a topic below the station's own
+    reply/ subtree (no wildcard); any other reply_to refuses the command, unanswered."""
+    sent: list[str] = []
+    platform.inbound.respond = lambda topic, _corr, _body: sent.append(topic)
+    response = platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S,
+                                                        reply_to=reply_to))
+    if answered:
+        assert response["ok"] is True and sent == [reply_to]
+    else:
+        assert _code(response) == "reply-topic" and sent == []
+
+
+@pytest.mark.usefixtures("frozen")
+def test_an_mqtt5_response_topic_wins_and_the_correlation_is_echoed(platform: Platform) -> None:
+    """Rule: over MQTT 5 the answer goes to the request's response topic with its
+    correlation data; over 3.1.1 the payload's reply_to and correlation_id are used."""
+    import dataclasses
+
+    sent: list[tuple[str, bytes | None, dict[str, Any]]] = []
+    platform.inbound.respond = lambda topic, corr, body: sent.append(
+        (topic, corr, json.loads(body)))
+    message = dataclasses.replace(_command(NOW - S, NOW + 60 * S),
+                                  response_topic="bwc/v1/stations/ST-0001/reply/v5",
+                                  correlation_data=b"corr-5")
+    platform.inbound.handle_command(message)
+    ((topic, corr, body),) = sent
+    assert (topic, corr, body["ok"]) == ("bwc/v1/stations/ST-0001/reply/v5", b"corr-5", True)
+    sent.clear()
+    platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S, correlation_id="c-311"))
+    ((topic, corr, body),) = sent
+    assert (topic, corr, body["correlation_id"]) == ("bwc/v1/stations/ST-0001/reply/ops",
+                                                     None, "c-311")
