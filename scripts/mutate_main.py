@@ -287,19 +287,41 @@ def report(results: list[Result], min_rate: float) -> bool:
               f"{len(r.surviving)} | {r.rate:.1f} %{note} | {r.minutes:.1f} |")
         ok = ok and r.finished and r.rate >= min_rate
     RUN_DIR.mkdir(exist_ok=True)
-    (RUN_DIR / "summary.json").write_text(json.dumps([
-        {"module": r.module, "mutants": r.total, "killed": r.caught,
-         "equivalent": [s.name for s in r.equivalent],
-         "surviving": [s.name for s in r.surviving], "not_checked": r.not_checked,
-         "kill_rate": round(r.rate, 1), "minutes": round(r.minutes, 1),
-         "finished": r.finished} for r in results], indent=2) + "\n")
+    summary = [_summary(r) for r in results]
+    (RUN_DIR / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for item in summary:
+        (RUN_DIR / str(item["module"]) / "result.json").write_text(json.dumps(item, indent=2))
     return ok
+
+
+def _summary(r: Result) -> dict[str, object]:
+    return {"module": r.module, "mutants": r.total, "killed": r.caught,
+            "equivalent": [s.name for s in r.equivalent],
+            "surviving": [s.name for s in r.surviving], "not_checked": r.not_checked,
+            "kill_rate": round(r.rate, 1), "minutes": round(r.minutes, 1),
+            "finished": r.finished}
+
+
+def print_last(modules: list[str]) -> None:
+    """The table of each module's last run (mutation-run/<module>/result.json)."""
+    print("| module | mutants | killed | equivalent | surviving | kill rate | minutes |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in modules:
+        path = RUN_DIR / name / "result.json"
+        if not path.exists():
+            print(f"| {name} | not run | | | | | |")
+            continue
+        r = json.loads(path.read_text())
+        print(f"| {name} | {r['mutants']} | {r['killed']} | {len(r['equivalent'])} | "
+              f"{len(r['surviving'])} | {r['kill_rate']:.1f} % | {r['minutes']:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/mutate", description=__doc__.split("\n")[0])
     parser.add_argument("modules", nargs="*", help="module names (default: all, in order)")
     parser.add_argument("--list", action="store_true", help="list the modules and exit")
+    parser.add_argument("--last", action="store_true",
+                        help="print the table of each module's last run, run nothing")
     parser.add_argument("--jobs", type=int, default=2, help="mutants run at once (default 2)")
     parser.add_argument("--timeout-min", type=float, default=30.0,
                         help="give a module up after this many minutes (default 30)")
@@ -311,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, module in modules.items():
             print(f"{name}: {' '.join(source_files(module))}\n    tests: "
                   f"{' '.join(module['tests'])}")
+        return 0
+    if args.last:
+        print_last(args.modules or list(modules))
         return 0
     unknown = [m for m in args.modules if m not in modules]
     if unknown:
