@@ -205,3 +205,42 @@ def test_the_copy_leaves_no_page_cache_behind(tmp_path: Path,
     copy_to_vault(io.BytesIO(b"q" * 5000), tmp_path / "j.part", chunk_size=CHUNK,
                   queue_chunks=2)
     assert order == ["fsync", f"fadvise 0 0 {os.POSIX_FADV_DONTNEED}"]
+
+
+def test_a_failed_fsync_of_the_copy_fails_the_copy(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a copy whose final fsync fails is not durable, so it is not a copy: StoreError,
+    and the partial file is removed."""
+    def failing(_fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(StoreError) as err:
+        copy_to_vault(io.BytesIO(b"x" * 5000), tmp_path / "k.part", chunk_size=CHUNK,
+                      queue_chunks=2)
+    assert str(err.value) == "writing k.part into the vault failed: Input/output error"
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_short_writes_are_continued_until_the_copy_is_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
+    """Rule: a write the kernel takes only in part is continued; the copy is whole, with
+    the vault's private mode, on the direct path and on the buffered one."""
+    real_write, real_open = os.write, os.open
+
+    def partial(fd: int, data: Any) -> int:
+        return real_write(fd, data[:4096])  # a view: stays page aligned for O_DIRECT
+
+    def opening(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
+        if not direct and str(path).endswith(".part") and flag & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flag, *args, **kwargs)
+
+    monkeypatch.setattr(os, "write", partial)
+    monkeypatch.setattr(os, "open", opening)
+    data = os.urandom(3 * CHUNK + 1234)
+    temp = tmp_path / "l.part"
+    copy_to_vault(io.BytesIO(data), temp, chunk_size=CHUNK, queue_chunks=2)
+    assert temp.read_bytes() == data
+    assert temp.stat().st_mode & 0o777 == 0o600
