@@ -244,3 +244,31 @@ def test_short_writes_are_continued_until_the_copy_is_whole(
     copy_to_vault(io.BytesIO(data), temp, chunk_size=CHUNK, queue_chunks=2)
     assert temp.read_bytes() == data
     assert temp.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_failing_vault_stops_reading_the_camera_at_once(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: once the vault cannot take the copy, the camera is not read any further (its
+    bytes would go nowhere), and the failure is the vault's, even when the partial copy
+    was already removed by someone else."""
+    temp = tmp_path / "m.part"
+
+    def full(_fd: int, _data: Any) -> int:
+        temp.unlink(missing_ok=True)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    stream = _Failing(os.urandom(100 * CHUNK), 100 * CHUNK, AssertionError("not reached"))
+    with pytest.raises(StoreError, match="No space left on device"):
+        copy_to_vault(stream, temp, chunk_size=CHUNK, queue_chunks=2)
+    assert stream.pos <= 8 * CHUNK, f"read {stream.pos // CHUNK} chunks after the vault failed"
+
+
+def test_a_cancelled_copy_says_why(tmp_path: Path) -> None:
+    """Rule: the copy a stopping station cancels says so (it is copied again next dock)."""
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled) as err:
+        copy_to_vault(io.BytesIO(b"x"), tmp_path / "n.part", chunk_size=CHUNK, queue_chunks=2,
+                      cancel=cancel)
+    assert str(err.value) == "copy cancelled: the agent is stopping"
