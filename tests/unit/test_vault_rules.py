@@ -56,16 +56,19 @@ class _Calls:
 
 
 def test_committing_bytes_the_vault_holds_keeps_the_object_and_drops_the_copy(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rule: the same bytes committed again (another clip, an interrupted run) leave the
-    stored object as it is, after reading it back, and remove the new copy."""
+    stored object as it is, after reading it back from the disk (not the page cache), and
+    remove the new copy."""
     vault = Vault(tmp_path / "vault")
     digest = _put(vault, b"the same recording")
     before = vault.path_for(digest).stat()
     temp = vault.temp_path("second")
     temp.write_bytes(b"the same recording")
     repaired: list[Path] = []
+    calls = _Calls(monkeypatch, vault.path_for(digest))
     assert vault.commit(temp, digest, on_repair=repaired.append) == vault.path_for(digest)
+    assert calls.opens and all(flags & os.O_DIRECT for flags in calls.opens), calls.opens
     assert not temp.exists() and repaired == []
     after = vault.path_for(digest).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
