@@ -413,3 +413,140 @@ def test_an_mqtt5_response_topic_wins_and_the_correlation_is_echoed(platform: Pl
     ((topic, corr, body),) = sent
     assert (topic, corr, body["correlation_id"]) == ("bwc/v1/stations/ST-0001/reply/ops",
                                                      None, "c-311")
+
+
+# --- the worker thread: every message handled once, settled only when handled ---------------
+
+def _message(name: str, payload: bytes) -> InboundMessage:
+    return InboundMessage(topic=f"bwc/v1/stations/ST-0001/{name}", name=name, payload=payload)
+
+
+def _worker(platform: Platform, monkeypatch: pytest.MonkeyPatch,
+            messages: dict[str, Any] | None = None) -> tuple[Inbound, list[InboundMessage],
+                                                             list[tuple[float, float]]]:
+    """The platform's Inbound worker, with its retry delays recorded (and made short)."""
+    settled: list[InboundMessage] = []
+    delays: list[tuple[float, float]] = []
+
+    def short(a: float, b: float) -> float:
+        delays.append((a, b))
+        return 0.01
+
+    monkeypatch.setattr(inbound_mod, "min", short, raising=False)
+    worker = Inbound(platform.config, platform.store, {PLATFORM.keyid: PLATFORM.public_key},
+                     respond=lambda *_a: None, commands={"status": lambda _a: {"ok": 1}},
+                     on_acknowledged=platform.acknowledged.append, settle=settled.append,
+                     messages=messages)
+    return worker, settled, delays
+
+
+@pytest.mark.usefixtures("frozen")
+def test_the_worker_handles_every_kind_of_message_and_settles_each_once(
+        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: acks, commands and the other platform messages are each handled once, in
+    order, and each is settled with the broker only once it was handled (applied or
+    refused); the worker is idle only when nothing waits."""
+    received: list[bytes] = []
+    worker, settled, _delays = _worker(platform, monkeypatch,
+                                       {"roster": received.append})
+    good = _message("ack", _ack(platform.clip()))
+    bad = _message("ack", b"not json")
+    command = _command(NOW - S, NOW + 60 * S)
+    roster = _message("roster", b'{"roster": 1}')
+    for message in (good, bad, command, roster):
+        worker.deliver(message)
+    assert not worker.idle()
+    worker.start()
+    worker.queue.join()
+    assert worker.idle()
+    worker.stop()
+    assert settled == [good, bad, command, roster]
+    assert platform.acknowledged == [platform.clip()["clip_id"]]
+    assert received == [b'{"roster": 1}']
+
+
+def test_a_message_the_store_cannot_take_yet_is_retried_with_a_growing_delay(
+        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a message the station fails to apply (a busy store) is tried again after
+    0.5 s, 1 s, 2 s ... (at most 30 s) and settled only once applied."""
+    from agent.errors import StoreError
+
+    failures = iter([StoreError("database is locked")] * 3)
+    applied: list[bytes] = []
+
+    def roster(payload: bytes) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        applied.append(payload)
+
+    worker, settled, delays = _worker(platform, monkeypatch, {"roster": roster})
+    message = _message("roster", b"{}")
+    worker.start()
+    worker.deliver(message)
+    worker.queue.join()
+    worker.stop()
+    assert applied == [b"{}"] and settled == [message]
+    assert delays == [(30.0, 0.5), (30.0, 1.0), (30.0, 2.0)]
+
+
+def test_a_defect_in_a_handler_is_settled_not_retried_forever(
+        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a message whose handler has a bug (not a passing condition) is settled once,
+    so it cannot block every later message."""
+    calls: list[bytes] = []
+
+    def broken(payload: bytes) -> None:
+        calls.append(payload)
+        raise KeyError("a bug")
+
+    worker, settled, delays = _worker(platform, monkeypatch, {"roster": broken})
+    message = _message("roster", b"{}")
+    worker.start()
+    worker.deliver(message)
+    worker.queue.join()
+    worker.stop()
+    assert calls == [b"{}"] and settled == [message] and delays == []
+
+
+def test_stopping_while_a_message_waits_for_its_retry_leaves_it_unsettled(
+        platform: Platform) -> None:
+    """Rule: a message not yet applied when the station stops is not settled: the broker
+    delivers it again in the next session."""
+    import time
+
+    from agent.errors import StoreError
+
+    tries: list[int] = []
+
+    def busy(_payload: bytes) -> None:
+        tries.append(1)
+        raise StoreError("database is locked")
+
+    settled: list[InboundMessage] = []
+    worker = Inbound(platform.config, platform.store, {PLATFORM.keyid: PLATFORM.public_key},
+                     respond=lambda *_a: None, commands={}, on_acknowledged=lambda _c: None,
+                     settle=settled.append, messages={"roster": busy})
+    worker.start()
+    worker.deliver(_message("roster", b"{}"))
+    deadline = time.monotonic() + 5
+    while not tries and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.stop()
+    assert tries and settled == []
+
+
+def test_stopping_writes_the_summary_of_refusals_counted_so_far(
+        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: refusals repeated within a window are counted, and the count is written when
+    the station stops, not lost."""
+    worker, settled, _delays = _worker(platform, monkeypatch)
+    worker.start()
+    for _ in range(3):
+        worker.deliver(_message("ack", b"junk"))
+    worker.queue.join()
+    worker.stop()
+    assert len(settled) == 3
+    bodies = platform.refusals("ack.refused")
+    assert bodies[0]["code"] == "not-json"
+    assert bodies[-1]["repeated"] == 2 and bodies[-1]["code"] == "not-json"
