@@ -550,3 +550,324 @@ def test_stopping_writes_the_summary_of_refusals_counted_so_far(
     bodies = platform.refusals("ack.refused")
     assert bodies[0]["code"] == "not-json"
     assert bodies[-1]["repeated"] == 2 and bodies[-1]["code"] == "not-json"
+
+
+# --- what an ack records, and what a refusal says ---------------------------------------------
+
+def _events(platform: Platform, kind: str) -> list[dict[str, Any]]:
+    events = [json.loads(r["payload"]) for r in platform.store.query(
+        "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY id")]
+    return [e["data"] for e in events if e["type"] == kind]
+
+
+def _entries(platform: Platform, kind: str) -> list[tuple[str | None, dict[str, Any]]]:
+    return [(r["clip_id"], json.loads(r["body"])) for r in platform.store.query(
+        "SELECT clip_id, body FROM custody_log WHERE kind = ? ORDER BY seq", (kind,))]
+
+
+def test_an_ack_is_recorded_with_the_signed_digest_and_where_the_platform_keeps_the_clip(
+        platform: Platform) -> None:
+    """Rule: an accepted ack is a custody entry and a clip.acknowledged event carrying the
+    sealed SHA-256 and the platform's stored_at and location, with the time it arrived."""
+    from agent.timeutil import parse_rfc3339
+
+    row = platform.clip()
+    before = dt.datetime.now(dt.UTC) - S
+    assert platform.inbound.handle_ack(_ack(row)) == row["clip_id"]
+    body = {"sha256": row["sha256"], "stored_at": "2026-11-28T00:00:00.000Z",
+            "location": "s3://evidence/x"}
+    assert _entries(platform, "clip.acknowledged") == [
+        (row["clip_id"], {"from": "uploaded", "to": "acknowledged", **body})]
+    assert _events(platform, "clip.acknowledged") == [{"clip_id": row["clip_id"], **body}]
+    at = parse_rfc3339(platform.store.clip(row["clip_id"])["acknowledged_at"])
+    assert before <= at <= dt.datetime.now(dt.UTC) + S
+    assert _events(platform, "clip.uploaded") == []
+
+
+def test_an_ack_without_optional_fields_records_them_as_absent(platform: Platform) -> None:
+    """Rule: stored_at and location the platform did not send are recorded as null, never
+    invented."""
+    row = platform.clip()
+    assert platform.inbound.handle_ack(_ack(row, stored_at=_DROP, location=_DROP)) == \
+        row["clip_id"]
+    assert _events(platform, "clip.acknowledged") == [
+        {"clip_id": row["clip_id"], "sha256": row["sha256"], "stored_at": None,
+         "location": None}]
+
+
+def test_an_ack_for_a_clip_still_uploading_records_the_upload_then_the_ack(
+        platform: Platform) -> None:
+    """Rule: an ack that arrives before the station processed its last upload response
+    first records the clip uploaded (whole, by the platform's word), then acknowledged:
+    two custody entries and two events, in that order."""
+    from agent.timeutil import parse_rfc3339
+
+    row = platform.clip()
+    url = "https://platform.example/files/abc"
+    platform.set_row("UPDATE clips SET state = 'uploading', upload_offset = 0, "
+                     "upload_url = ? WHERE clip_id = ?", url, row["clip_id"])
+    before = dt.datetime.now(dt.UTC) - S
+    assert platform.inbound.handle_ack(_ack(row)) == row["clip_id"]
+    clip = platform.store.clip(row["clip_id"])
+    assert clip["state"] == "acknowledged" and clip["upload_offset"] == row["size"]
+    assert before <= parse_rfc3339(clip["uploaded_at"]) <= dt.datetime.now(dt.UTC) + S
+    assert _entries(platform, "clip.uploaded") == [
+        (row["clip_id"], {"from": "uploading", "to": "uploaded", "sha256": row["sha256"],
+                          "by": "platform ack"})]
+    assert _events(platform, "clip.uploaded") == [
+        {"clip_id": row["clip_id"], "sha256": row["sha256"], "size": row["size"],
+         "upload_url": url}]
+    kinds = [r["kind"] for r in platform.store.query(
+        "SELECT kind FROM custody_log WHERE clip_id = ? ORDER BY seq", (row["clip_id"],))]
+    assert kinds[-2:] == ["clip.uploaded", "clip.acknowledged"]
+
+
+@pytest.mark.parametrize(("make", "code", "reason"), [
+    (lambda row: b"not json", "not-json", "ack is not acceptable JSON: "),
+    (lambda row: b"[]", "not-envelope", "ack is not a DSSE envelope (JSON object)"),
+    (lambda row: _signed([1]), "payload", "ack payload is a list, not a JSON object"),
+    (lambda row: json.dumps(dsse.sign_envelope(dsse.ACK, b"{", [PLATFORM])).encode(),
+     "payload", "ack payload is not acceptable JSON: "),
+    (lambda row: _ack(row, sha256=5), "payload",
+     "ack payload: field 'sha256' is a number, not a non-empty string"),
+    (lambda row: _ack(row, clip_id="0193-gone"), "unknown-clip",
+     "ack for unknown clip '0193-gone'"),
+])
+def test_an_ack_refusal_says_what_was_refused_and_names_no_clip_it_does_not_know(
+        platform: Platform, make: Any, code: str, reason: str) -> None:
+    """Rule: every ack refusal is recorded with its code and a reason naming the part that
+    failed; a refusal names a clip only once the clip is known to the station."""
+    _refused_ack(platform, make(platform.clip()), code)
+    assert platform.refusals("ack.refused")[-1]["reason"].startswith(reason)
+    assert _entries(platform, "ack.refused")[-1][0] is None
+    (alert,) = _events(platform, "alert")
+    assert alert["clip_id"] is None and alert["refusal"] == code
+
+
+def test_an_ack_refused_for_its_clip_names_the_clip_and_its_state(platform: Platform) -> None:
+    """Rule: an ack for a known clip in the wrong state is refused naming the clip (its
+    custody record and the alert) and the state it is in."""
+    row = platform.clip()
+    platform.set_row("UPDATE clips SET state = 'sealed' WHERE clip_id = ?", row["clip_id"])
+    _refused_ack(platform, _ack(row), "state")
+    assert platform.refusals("ack.refused")[-1]["reason"] == (
+        f"ack for clip {row['clip_id']} in state sealed: it was not uploaded")
+    assert _entries(platform, "ack.refused")[-1][0] == row["clip_id"]
+    assert [a["clip_id"] for a in _events(platform, "alert")] == [row["clip_id"]]
+
+
+@pytest.mark.parametrize(("value", "kind", "words"), [
+    (None, "object", "is a null, not an object"),
+    (True, "object", "is a boolean, not an object"),
+    (7, "object", "is a number, not an object"),
+    (1.5, "bool", "is a number, not a boolean"),
+    ("x", "object", "is a string, not an object"),
+    (["x"], "object", "is a list, not an object"),
+    ({}, "text", "is a object, not a non-empty string"),
+    ({}, "text-list", "is a object, not a list of strings"),
+    (("x",), "text", "is a tuple, not a non-empty string"),
+])
+def test_a_field_of_the_wrong_type_is_named_by_its_json_type(value: Any, kind: str,
+                                                               words: str) -> None:
+    """Rule: a refused field says which JSON type it was and which it must be, so the
+    platform's developers can fix the sender."""
+    from agent.sync.inbound import Field
+
+    assert Field(kind).problem(value) == words
+
+
+# --- commands: their configured age, their refusal reasons, their args --------------------
+
+@pytest.mark.usefixtures("frozen")
+def test_a_command_older_than_the_configured_max_age_is_stale(template: Path,
+                                                              tmp_path: Path) -> None:
+    """Rule: platform.command_max_age_s, when set, is the oldest a command may be (here
+    120 s instead of the default 600 s)."""
+    shutil.copytree(template / "data", tmp_path / "data")
+    config = config_mod.load(write_station_config(tmp_path, """
+        [platform]
+        mqtt_url = "mqtts://127.0.0.1:1"
+        upload_url = "https://127.0.0.1:1/files/"
+        ca_file = "ca.pem"
+        platform_key_file = "platform.pub"
+        command_max_age_s = 120
+        """))
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    try:
+        worker = Inbound(config, store, {PLATFORM.keyid: PLATFORM.public_key},
+                         respond=lambda *_a: None, commands={"status": lambda _a: {"ok": 1}},
+                         on_acknowledged=lambda _c: None)
+        assert _code(worker.handle_command(_command(NOW - 120 * S, NOW + 60 * S))) == "ok"
+        stale = worker.handle_command(_command(NOW - 120 * S - MS, NOW + 60 * S))
+        assert _code(stale) == "stale"
+    finally:
+        store.close()
+
+
+@pytest.mark.usefixtures("frozen")
+@pytest.mark.parametrize(("issued", "expires", "changes", "error"), [
+    (NOW - S, NOW + 60 * S, {"name": "rescan"},
+     "name: command names 'rescan' but came on cmd/status"),
+    (NOW - S, NOW + 60 * S, {"issued_at": "yesterday"}, "times: command times are not "
+     "RFC 3339: "),
+    (NOW - 60 * S, NOW - S, {}, "expired: command {id} expired at 2026-11-28T00:59:59.000Z"),
+    (NOW + 61 * S, NOW + 600 * S, {},
+     "future: command {id} is issued in the future (2026-11-28T01:01:01.000Z)"),
+    (NOW - 601 * S, NOW + 60 * S, {},
+     "stale: command {id} is stale: issued 2026-11-28T00:49:59.000Z"),
+])
+def test_a_refused_command_is_answered_with_the_rule_it_broke(
+        platform: Platform, issued: dt.datetime, expires: dt.datetime,
+        changes: dict[str, Any], error: str) -> None:
+    """Rule: a command refused for its name or times is answered with the code and the
+    reason, naming the command and the time that broke the rule."""
+    message = _command(issued, expires, id="cmd-77", **changes)
+    response = platform.inbound.handle_command(message)
+    assert response["ok"] is False
+    assert response["error"].startswith(error.format(id="cmd-77")), response["error"]
+    assert platform.refusals("command.refused")[-1]["reason"].startswith(
+        error.split(": ", 1)[1].format(id="cmd-77"))
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_command_on_a_long_topic_is_refused_naming_the_topic_bounded(
+        platform: Platform) -> None:
+    """Rule: the topic a command came on is quoted in its refusal at most 64 characters
+    long, so a sender cannot make refusals arbitrarily large."""
+    import dataclasses
+
+    name = "x" * 200
+    message = dataclasses.replace(_command(NOW - S, NOW + 60 * S), name=name)
+    platform.inbound.commands[name] = lambda _a: {}
+    response = platform.inbound.handle_command(message)
+    from agent.sync.refusals import bounded
+    assert response["error"] == (f"name: command names 'status' but came on "
+                                 f"cmd/{bounded(name, 64)}")
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_command_handler_receives_the_commands_args(platform: Platform) -> None:
+    """Rule: an accepted command's handler runs with the args the platform signed."""
+    received: list[Any] = []
+
+    def doctor(args: dict[str, Any]) -> dict[str, Any]:
+        received.append(args)
+        return {"ran": 1}
+
+    platform.inbound.commands["doctor"] = doctor
+    body = _command(NOW - S, NOW + 60 * S, name="doctor", args={"network": False})
+    message = InboundMessage(topic="bwc/v1/stations/ST-0001/cmd/doctor", name="doctor",
+                             payload=body.payload)
+    response = platform.inbound.handle_command(message)
+    assert response["ok"] is True and response["result"] == {"ran": 1}
+    assert received == [{"network": False}]
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_command_handler_defect_is_answered_naming_the_kind_of_failure(
+        platform: Platform) -> None:
+    """Rule: a command whose handler fails on a defect is answered with the command's name
+    and the kind of failure (never its details), so IT staff know which log to read."""
+    def broken(_args: dict[str, Any]) -> dict[str, Any]:
+        raise KeyError("secret detail")
+
+    platform.inbound.commands["status"] = broken
+    response = platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S))
+    assert response["error"] == ("command status failed inside the station (KeyError); "
+                                 "see the station log")
+
+
+def test_the_tag_command_goes_on_past_an_unknown_or_unchanged_clip(platform: Platform) -> None:
+    """Rule: a tag command handles every clip it names: an unknown clip, one already in the
+    case, or one not in the case to remove does not stop the clips after it."""
+    from agent.sync.inbound import tag_command
+
+    run = tag_command(platform.config, platform.store)
+    first, second = platform.clip(0)["clip_id"], platform.clip(1)["clip_id"]
+    assert run({"case_id": "CASE-1", "clips": ["0193-unknown", first]}) == \
+        {"tagged": [first], "unknown": ["0193-unknown"], "unchanged": []}
+    assert run({"case_id": "CASE-1", "clips": [first, second]}) == \
+        {"tagged": [second], "unknown": [], "unchanged": [first]}
+    run({"case_id": "CASE-1", "remove": True, "clips": [first]})
+    assert run({"case_id": "CASE-1", "remove": True, "clips": [first, second]}) == \
+        {"tagged": [second], "unknown": [], "unchanged": [first]}
+
+
+def test_the_tag_command_names_its_args_when_it_refuses_them(platform: Platform) -> None:
+    """Rule: tag args the command cannot take are refused as the tag command's args."""
+    from agent.sync.inbound import Refused, tag_command
+
+    run = tag_command(platform.config, platform.store)
+    with pytest.raises(Refused) as err:
+        run({"case_id": "CASE-1", "clips": [], "force": True})
+    assert str(err.value).startswith("tag args: unknown field(s) force")
+
+
+def test_the_refusal_summary_is_written_when_its_window_ends_while_the_station_runs(
+        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: refusals repeated within a window are summed up once the window has ended,
+    without waiting for another message or for the station to stop; not before; and
+    the worker goes on handling messages afterwards."""
+    import time
+
+    clock = [0.0]
+    worker, settled, _delays = _worker(platform, monkeypatch)
+    worker.refusals.window_s = 0.1  # polled every 10 ms
+    monkeypatch.setattr(worker.refusals, "_clock", lambda: clock[0])
+    worker.start()
+    try:
+        for _ in range(2):
+            worker.deliver(_message("ack", b"junk"))
+        worker.queue.join()
+        time.sleep(0.1)
+        assert [b.get("repeated") for b in platform.refusals("ack.refused")] == [None]
+        clock[0] = 1.0  # the window has ended
+        deadline = time.monotonic() + 0.5
+        while len(platform.refusals("ack.refused")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [b.get("repeated") for b in platform.refusals("ack.refused")] == [None, 1]
+        later = _message("ack", _ack(platform.clip()))
+        worker.deliver(later)
+        worker.queue.join()
+        assert settled[-1] is later and platform.acknowledged == [platform.clip()["clip_id"]]
+    finally:
+        worker.stop()
+
+
+def test_stopping_waits_ten_seconds_for_the_worker_and_leaves_a_busy_one_alone(
+        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: stopping waits at most 10 s for the message being handled; a worker still busy
+    then is not raced by writing the refusal summary from the stopping thread."""
+    class Busy:
+        timeouts: list[float | None] = []
+
+        def join(self, timeout: float | None = None) -> None:
+            self.timeouts.append(timeout)
+
+        def is_alive(self) -> bool:
+            return True
+
+    worker, _settled, _delays = _worker(platform, monkeypatch)
+    flushed: list[bool] = []
+    monkeypatch.setattr(worker.refusals, "flush", lambda force=False: flushed.append(force))
+    busy = Busy()
+    monkeypatch.setattr(worker, "_thread", busy)
+    worker.stop()
+    assert busy.timeouts == [10] and flushed == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_message_whose_handling_was_cut_short_is_not_settled(
+        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a message is settled only when its handling finished; one cut short (the
+    worker interrupted inside the handler) stays unsettled, so the broker delivers it
+    again."""
+    def interrupted(_payload: bytes) -> None:
+        raise SystemExit("interrupted")
+
+    worker, settled, _delays = _worker(platform, monkeypatch, {"roster": interrupted})
+    worker.start()
+    worker.deliver(_message("roster", b"{}"))
+    worker.queue.join()
+    worker.stop()
+    assert settled == []
