@@ -871,3 +871,219 @@ def test_a_message_whose_handling_was_cut_short_is_not_settled(
     worker.queue.join()
     worker.stop()
     assert settled == []
+
+
+# --- the shapes of fields, and where refusals are answered -------------------------------------
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    (("int", 1000, 1), 1, None),
+    (("int", 1000, 1), 1000, None),
+    (("int", 1000, 1), 0, "is 0 (from 1 to 1000)"),
+    (("int", 1000, 1), 1001, "is 1001 (from 1 to 1000)"),
+    (("int", 1000, 1), True, "is a boolean, not an integer"),
+    (("int", 1000, 1), "5", "is a string, not an integer"),
+    (("object", 256, 0), {}, None),
+    (("bool", 256, 0), False, None),
+    (("bool", 256, 0), "true", "is a string, not a boolean"),
+    (("text", 3, 0), "abc", None),
+    (("text", 3, 0), "abcd", "is 4 characters long (at most 3)"),
+    (("text-list", 2, 0), ["a", "b"], None),
+    (("text-list", 2, 0), ["a", "b", "c"], "has 3 items (at most 2)"),
+    (("text-list", 2, 0), ["x" * 256], None),
+    (("text-list", 2, 0), ["a", "x" * 257], "item 1 is not a string of 1 to 256 characters"),
+    (("text-list", 2, 0), ["a", ""], "item 1 is not a string of 1 to 256 characters"),
+    (("text-list", 2, 0), [3], "item 0 is not a string of 1 to 256 characters"),
+])
+def test_a_field_is_taken_only_within_its_kind_and_bounds(field: tuple[str, int, int],
+                                                          value: Any, problem: str | None) -> None:
+    """Rule: integers (never booleans) within their range, objects, booleans, texts up to
+    their length, lists of 1 to 256-character strings up to their count: at the bounds
+    taken, one past them refused with the reason."""
+    from agent.sync.inbound import Field
+
+    kind, max_len, min_value = field
+    assert Field(kind, max_len=max_len, min_value=min_value).problem(value) == problem
+
+
+def test_every_field_of_a_shape_is_checked_after_an_absent_optional_one() -> None:
+    """Rule: an optional field left out does not end the check: the fields after it are
+    still checked (a tag command's replaces of the wrong type is refused without remove)."""
+    from agent.sync.inbound import COMMAND_ARGS, Refused, check_shape
+
+    with pytest.raises(Refused) as err:
+        check_shape({"case_id": "C-1", "clips": ["a"], "replaces": 5}, COMMAND_ARGS["tag"],
+                    "tag args", "args")
+    assert str(err.value) == "tag args: field 'replaces' is a number, not a non-empty string"
+
+
+def test_unknown_fields_are_refused_naming_them_bounded_and_what_is_accepted() -> None:
+    """Rule: a closed shape refuses unknown fields naming them (cut to 80 characters) and
+    the fields it accepts, or none."""
+    from agent.sync.inbound import Field, Refused, check_shape
+    from agent.sync.refusals import bounded
+
+    with pytest.raises(Refused) as err:
+        check_shape({"b": 1, "a": 2}, {"x": Field("int", required=False),
+                                       "y": Field("int", required=False)},
+                    "doctor args", "args", closed=True)
+    assert str(err.value) == "doctor args: unknown field(s) a, b (accepted: x, y)"
+    many = {f"field{i:03}": 1 for i in range(40)}
+    with pytest.raises(Refused) as err:
+        check_shape(many, {}, "status args", "args", closed=True)
+    assert str(err.value) == (f"status args: unknown field(s) "
+                              f"{bounded(', '.join(sorted(many)), 80)} (accepted: none)")
+
+
+def _unsigned_command(reply_to: Any) -> InboundMessage:
+    body = {"id": "cmd-x", "name": "status", "station_id": "ST-0001",
+            "issued_at": rfc3339(NOW.timestamp()), "expires_at": rfc3339(NOW.timestamp() + 60),
+            "reply_to": reply_to}
+    envelope = dsse.sign_envelope(dsse.COMMAND, canonicalize(body), [StationKey.generate()])
+    return InboundMessage(topic="bwc/v1/stations/ST-0001/cmd/status", name="status",
+                          payload=json.dumps(envelope).encode())
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_command_failing_its_signature_is_answered_only_under_the_reply_subtree(
+        platform: Platform) -> None:
+    """Rule: the refusal of a command whose signature fails is answered on the reply_to it
+    carries when that topic is under the station's reply subtree (so the platform learns
+    why), never anywhere else, and a reply_to that is no text is ignored."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+    platform.inbound.respond = lambda topic, _c, body: sent.append((topic, json.loads(body)))
+    inside = "bwc/v1/stations/ST-0001/reply/ops"
+    response = platform.inbound.handle_command(_unsigned_command(inside))
+    assert _code(response) == "signature"
+    assert sent == [(inside, response)]
+    sent.clear()
+    for elsewhere in ("bwc/v1/stations/ST-0002/reply/ops", 5, ""):
+        assert _code(platform.inbound.handle_command(_unsigned_command(elsewhere))) == \
+            "signature"
+    assert sent == []
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_reply_to_is_read_from_an_unsigned_payload_only_within_the_depth_bound(
+        platform: Platform) -> None:
+    """Rule: where to answer is read from an unverified payload with the same depth bound as
+    every platform message (8): a payload nested deeper is not read, and not answered."""
+    sent: list[str] = []
+    platform.inbound.respond = lambda topic, _c, _b: sent.append(topic)
+    nested = {"reply_to": "bwc/v1/stations/ST-0001/reply/ops",
+              "x": [[[[[[[[[["deep"]]]]]]]]]]}
+    envelope = dsse.sign_envelope(dsse.COMMAND, json.dumps(nested).encode(), [PLATFORM])
+    message = InboundMessage(topic="bwc/v1/stations/ST-0001/cmd/status", name="status",
+                             payload=json.dumps(envelope).encode())
+    assert _code(platform.inbound.handle_command(message)) == "payload"
+    assert sent == []
+
+
+@pytest.mark.usefixtures("frozen")
+@pytest.mark.parametrize(("make", "error"), [
+    (lambda: InboundMessage(topic="t", name="status", payload=b"{"),
+     "not-json: command is not acceptable JSON: "),
+    (lambda: InboundMessage(topic="t", name="status", payload=json.dumps(
+        dsse.sign_envelope(dsse.COMMAND, b"{", [PLATFORM])).encode()),
+     "payload: command payload is not acceptable JSON: "),
+    (lambda: _command(NOW - S, NOW + 60 * S, id=_DROP),
+     "payload: command payload: field 'id' is missing"),
+    (lambda: _command(NOW - S, NOW + 60 * S, reply_to="elsewhere/ops"),
+     "reply-topic: response topic 'elsewhere/ops' is not a topic under "
+     "bwc/v1/stations/ST-0001/reply/"),
+])
+def test_a_malformed_command_is_refused_saying_which_part_is_wrong(
+        platform: Platform, make: Any, error: str) -> None:
+    """Rule: a command refused before it is trusted says whether the message, its payload
+    or its reply topic is wrong."""
+    response = platform.inbound.handle_command(make())
+    assert response["ok"] is False and response["error"].startswith(error), response
+
+
+@pytest.mark.usefixtures("frozen")
+def test_an_unknown_command_is_refused_naming_it_bounded_and_the_known_ones(
+        platform: Platform) -> None:
+    """Rule: a command the station does not know is refused naming it (cut to 64
+    characters) and the commands it knows."""
+    import dataclasses
+
+    from agent.sync.refusals import bounded
+
+    platform.inbound.commands["rescan"] = lambda _a: {}
+    name = "y" * 100
+    message = dataclasses.replace(_command(NOW - S, NOW + 60 * S, id="cmd-u"), name=name)
+    response = platform.inbound.handle_command(message)
+    assert response["error"] == (f"unknown-command: unknown command {bounded(name, 64)!r} "
+                                 f"(known: rescan, status)")
+    refusal = platform.refusals("command.refused")[-1]
+    assert (refusal["name"], refusal["command_id"]) == (bounded(name), "cmd-u")
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_command_refusal_records_the_command_name_and_id(platform: Platform) -> None:
+    """Rule: a refused command's custody record names the command and its id."""
+    platform.inbound.handle_command(_command(NOW - 601 * S, NOW + 60 * S, id="cmd-old"))
+    refusal = platform.refusals("command.refused")[-1]
+    assert (refusal["code"], refusal["name"], refusal["command_id"]) == \
+        ("stale", "status", "cmd-old")
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_command_without_args_runs_with_none_and_is_logged_with_its_args(
+        platform: Platform) -> None:
+    """Rule: args left out are no args; an accepted command is a custody entry naming its
+    id, its name and its args; while it runs the station knows which command it is."""
+    running: list[str | None] = []
+
+    def status(args: dict[str, Any]) -> dict[str, Any]:
+        running.append(platform.inbound.running_command)
+        return {"args": args}
+
+    platform.inbound.commands["status"] = status
+    response = platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S, id="cmd-1",
+                                                        args=_DROP))
+    assert (response["ok"], response["name"], response["result"]) == (True, "status",
+                                                                        {"args": {}})
+    assert running == ["cmd-1"] and platform.inbound.running_command is None
+    response = platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S, id="cmd-2"))
+    entries = [json.loads(r["body"]) for r in platform.store.query(
+        "SELECT body FROM custody_log WHERE kind = 'command.accepted' ORDER BY seq")]
+    assert entries == [{"command_id": "cmd-1", "name": "status", "args": {}},
+                       {"command_id": "cmd-2", "name": "status", "args": {}}]
+    doctor = InboundMessage(topic="bwc/v1/stations/ST-0001/cmd/doctor", name="doctor",
+                            payload=_command(NOW - S, NOW + 60 * S, id="cmd-3", name="doctor",
+                                             args={"network": True}).payload)
+    platform.inbound.commands["doctor"] = lambda _a: {}
+    platform.inbound.handle_command(doctor)
+    last = json.loads(platform.store.query(
+        "SELECT body FROM custody_log WHERE kind = 'command.accepted' ORDER BY seq DESC")[0][
+        "body"])
+    assert last == {"command_id": "cmd-3", "name": "doctor", "args": {"network": True}}
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_broker_resend_is_logged_as_redelivered_and_a_replay_says_so(
+        platform: Platform) -> None:
+    """Rule: the broker's resend of an answered command is a command.redelivered entry
+    naming it, answered as the first time; a resend not marked as one is a replay."""
+    import dataclasses
+
+    message = _command(NOW - S, NOW + 60 * S, id="cmd-9")
+    first = platform.inbound.handle_command(message)
+    again = platform.inbound.handle_command(dataclasses.replace(message, dup=True))
+    assert again == first
+    (entry,) = [json.loads(r["body"]) for r in platform.store.query(
+        "SELECT body FROM custody_log WHERE kind = 'command.redelivered'")]
+    assert entry == {"command_id": "cmd-9", "name": "status"}
+    replay = platform.inbound.handle_command(message)
+    assert replay["error"] == "replay: command cmd-9 was already received (replay)"
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_reply_topic_may_hold_any_letter(platform: Platform) -> None:
+    """Rule: only + and # (MQTT wildcards) and NUL make a reply topic unusable."""
+    sent: list[str] = []
+    platform.inbound.respond = lambda topic, _c, _b: sent.append(topic)
+    topic = "bwc/v1/stations/ST-0001/reply/X-ops"
+    assert platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S,
+                                                    reply_to=topic))["ok"] is True
+    assert sent == [topic]
