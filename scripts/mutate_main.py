@@ -10,7 +10,9 @@ those, each with its reason, and they are left out of the kill rate.
 
 Output: per module the mutants, killed, equivalent, surviving, the kill rate of the
 non-equivalent ones and the minutes taken; then every survivor with its diff.  The summary
-goes to mutation-run/summary.json too.  Exit status 1 if a module is under ``--min-rate``
+goes to mutation-run/summary.json too.  ``--again`` reruns only the survivors of each
+module's last run against the tests as they are now (after tests were added to kill them),
+if the code is the same.  Exit status 1 if a module is under ``--min-rate``
 (90 %) or did not finish within ``--timeout-min``.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -61,6 +64,8 @@ class Result:
     minutes: float = 0.0
     finished: bool = True
     not_checked: int = 0
+    source: str = ""  # source_digest() of the code mutated
+    rerun_minutes: float = 0.0  # of ``minutes``, those spent rerunning survivors (--again)
     survivors: list[Survivor] = field(default_factory=list)
 
     @property
@@ -155,6 +160,25 @@ def equivalent_reason(survivor: Survivor, known: Equivalents) -> str | None:
     return None
 
 
+def _tree_files() -> list[str]:
+    """The working tree as git sees it (tracked and new files, nothing ignored)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    return [name for name in listed
+            if name and not name.startswith("mutation-run/") and (ROOT / name).is_file()]
+
+
+def source_digest() -> str:
+    """SHA-256 of the code under test (agent/, drivers/, config/): a rerun of the survivors
+    (--again) counts the earlier run's killed mutants only against the very same code."""
+    digest = hashlib.sha256()
+    for name in sorted(n for n in _tree_files() if n.startswith(("agent/", "drivers/",
+                                                                  "config/"))):
+        digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def source_files(module: dict[str, list[str]]) -> list[str]:
     files = sorted({str(p.relative_to(ROOT)) for pattern in module["files"]
                     for p in ROOT.glob(pattern) if p.name != "__init__.py" or p.stat().st_size})
@@ -165,16 +189,10 @@ def source_files(module: dict[str, list[str]]) -> list[str]:
 
 def copy_tree(dest: Path) -> None:
     """The working tree as git sees it (tracked and new files, nothing ignored)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard"], cwd=ROOT, check=True,
-                            capture_output=True).stdout.decode().split("\0")
-    for name in listed:
-        src = ROOT / name
-        if not name or not src.is_file() or name.startswith("mutation-run/"):
-            continue
+    for name in _tree_files():
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, target)
+        shutil.copy2(ROOT / name, target)
 
 
 def mutmut_config(files: list[str], module: dict[str, list[str]]) -> str:
@@ -233,22 +251,45 @@ def parse_diff(diff: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
 
 def run_module(name: str, module: dict[str, list[str]], args: argparse.Namespace,
                entries: Equivalents) -> Result:
-    result = Result(name)
+    """Mutate the module's files in a fresh copy of the tree and run every mutant.
+
+    With ``--again``: in the copy of the module's last run, with the tests as they are now,
+    run only that run's survivors.  Its killed mutants stay killed (tests are only ever
+    added, never loosened), which holds only for the same code: refused unless
+    source_digest() is the last run's.
+    """
+    result = Result(name, source=source_digest())
     work = RUN_DIR / name
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    copy_tree(work)
     files = source_files(module)
+    survivors: list[str] = []
+    if args.again:
+        last = _last_result(name)
+        if last is None or last.get("source") != result.source:
+            sys.exit(f"scripts/mutate --again {name}: the code changed since its last full "
+                     "run (or it has none); run scripts/mutate " + name)
+        survivors = list(last["surviving"])
+        result.minutes = float(last["minutes"])
+        result.rerun_minutes = float(last.get("rerun_minutes", 0.0))
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    copy_tree(work)  # with --again: the tests as they are now (mutmut copies them in)
     with (work / "setup.cfg").open("a", encoding="utf-8") as cfg:
         cfg.write(mutmut_config(files, module))
-    print(f"== {name}: {', '.join(files)} against {', '.join(module['tests'])}", flush=True)
+    print(f"== {name}: {', '.join(files)} against {', '.join(module['tests'])}"
+          + (f" ({len(survivors)} survivors again)" if args.again else ""), flush=True)
     started = time.monotonic()
-    try:
-        mutmut(work, "run", "--max-children", str(args.jobs),
-               timeout=args.timeout_min * 60, log=work / "mutmut-run.log")
-    except subprocess.TimeoutExpired:
-        result.finished = False
-    result.minutes = (time.monotonic() - started) / 60
+    if not args.again or survivors:
+        try:
+            mutmut(work, "run", "--max-children", str(args.jobs), *survivors,
+                   timeout=args.timeout_min * 60,
+                   log=work / ("mutmut-again.log" if args.again else "mutmut-run.log"))
+        except subprocess.TimeoutExpired:
+            result.finished = False
+    spent = (time.monotonic() - started) / 60
+    result.minutes += spent
+    if args.again:
+        result.rerun_minutes += spent
     listing = mutmut(work, "results", "--all", "true").stdout
     for line in listing.splitlines():
         mutant, sep, status = line.strip().rpartition(": ")
@@ -283,8 +324,10 @@ def report(results: list[Result], min_rate: float) -> bool:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         note = "" if r.finished else f" (unfinished: {r.not_checked} not run)"
+        again = f" (of which {r.rerun_minutes:.1f} rerunning survivors)" \
+            if r.rerun_minutes else ""
         print(f"| {r.module} | {r.total} | {r.caught} | {len(r.equivalent)} | "
-              f"{len(r.surviving)} | {r.rate:.1f} %{note} | {r.minutes:.1f} |")
+              f"{len(r.surviving)} | {r.rate:.1f} %{note} | {r.minutes:.1f}{again} |")
         ok = ok and r.finished and r.rate >= min_rate
     RUN_DIR.mkdir(exist_ok=True)
     summary = [_summary(r) for r in results]
@@ -299,7 +342,16 @@ def _summary(r: Result) -> dict[str, object]:
             "equivalent": [s.name for s in r.equivalent],
             "surviving": [s.name for s in r.surviving], "not_checked": r.not_checked,
             "kill_rate": round(r.rate, 1), "minutes": round(r.minutes, 1),
-            "finished": r.finished}
+            "rerun_minutes": round(r.rerun_minutes, 1), "finished": r.finished,
+            "source": r.source}
+
+
+def _last_result(module: str) -> dict[str, Any] | None:
+    path = RUN_DIR / module / "result.json"
+    if not path.exists():
+        return None
+    last: dict[str, Any] = json.loads(path.read_text())
+    return last
 
 
 def print_last(modules: list[str]) -> None:
@@ -312,8 +364,10 @@ def print_last(modules: list[str]) -> None:
             print(f"| {name} | not run | | | | | |")
             continue
         r = json.loads(path.read_text())
+        again = r.get("rerun_minutes", 0.0)
+        note = f" (of which {again:.1f} rerunning survivors)" if again else ""
         print(f"| {name} | {r['mutants']} | {r['killed']} | {len(r['equivalent'])} | "
-              f"{len(r['surviving'])} | {r['kill_rate']:.1f} % | {r['minutes']:.1f} |")
+              f"{len(r['surviving'])} | {r['kill_rate']:.1f} % | {r['minutes']:.1f}{note} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the modules and exit")
     parser.add_argument("--last", action="store_true",
                         help="print the table of each module's last run, run nothing")
+    parser.add_argument("--again", action="store_true",
+                        help="rerun only the survivors of each module's last run, against "
+                             "the tests as they are now (the code must be unchanged)")
     parser.add_argument("--jobs", type=int, default=2, help="mutants run at once (default 2)")
     parser.add_argument("--timeout-min", type=float, default=30.0,
                         help="give a module up after this many minutes (default 30)")
