@@ -724,6 +724,7 @@ def test_a_refused_command_is_answered_with_the_rule_it_broke(
     message = _command(issued, expires, id="cmd-77", **changes)
     response = platform.inbound.handle_command(message)
     assert response["ok"] is False
+    assert (response["command_id"], response["name"]) == ("cmd-77", "status")
     assert response["error"].startswith(error.format(id="cmd-77")), response["error"]
     assert platform.refusals("command.refused")[-1]["reason"].startswith(
         error.split(": ", 1)[1].format(id="cmd-77"))
@@ -772,9 +773,34 @@ def test_a_command_handler_defect_is_answered_naming_the_kind_of_failure(
         raise KeyError("secret detail")
 
     platform.inbound.commands["status"] = broken
-    response = platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S))
+    response = platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S, id="cmd-5"))
     assert response["error"] == ("command status failed inside the station (KeyError); "
                                  "see the station log")
+    assert (response["command_id"], response["name"], response["ok"]) == ("cmd-5", "status",
+                                                                          False)
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_command_that_fails_in_the_station_is_answered_with_its_diagnostics_bounded(
+        platform: Platform) -> None:
+    """Rule: a command whose handler fails with a station error is answered with that
+    error's diagnostics, cut to 500 characters, and the time of the answer."""
+    from agent.errors import StoreError
+    from agent.sync.refusals import bounded
+    from agent.timeutil import parse_rfc3339
+
+    error = StoreError("the disk is full " + "x" * 600)
+
+    def full(_args: dict[str, Any]) -> dict[str, Any]:
+        raise error
+
+    platform.inbound.commands["status"] = full
+    before = dt.datetime.now(dt.UTC) - S
+    response = platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S, id="cmd-6"))
+    assert response["error"] == bounded(error.diagnostics(), 500)
+    assert (response["command_id"], response["name"], response["ok"]) == ("cmd-6", "status",
+                                                                          False)
+    assert before <= parse_rfc3339(response["at"]) <= dt.datetime.now(dt.UTC) + S
 
 
 def test_the_tag_command_goes_on_past_an_unknown_or_unchanged_clip(platform: Platform) -> None:
@@ -850,6 +876,7 @@ def test_stopping_waits_ten_seconds_for_the_worker_and_leaves_a_busy_one_alone(
     worker, _settled, _delays = _worker(platform, monkeypatch)
     flushed: list[bool] = []
     monkeypatch.setattr(worker.refusals, "flush", lambda force=False: flushed.append(force))
+    assert worker._thread.daemon  # a worker stuck in a handler never keeps the agent up
     busy = Busy()
     monkeypatch.setattr(worker, "_thread", busy)
     worker.stop()
