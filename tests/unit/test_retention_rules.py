@@ -449,8 +449,9 @@ def test_a_release_failure_alerts_only_when_a_person_must_look(
 def test_before_hashing_a_changed_or_missing_camera_file_is_skipped_saying_why(
         station: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     """Rule: a camera file that is gone, or whose size or modification time differ from the
-    copy's, is never deleted; the reason is recorded, and only a camera that cannot be read
-    (not one unplugged) raises an alert."""
+    copy's, is never deleted, nor even handed to the camera's delete (which would hash
+    it); the reason is recorded, and only a camera that cannot be read (not one
+    unplugged) raises an alert."""
     from agent.errors import DeviceError, DeviceGoneError
 
     base, ids = station
@@ -477,7 +478,10 @@ def test_before_hashing_a_changed_or_missing_camera_file_is_skipped_saying_why(
                 raise error("the card does not answer")
 
             monkeypatch.setattr(device, "stat", stat)
+        asked: list[Any] = []
+        monkeypatch.setattr(device, "release", lambda rec, **_kw: asked.append(rec))
         assert release_acknowledged(config, store, device, device.identify()) == []
+    assert asked == []  # refused by its name's stat, before the camera is asked to delete
     reason = store.clip(ids[0])["release_error"]
     size = row["size"]
     expected = {
@@ -513,3 +517,99 @@ def test_a_new_dock_retries_a_failed_release_at_once_the_timer_waits_its_turn(
         assert release_acknowledged(config, store, device, device.identify(),
                                     retry_failed=True) == [ids[0]]
     assert store.clip(ids[0])["state"] == "released"
+
+
+def test_a_clip_being_released_elsewhere_is_skipped_and_the_clips_after_it_still_go(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: a clip whose release another dock worker has under way is neither released
+    again nor purged meanwhile; the clips after it are released and purged as usual."""
+    from agent.sync import retention
+
+    base, ids = station
+    config = _config(base, 'release = "after-ack"\nkeep_days = 0\n')
+    _set(config, ids[0], "acknowledged", "2025-12-31T00:00:00.000Z")  # purged first
+    _set(config, ids[1], "acknowledged")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    retention._RELEASING.add(ids[0])
+    try:
+        with running_station(config) as running:
+            device = sim_devices(running)[0]
+            assert release_acknowledged(config, store, device, device.identify()) == [ids[1]]
+        assert store.clip(ids[1])["state"] == "released"
+        # Due by retention (the camera wait aside): the one being released is left alone.
+        never = _config(base, 'release = "never"\nkeep_days = 0\n')
+        assert purge(never, store, Vault(config.data_dir / "vault"), at=T + DAY) == [ids[1]]
+    finally:
+        retention._RELEASING.discard(ids[0])
+    assert store.clip(ids[0])["state"] == "acknowledged"
+
+
+def test_a_clip_held_for_its_officer_does_not_hold_back_the_clips_after_it(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: a clip kept on its camera (officer not verified) stays, and the later
+    acknowledged clips of that camera are still released."""
+    base, ids = station
+    config = _config(base, 'release = "after-ack"\n[officers]\n'
+                           'hold_release_until_verified = true\n')
+    for clip_id in ids[:2]:
+        _set(config, clip_id, "acknowledged")
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET officer_status = 'valid' WHERE clip_id = ?", (ids[1],))
+    db.execute("UPDATE clips SET officer_status = NULL WHERE clip_id = ?", (ids[0],))
+    db.commit()
+    db.close()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    with running_station(config) as running:
+        device = sim_devices(running)[0]
+        assert release_acknowledged(config, store, device, device.identify()) == [ids[1]]
+    assert store.clip(ids[0])["state"] == "acknowledged"
+
+
+def test_a_clip_is_not_purged_while_its_camera_copy_is_being_deleted(
+        station: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: while a clip's file is being deleted from its camera, a purge running at the
+    same moment leaves its vault copy alone (purged after the release is recorded)."""
+    base, ids = station
+    config = _config(base, 'release = "after-ack"\nkeep_days = 0\n')
+    _set(config, ids[0], "acknowledged")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    vault = Vault(config.data_dir / "vault")
+    during: list[list[str]] = []
+    with running_station(config) as running:
+        device = sim_devices(running)[0]
+        release = device.release
+
+        def purging_meanwhile(rec: Any, **kwargs: Any) -> Any:
+            during.append(purge(config, store, vault, at=T + DAY))
+            return release(rec, **kwargs)
+
+        monkeypatch.setattr(device, "release", purging_meanwhile)
+        assert release_acknowledged(config, store, device, device.identify()) == [ids[0]]
+    assert during == [[]]
+    assert store.clip(ids[0])["state"] == "released"
+
+
+def test_a_clip_is_purged_only_when_acknowledged_with_its_signed_ack_kept(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: the vault copy of a clip whose ack is not on record is never purged, even
+    when its row says acknowledged; the refusal names the clip and its state."""
+    from agent.errors import AgentError
+    from agent.sync.retention import _purge_one
+
+    base, ids = station
+    config = _config(base, 'keep_days = 0\n')
+    _set(config, ids[0], "acknowledged")
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET ack = NULL WHERE clip_id = ?", (ids[0],))
+    db.execute("UPDATE clips SET state = 'uploaded', ack = '{}' WHERE clip_id = ?", (ids[1],))
+    db.commit()
+    db.close()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    vault = Vault(config.data_dir / "vault")
+    for clip_id, state in ((ids[0], "acknowledged"), (ids[1], "uploaded")):
+        clip = store.clip(clip_id)
+        with pytest.raises(AgentError) as err:
+            _purge_one(store, vault, clip_id, clip["sha256"], "test")
+        assert str(err.value) == f"refusing to purge clip {clip_id} in state {state}"
+        assert store.clip(clip_id)["state"] == state
+        assert vault.path_for(clip["sha256"]).exists()
