@@ -574,13 +574,15 @@ def test_a_clip_is_not_purged_while_its_camera_copy_is_being_deleted(
     _set(config, ids[0], "acknowledged")
     store = Store(config.data_dir / "state.db", station_id=config.station.id)
     vault = Vault(config.data_dir / "vault")
+    # The purge's own view: no camera wait, retention over (the clip is due).
+    never = _config(base, 'release = "never"\nkeep_days = 0\n')
     during: list[list[str]] = []
     with running_station(config) as running:
         device = sim_devices(running)[0]
         release = device.release
 
         def purging_meanwhile(rec: Any, **kwargs: Any) -> Any:
-            during.append(purge(config, store, vault, at=T + DAY))
+            during.append(purge(never, store, vault, at=T + DAY))
             return release(rec, **kwargs)
 
         monkeypatch.setattr(device, "release", purging_meanwhile)
@@ -613,3 +615,64 @@ def test_a_clip_is_purged_only_when_acknowledged_with_its_signed_ack_kept(
         assert str(err.value) == f"refusing to purge clip {clip_id} in state {state}"
         assert store.clip(clip_id)["state"] == state
         assert vault.path_for(clip["sha256"]).exists()
+
+
+def test_the_sweep_at_start_removes_and_counts_every_orphan_object(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: every vault object a crash left behind a purge is removed at the next start,
+    and the count reported is the number removed."""
+    base, _ids = station
+    config = _config(base, "")
+    vault = Vault(config.data_dir / "vault")
+    db = sqlite3.connect(config.data_dir / "state.db")
+    db.execute("UPDATE clips SET state = 'purged'")
+    db.commit()
+    db.close()
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    assert sweep_purged(store, vault) == 3
+    assert not any(vault.has(c["sha256"]) for c in store.clips())
+
+
+def test_purge_and_the_release_back_off_go_by_the_clock_when_no_time_is_given(
+        station: tuple[Path, list[str]]) -> None:
+    """Rule: the housekeeping timer's purge and a dock's check of due releases use the
+    current time: a clip acknowledged long ago is purged, a back-off long past is due."""
+    base, ids = station
+    config = _config(base, 'release = "never"\nkeep_days = 1\n')
+    _set(config, ids[0], "acknowledged")
+    _release_due_state(config, ids[1], failures=1, retry_at=T)
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    serial = store.clip(ids[1])["device_serial"]
+    assert releases_due(store, serial) is True
+    assert ids[0] in purge(config, store, Vault(config.data_dir / "vault"))
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_failing_release_alerts_saying_how_many_clips_stay_and_when_it_is_tried_again(
+        station: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """Rule: the alert of a camera whose clips cannot be deleted says how many clips stay
+    on it, why, and when they are tried again (in a minute, then at most hourly)."""
+    from agent.errors import DeviceError
+
+    base, ids = station
+    config = _config(base, 'release = "after-ack"\n')
+    for clip_id in ids[:count]:
+        _set(config, clip_id, "acknowledged")
+    store = Store(config.data_dir / "state.db", station_id=config.station.id)
+    with running_station(config) as running:
+        device = sim_devices(running)[0]
+        serial = device.identify().serial
+
+        def stat(_rec: Any) -> Any:
+            raise DeviceError("the card does not answer")
+
+        monkeypatch.setattr(device, "stat", stat)
+        assert release_acknowledged(config, store, device, device.identify()) == []
+    (alert,) = [json.loads(r["body"]) for r in store.query(
+        "SELECT body FROM custody_log WHERE kind = 'alert'")]
+    clips = "1 clip" if count == 1 else "2 clips"
+    assert alert["message"] == (
+        f"{clips} acknowledged by the platform could not be deleted from camera {serial}: "
+        "could not be checked on the camera: the card does not answer; they stay on the "
+        "camera and are tried again in 60 s, then less often (at most every 60 min), and at "
+        "every dock")
