@@ -125,19 +125,37 @@ def _row_keys_folded(line: str, names: list[str]) -> str:
     return re.sub(pattern, lambda m: f"{m[1]}[{m[2]}{m[3].lower()}{m[2]}]", line)
 
 
-_SQL = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)
+# SQL as this code writes it: keywords in capitals.  A statement or a piece of one (split
+# over several string literals) has a placeholder or two of them as whole words.
+_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|WITH|FROM|WHERE|AND|OR|NOT|IS|NULL|IN|"
+                  r"ORDER BY|GROUP BY|LIMIT|VALUES|INTO|SET|AS|DESC|ASC|DISTINCT|JOIN|ON)\b")
+_SQL_VALUE = re.compile(r"'[^']*'")
 
 
 def _sql_case_only(survivor: Survivor) -> bool:
-    """Whether the mutant only changed the case of an SQL statement with no quoted value."""
+    """Whether the mutant only changed the case of SQL outside its quoted values.
+
+    SQLite ignores the case of keywords and of table and column names, never of a
+    string value ('duplicate'): those must be unchanged.
+    """
     if len(survivor.removed) != 1 or len(survivor.added) != 1:
         return False
     before, after = survivor.removed[0], survivor.added[0]
     if before == after or before.lower() != after.lower():
         return False
-    literals = re.findall(r'"([^"]*)"', before)
-    changed = [lit for lit in literals if lit not in after]
-    return bool(changed) and all(_SQL.match(lit) and "'" not in lit for lit in changed)
+    pairs = list(zip(re.findall(r'"([^"]*)"', before), re.findall(r'"([^"]*)"', after),
+                     strict=False))
+    changed = [(b, a) for b, a in pairs if b != a]
+    # Nothing outside the string literals changed (the mutant is in one of them).
+    outside = re.sub(r'"[^"]*"', '""', before) == re.sub(r'"[^"]*"', '""', after)
+    return (outside and bool(changed)
+            and all(_is_sql(b) and _SQL_VALUE.findall(b) == _SQL_VALUE.findall(a)
+                    for b, a in changed))
+
+
+def _is_sql(literal: str) -> bool:
+    keywords = _SQL.findall(_SQL_VALUE.sub("", literal))
+    return ("?" in literal and bool(keywords)) or len(keywords) >= 2
 
 
 def equivalent_reason(survivor: Survivor, known: Equivalents) -> str | None:
