@@ -1,0 +1,222 @@
+"""Copying one recording: what each attempt records, what the station's screen is told, and
+how a copy ends (copied, duplicate, quarantined, back to discovered), rule by rule.
+
+A real station with a simulated camera of real files; faults are injected into the
+camera's streams (tests/support/stations.FaultyDevice); the station's screen is replaced
+by an observer that records every call the copier makes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.clipcopy import mtime_ms
+from agent.config import Config
+from agent.errors import DeviceError
+from drivers.base import DeviceInfo, Recording
+from tests.support.stations import FaultyDevice, camera, gone_after, running_station, sim_devices
+
+CHUNK = 64 * 1024
+
+
+class Screen:
+    """The station's screen as the copier sees it: every phase and byte count, in order."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, str, str, str]] = []  # handle, clip, path, phase
+        self.bytes: list[tuple[str, str, int]] = []
+
+    def identified(self, handle: str, info: DeviceInfo) -> None:
+        pass
+
+    def listed(self, handle: str, recordings: list[Recording], unreadable: int,
+               todo: list[tuple[str, Recording]]) -> None:
+        pass
+
+    def clip_phase(self, handle: str, clip_id: str, rec: Recording, phase: str) -> None:
+        self.phases.append((handle, clip_id, rec.path, phase))
+
+    def clip_bytes(self, handle: str, clip_id: str, done: int) -> None:
+        self.bytes.append((handle, clip_id, done))
+
+    def finished(self, handle: str, errors: list[str]) -> None:
+        pass
+
+
+def _entries(store: Any, clip_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The clip's state changes (its discovery aside), in order."""
+    rows = [(r["kind"], json.loads(r["body"])) for r in store.query(
+        "SELECT kind, body FROM custody_log WHERE clip_id = ? ORDER BY seq", (clip_id,))]
+    return [(kind, body) for kind, body in rows if "from" in body]
+
+
+def _alerts(store: Any) -> list[dict[str, Any]]:
+    events = [json.loads(r["payload"]) for r in store.query(
+        "SELECT payload FROM outbox WHERE topic LIKE '%/events' ORDER BY id")]
+    return [e["data"] for e in events if e["type"] == "alert"]
+
+
+@contextlib.contextmanager
+def _offload(config: Config, on_read: Callable[[Recording, int], bool | None] | None = None
+             ) -> Iterator[tuple[Any, Any, Screen, str, Any]]:
+    """Offload the simulated camera once through a FaultyDevice; (report, store, screen,
+    the camera's handle, the row of BIG.MP4) while the station runs."""
+    screen = Screen()
+    with running_station(config) as station:
+        offloader = station.offloader
+        assert offloader is not None and station.store is not None
+        offloader.copier.observer = screen
+        inner = sim_devices(station)[0]
+        report = offloader.offload(FaultyDevice(inner, on_read=on_read))
+        store = station.store
+        row = next(r for r in store.clips() if r["name"] == "BIG.MP4")
+        yield report, store, screen, inner.handle, row
+
+
+def _big(config: Config, size: int = 5 * CHUNK + 100) -> Path:
+    cam = camera(config, clips=1)
+    path = cam / "DCIM" / "BIG.MP4"
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def test_a_file_changing_at_every_attempt_is_retried_then_quarantined_with_what_was_read(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: a file that changes while it is copied is copied again up to change_retries
+    times, each attempt a custody entry with its number and each retry one with the
+    reason; the last copy is kept and the clip quarantined with its digest, the time of
+    the copy and an alert naming the clip and the reason; the screen shows each attempt
+    and then the failure, for this camera, clip and file."""
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\nchange_retries = 2\n")
+    big = _big(config)
+
+    def keep_recording(rec: Recording, done: int) -> None:
+        if rec.path.endswith("BIG.MP4") and done == 2 * CHUNK:
+            with open(big, "ab") as f:
+                f.write(b"more frames")
+
+    with _offload(config, keep_recording) as (report, store, screen, handle, row):
+        clip_id = row["clip_id"]
+        assert row["state"] == "quarantined" and report.quarantined == [clip_id]
+        assert row["sha256"] is not None and row["copied_at"] is not None
+        entries = [(k, b) for k, b in _entries(store, clip_id)
+                   if k in ("clip.copying", "clip.discovered", "clip.quarantined")]
+        changed = "file changed while being copied: "
+        retried = [(k, b["attempt"] if k == "clip.copying" else
+                    b["reason"].startswith(changed) and b["reason"].endswith("; retrying"))
+                   for k, b in entries]
+        reason = entries[-1][1]["reason"]
+        assert reason.startswith(changed) and "bytes read of" in reason
+        assert retried == [
+            ("clip.copying", 1), ("clip.discovered", True),
+            ("clip.copying", 2), ("clip.discovered", True),
+            ("clip.copying", 3), ("clip.quarantined", False)]
+        assert entries[-1][1] == {"from": "copying", "to": "quarantined", "reason": reason,
+                                  "sha256": row["sha256"]}
+        assert row["reason"] == reason
+        assert {"code": "clip.quarantined", "clip_id": clip_id, "message": reason} in \
+            _alerts(store)
+        mine = [p for p in screen.phases if p[1] == clip_id]
+        assert mine == [(handle, clip_id, "DCIM/BIG.MP4", "copying")] * 3 + [
+            (handle, clip_id, "DCIM/BIG.MP4", "failed")]
+
+
+def test_the_screen_counts_the_bytes_of_each_chunk_as_they_are_read(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: while a clip is copied the screen is told the bytes read so far, for that
+    camera and clip, after each chunk of ingest.chunk_kib KiB."""
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    big = _big(config)
+    with _offload(config) as (report, _store, screen, handle, row):
+        size = big.stat().st_size
+        counts = [n for h, c, n in screen.bytes if c == row["clip_id"] and h == handle]
+        assert counts == [CHUNK * i for i in range(1, size // CHUNK + 1)] + [size]
+        assert row["clip_id"] in report.copied
+
+
+def test_a_recording_of_bytes_already_copied_is_a_duplicate_and_done(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: a second recording holding bytes already in the vault is reported as a
+    duplicate of it by its clip id, and shown done on the screen."""
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    big = _big(config)
+    (big.parent / "BIG2.MP4").write_bytes(big.read_bytes())
+    with _offload(config) as (report, store, screen, handle, row):
+        second = next(r for r in store.clips() if r["name"] == "BIG2.MP4")
+        assert second["state"] == "duplicate" and second["duplicate_of"] == row["clip_id"]
+        assert report.duplicates == [second["clip_id"]]
+        assert (handle, second["clip_id"], "DCIM/BIG2.MP4", "done") in screen.phases
+
+
+def test_an_unreadable_file_is_retried_then_quarantined_without_a_copy(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: a recording the camera cannot read is tried change_retries more times (each
+    retry recorded with the read error) and then quarantined with no digest and no copy."""
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\nchange_retries = 1\n")
+    _big(config)
+
+    def unreadable(rec: Recording, done: int) -> None:
+        if rec.path.endswith("BIG.MP4") and done >= CHUNK:
+            raise DeviceError("bad sector")
+
+    with _offload(config, unreadable) as (report, store, _screen, _handle, row):
+        assert row["state"] == "quarantined" and report.quarantined == [row["clip_id"]]
+        assert (row["sha256"], row["copied_at"]) == (None, None)
+        entries = _entries(store, row["clip_id"])
+        (retry,) = [b for k, b in entries if k == "clip.discovered"]
+        assert retry["reason"].startswith("read failed, retrying: ")
+        assert "bad sector" in retry["reason"]
+        (last,) = [b for k, b in entries if k == "clip.quarantined"]
+        assert last["reason"].startswith("unreadable on the device: ") and last["sha256"] is None
+
+
+def test_a_camera_unplugged_mid_copy_puts_the_clip_back_saying_why(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: a copy cut short by the camera's removal puts the clip back to discovered with
+    the reason recorded; nothing of it is kept."""
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    _big(config)
+    with _offload(config, gone_after(2 * CHUNK)) as (_report, store, _screen, _handle, row):
+        assert row["state"] == "discovered" and row["sha256"] is None
+        (back,) = [b for k, b in _entries(store, row["clip_id"]) if k == "clip.discovered"]
+        assert back == {"from": "copying", "to": "discovered",
+                        "reason": "device removed during copy: camera unplugged (USB disconnect)"}
+
+
+def test_a_copy_stopped_with_the_station_puts_the_clip_back_saying_why(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: a copy stopped because the agent stops puts the clip back to discovered, with
+    the reason that it is copied again at the next dock."""
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    _big(config)
+    screen = Screen()
+    with running_station(config) as station:
+        offloader = station.offloader
+        assert offloader is not None and station.store is not None
+        offloader.copier.observer = screen
+
+        def stop(rec: Recording, done: int) -> None:
+            if rec.path.endswith("BIG.MP4") and done >= CHUNK:
+                offloader.stopping.set()
+
+        offloader.offload(FaultyDevice(sim_devices(station)[0], on_read=stop))
+        row = next(r for r in station.store.clips() if r["name"] == "BIG.MP4")
+        back = [b for k, b in _entries(station.store, row["clip_id"])
+                if k == "clip.discovered"]
+    assert row["state"] == "discovered"
+    assert back == [{"from": "copying", "to": "discovered",
+                     "reason": "agent stopping; copied again at the next dock"}]
+
+
+@pytest.mark.parametrize(("seconds", "ms"), [(1.5, 1500), (1700000000.1234, 1700000000123),
+                                             (0.0, 0)])
+def test_modification_times_are_compared_in_milliseconds(seconds: float, ms: int) -> None:
+    """Rule: a camera file's modification time is kept and compared to the millisecond."""
+    assert mtime_ms(seconds) == ms
