@@ -96,6 +96,7 @@ def test_a_file_changing_at_every_attempt_is_retried_then_quarantined_with_what_
     and then the failure, for this camera, clip and file."""
     config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\nchange_retries = 2\n")
     big = _big(config)
+    size = big.stat().st_size
 
     def keep_recording(rec: Recording, done: int) -> None:
         if rec.path.endswith("BIG.MP4") and done == 2 * CHUNK:
@@ -113,7 +114,12 @@ def test_a_file_changing_at_every_attempt_is_retried_then_quarantined_with_what_
                     b["reason"].startswith(changed) and b["reason"].endswith("; retrying"))
                    for k, b in entries]
         reason = entries[-1][1]["reason"]
-        assert reason.startswith(changed) and "bytes read of" in reason
+        # Each attempt reads what was there when it began plus the 11 bytes appended during it.
+        assert reason == (f"{changed}{size + 33} bytes read of {size + 22}; size {size + 22} -> "
+                          f"{size + 33} during the copy; mtime changed during the copy")
+        assert entries[1][1]["reason"] == (
+            f"{changed}{size + 11} bytes read of {size}; size {size} -> {size + 11} during the "
+            "copy; mtime changed during the copy; retrying")
         assert retried == [
             ("clip.copying", 1), ("clip.discovered", True),
             ("clip.copying", 2), ("clip.discovered", True),
@@ -134,11 +140,16 @@ def test_the_screen_counts_the_bytes_of_each_chunk_as_they_are_read(
     camera and clip, after each chunk of ingest.chunk_kib KiB."""
     config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
     big = _big(config)
-    with _offload(config) as (report, _store, screen, handle, row):
+    with _offload(config) as (report, store, screen, handle, row):
         size = big.stat().st_size
         counts = [n for h, c, n in screen.bytes if c == row["clip_id"] and h == handle]
         assert counts == [CHUNK * i for i in range(1, size // CHUNK + 1)] + [size]
         assert row["clip_id"] in report.copied
+        phases = [p for p in screen.phases if p[1] == row["clip_id"]]
+        assert phases == [(handle, row["clip_id"], "DCIM/BIG.MP4", phase) for phase in
+                          ("copying", "verifying", "probing", "sealing", "done")]
+        (copied,) = [b for k, b in _entries(store, row["clip_id"]) if k == "clip.copied"]
+        assert (copied["size"], copied["sha256"]) == (size, row["sha256"])
 
 
 def test_a_recording_of_bytes_already_copied_is_a_duplicate_and_done(
@@ -220,3 +231,26 @@ def test_a_copy_stopped_with_the_station_puts_the_clip_back_saying_why(
 def test_modification_times_are_compared_in_milliseconds(seconds: float, ms: int) -> None:
     """Rule: a camera file's modification time is kept and compared to the millisecond."""
     assert mtime_ms(seconds) == ms
+
+
+def test_a_failure_on_the_stations_side_leaves_no_partial_copy(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: a copy that fails on the station's side (its vault or database) is not
+    retried against the camera, and leaves no partial file in the vault's incoming/."""
+    from agent.errors import StoreError
+
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    _big(config)
+    reads: list[int] = []
+
+    def failing_vault(rec: Recording, done: int) -> None:
+        if rec.path.endswith("BIG.MP4"):
+            reads.append(done)
+            if done >= 2 * CHUNK:
+                raise StoreError("the vault disk failed")
+
+    with _offload(config, failing_vault) as (report, _store, _screen, _handle, row):
+        assert row["state"] != "copied" and row["sha256"] is None
+        assert any("the vault disk failed" in e for e in report.errors), report.errors
+        assert list((config.data_dir / "vault" / "incoming").iterdir()) == []
+    assert reads.count(0) == 1  # one attempt: the camera is not read again
