@@ -254,3 +254,63 @@ def test_a_failure_on_the_stations_side_leaves_no_partial_copy(
         assert any("the vault disk failed" in e for e in report.errors), report.errors
         assert list((config.data_dir / "vault" / "incoming").iterdir()) == []
     assert reads.count(0) == 1  # one attempt: the camera is not read again
+
+
+def _recording_fails(config: Config, error: Exception) -> tuple[Any, Any, Any, str, Screen,
+                                                                 list[dict[str, Any]]]:
+    """Offload once with recording the probed copy failing with ``error`` (the store's side);
+    (report, row of BIG.MP4, its state changes, the camera's serial, screen, alerts)."""
+    screen = Screen()
+    with running_station(config) as station:
+        offloader = station.offloader
+        store = station.store
+        assert offloader is not None and store is not None
+        offloader.copier.observer = screen
+
+        def record(clip_id: str, *_args: Any) -> None:
+            if store.clip(clip_id)["name"] == "BIG.MP4":
+                raise error
+
+        offloader.copier._record_copied = record  # type: ignore[method-assign]
+        device = sim_devices(station)[0]
+        report = offloader.offload(device)
+        row = next(r for r in store.clips() if r["name"] == "BIG.MP4")
+        return (report, row, _entries(store, row["clip_id"]), device.identify().serial,
+                screen, _alerts(store))
+
+
+def test_a_full_database_disk_stops_ingest_with_an_alert_and_keeps_the_rest_on_the_camera(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: when the database's disk is full a copied clip cannot be recorded: ingest
+    stops for this camera (the session says the database is full), an alert says so
+    and that the recordings stay on the camera, and the clip is shown failed."""
+    from agent.errors import StoreFullError
+
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    _big(config)
+    report, row, _changes, serial, screen, alerts = _recording_fails(
+        config, StoreFullError("database or disk is full"))
+    message = (f"disk full: the station database cannot be written (database or disk is "
+               f"full); ingest stopped, the recordings stay on {serial}")
+    assert report.stopped_full == "database" and message in report.errors
+    assert {"code": "disk.full", "serial": serial, "message": message} in alerts
+    assert screen.phases[-1][1:] == (row["clip_id"], "DCIM/BIG.MP4", "failed")
+    assert row["state"] == "copying"  # copied again by the next session; its bytes are kept
+
+
+def test_a_clip_that_cannot_be_recorded_goes_back_to_discovered_with_an_alert(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: a copied clip the station fails to record (its store) is put back to
+    discovered saying why, the session's errors name its file, and an alert is raised."""
+    from agent.errors import StoreError
+
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    _big(config)
+    report, row, entries, serial, _screen, alerts = _recording_fails(
+        config, StoreError("database is locked"))
+    assert "DCIM/BIG.MP4: database is locked" in report.errors
+    assert {"code": "ingest.failed", "serial": serial,
+            "message": "DCIM/BIG.MP4: database is locked"} in alerts
+    assert row["state"] == "discovered"
+    assert entries[-1] == ("clip.discovered", {"from": "copying", "to": "discovered",
+                                               "reason": "ingest failed: database is locked"})
