@@ -337,3 +337,41 @@ def test_the_checkpoint_timer_seals_what_was_left_and_survives_a_failure(
     newest = _checkpoints(store)[-1]
     assert newest["size"] == store.log_size()
     store.close()
+
+
+def test_the_checkpoint_timer_never_keeps_the_agent_up_and_stopping_waits_for_it(
+        custody: tuple[Config, Store, Custody, list[str]]) -> None:
+    """Rule: the checkpoint timer runs beside the agent without keeping it alive, and
+    stopping waits for it to end before the final checkpoint is signed."""
+    _config, _store, keeper, _ids = custody
+    timer = keeper._timer
+    assert timer is not None and timer.daemon and timer.is_alive()
+    keeper.stop()
+    assert not timer.is_alive()
+
+
+def test_stopping_waits_at_most_ten_seconds_for_the_timer_then_signs_the_last_checkpoint(
+        custody: tuple[Config, Store, Custody, list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a checkpoint timer stuck in a round delays the stop by 10 s at most; the
+    final checkpoint is signed all the same."""
+    _config, store, keeper, _ids = custody
+
+    class Stuck:
+        timeouts: list[float | None] = []
+
+        def join(self, timeout: float | None = None) -> None:
+            self.timeouts.append(timeout)
+
+    real = keeper._timer
+    stuck = Stuck()
+    monkeypatch.setattr(keeper, "_timer", stuck)
+    with store.transaction() as tx:
+        tx.log("note", None, {"why": "the log grew"})
+    keeper._stop.set()
+    assert real is not None
+    real.join(timeout=10)
+    keeper.stop()
+    assert stuck.timeouts == [10]
+    (size,) = [r["size"] for r in store.query("SELECT MAX(size) AS size FROM checkpoints")]
+    assert size == store.log_size()
