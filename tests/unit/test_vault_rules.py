@@ -254,3 +254,30 @@ def test_disk_usage_reports_the_file_systems_free_and_total_bytes(tmp_path: Path
     assert usage["total_bytes"] == st.f_blocks * st.f_frsize
     assert abs(usage["free_bytes"] - st.f_bavail * st.f_frsize) < 64 * 1024 * 1024
     assert Vault(tmp_path / "vault").free_bytes() > 0
+
+
+@pytest.mark.parametrize("drop_cache", [True, False])
+def test_a_file_longer_than_the_read_ahead_is_hashed_whole(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           drop_cache: bool) -> None:
+    """Rule: the digest and size of a file many blocks long (more blocks than are read
+    ahead, so each buffer is reused) are those of every byte, direct or buffered."""
+    from agent.vault import READ_AHEAD_BLOCKS
+
+    data = os.urandom((3 * READ_AHEAD_BLOCKS + 1) * 4096 + 7)
+    path = tmp_path / "object"
+    path.write_bytes(data)
+    calls = _Calls(monkeypatch, path)
+    assert hash_file(path, drop_cache=drop_cache, block=4096) == (
+        hashlib.sha256(data).hexdigest(), len(data))
+    assert bool(calls.opens[-1] & os.O_DIRECT) == drop_cache
+
+
+def test_a_vault_that_cannot_be_created_says_where_and_why(tmp_path: Path) -> None:
+    """Rule: a vault directory that cannot be made (a file in the way) is refused naming
+    the place and the system's reason."""
+    (tmp_path / "blocked").write_bytes(b"")
+    with pytest.raises(StoreError) as err:
+        Vault(tmp_path / "blocked" / "vault")
+    assert str(err.value) == (f"cannot create the vault under {tmp_path / 'blocked' / 'vault'}"
+                              ": Not a directory")
