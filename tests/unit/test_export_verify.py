@@ -684,3 +684,150 @@ def test_verify_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (tmp_path / "empty").mkdir()
     assert main(["verify", str(tmp_path / "empty")]) == 2
     assert "neither an export bundle" in capsys.readouterr().err
+
+
+# --- a data directory's log, checkpoints and vault, each finding word for word ---------------
+
+def _data_copy(sealed_station: SealedStation, tmp_path: Path) -> tuple[Path, sqlite3.Connection]:
+    data = tmp_path / "data"
+    shutil.copytree(sealed_station.data_dir, data)
+    return data, sqlite3.connect(data / "state.db")
+
+
+def test_a_data_dir_names_the_entries_removed_from_the_middle_of_its_log(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: entries missing inside the custody log are named by their seq range."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    conn.execute("DELETE FROM custody_log WHERE seq IN (3, 4)")
+    conn.commit()
+    conn.close()
+    report = verify_paths([data])
+    assert "log-order: seq 5 follows seq 2: entries 3..4 were removed from the log" in \
+        report.problems
+    assert not report.ok
+
+
+def test_a_data_dir_names_an_edited_entry_and_one_that_is_not_json(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: an entry changed since it was logged is named by seq and kind, under its clip
+    when it has one and for the whole log when not; a body that is no JSON is named too."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    target = sealed_station.clip_ids[1]
+    seq, kind = conn.execute("SELECT seq, kind FROM custody_log WHERE clip_id = ? ORDER BY seq "
+                             "LIMIT 1", (target,)).fetchone()
+    conn.execute("UPDATE custody_log SET body = '{\"edited\": true}' WHERE seq = ?", (seq,))
+    plain, plain_kind = conn.execute("SELECT seq, kind FROM custody_log WHERE clip_id IS NULL "
+                                     "ORDER BY seq LIMIT 1").fetchone()
+    conn.execute("UPDATE custody_log SET body = 'not json' WHERE seq = ?", (plain,))
+    conn.commit()
+    conn.close()
+    report = verify_paths([data])
+    assert (f"log-leaf: seq {seq} ({kind}) no longer hashes to the leaf stored when it was "
+            "logged: the entry was edited") in _clip(report, target).problems
+    assert any(p.startswith(f"log-format: seq {plain} body is not JSON: ")
+               for p in report.problems), report.problems
+    assert (f"log-leaf: seq {plain} ({plain_kind}) no longer hashes to the leaf stored when "
+            "it was logged: the entry was edited") in report.problems
+
+
+def test_a_data_dir_names_each_checkpoint_that_no_longer_matches_its_log(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: a checkpoint whose table row differs from what was signed, one covering more
+    entries than the log has, and one whose root the log no longer gives are each named
+    with their size, the time they were signed and what differs."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    (size,), = conn.execute("SELECT MAX(size) FROM checkpoints")
+    signed = json.loads(dsse.b64decode(json.loads(conn.execute(
+        "SELECT envelope FROM checkpoints WHERE size = ?", (size,)).fetchone()[0])["payload"]))
+    conn.execute("UPDATE checkpoints SET root = ? WHERE size = ?", ("00" * 32, size))
+    conn.execute("DELETE FROM custody_log WHERE seq = ?", (size,))
+    conn.commit()
+    conn.close()
+    report = verify_paths([data])
+    where = f"checkpoint of size {size}"
+    assert (f"checkpoint-field: {where}: the signed payload says size {size} root "
+            f"{signed['root']}, the table row differs") in report.problems
+    assert (f"checkpoint-beyond: {where} signed at {signed['at']} covers {size} entries, the "
+            f"log has only {size - 1}: entries were removed from its end") in report.problems
+
+
+def test_a_data_dir_names_a_checkpoint_whose_root_the_log_no_longer_gives(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: a log changed under a checkpoint is named with the root it gives now and the
+    root that was signed."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    (size,), = conn.execute("SELECT MIN(size) FROM checkpoints")
+    signed = json.loads(dsse.b64decode(json.loads(conn.execute(
+        "SELECT envelope FROM checkpoints WHERE size = ?", (size,)).fetchone()[0])["payload"]))
+    conn.execute("UPDATE custody_log SET body = '{\"edited\": true}' WHERE seq = 1")
+    conn.commit()
+    # The leaves the entries give now, as the verifier recomputes them.
+    leaves = [merkle.leaf_hash(canonicalize({"seq": seq, "at": at, "kind": kind,
+                                             "clip_id": clip_id, "body": json.loads(body)}))
+              for seq, at, kind, clip_id, body in conn.execute(
+                  "SELECT seq, at, kind, clip_id, body FROM custody_log WHERE seq <= ? "
+                  "ORDER BY seq", (size,))]
+    conn.close()
+    report = verify_paths([data])
+    now_root = merkle.root(leaves).hex()
+    assert (f"checkpoint-root: the log's first {size} entries hash to {now_root}, the "
+            f"checkpoint signed at {signed['at']} says {signed['root']}: the log was changed "
+            "after it was signed") in report.problems
+
+
+def test_a_data_dir_with_an_unreadable_checkpoint_names_it(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: a checkpoint envelope that is no JSON is named; the others are still checked."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    (size,), = conn.execute("SELECT MIN(size) FROM checkpoints")
+    conn.execute("UPDATE checkpoints SET envelope = '{' WHERE size = ?", (size,))
+    conn.commit()
+    conn.close()
+    report = verify_paths([data])
+    assert any(p.startswith(f"checkpoint-field: checkpoint of size {size}: envelope is not "
+                            "JSON: ") for p in report.problems), report.problems
+
+
+def test_a_data_dir_warns_of_log_entries_no_checkpoint_covers(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: entries logged after the last checkpoint, or a log with no checkpoint at all,
+    are warned of with their number (not a failure: the next checkpoint signs them)."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    (entries,), = conn.execute("SELECT COUNT(*) FROM custody_log")
+    (newest,), = conn.execute("SELECT MAX(size) FROM checkpoints")
+    conn.execute("DELETE FROM checkpoints WHERE size = ?", (newest,))
+    conn.commit()
+    (covered,), = conn.execute("SELECT MAX(size) FROM checkpoints")
+    conn.close()
+    report = verify_paths([data])
+    assert (f"{data}: the last {entries - covered} log entries are not yet covered by a "
+            "signed checkpoint") in report.warnings
+    conn = sqlite3.connect(data / "state.db")
+    conn.execute("DELETE FROM checkpoints")
+    conn.commit()
+    conn.close()
+    report = verify_paths([data])
+    assert f"{data}: the log has {entries} entries and no checkpoint yet" in report.warnings
+
+
+def test_a_data_dir_names_files_in_the_vault_that_are_no_objects(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: a file misplaced under vault/sha256 or an object that is a link is named; a
+    partial copy left in incoming/ is a warning."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    conn.close()
+    objects = data / "vault" / "sha256"
+    (objects / "notes.txt").write_text("x")
+    real = next(p for p in objects.rglob("*") if p.is_file() and len(p.name) == 64)
+    link = real.parent / ("f" * 64 if real.name != "f" * 64 else "e" * 64)
+    link = objects / link.name[:2] / link.name[2:4] / link.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(real)
+    (data / "vault" / "incoming").mkdir(exist_ok=True)
+    (data / "vault" / "incoming" / "clip.part").write_bytes(b"partial")
+    report = verify_paths([data])
+    rel = link.relative_to(objects).as_posix()
+    assert "vault-format: unexpected file vault/sha256/notes.txt" in report.problems
+    assert f"vault-format: vault/sha256/{rel} is not a regular file" in report.problems
+    assert (f"{data / 'vault'}/incoming holds partial copies (the daemon removes them at start "
+            "and copies those clips again)") in report.warnings
