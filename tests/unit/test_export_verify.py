@@ -831,3 +831,76 @@ def test_a_data_dir_names_files_in_the_vault_that_are_no_objects(
     assert f"vault-format: vault/sha256/{rel} is not a regular file" in report.problems
     assert (f"{data / 'vault'}/incoming holds partial copies (the daemon removes them at start "
             "and copies those clips again)") in report.warnings
+
+
+def test_a_data_dir_is_anchored_by_trust_and_fails_every_clip_under_another_ca(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: with --trust, a data directory whose station certificate chains to it has
+    every clip anchored; under another CA the certificate's failure is named for the
+    directory and marks every clip failed; without --trust every clip is unanchored and
+    the certificate's fingerprint is given to compare."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    conn.close()
+    ca = DevCA(tmp_path / "ca")
+    cert = issue_station_certificate(ca, _station_key(sealed_station), "ST-0001")
+    (data / "keys" / "station.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    anchored = verify_paths([data], trust=ca.cert_path)
+    assert anchored.ok, (anchored.problems, [c.problems for c in anchored.clips])
+    assert anchored.targets == [{"path": str(data), "kind": "data_dir"}]
+    assert {c.trust for c in anchored.clips} == {"anchored"}
+    other = DevCA(tmp_path / "other-ca", name="someone else's CA")
+    wrong = verify_paths([data], trust=other.cert_path)
+    (why,) = [p for p in wrong.problems if p.startswith("cert-invalid:")]
+    assert why.startswith(f"cert-invalid: {data}: ") and "not among the 1 trust anchor(s)" in why
+    assert {c.trust for c in wrong.clips} == {"failed"}
+    for clip in wrong.clips:
+        assert (f"trust: the station certificate does not establish who signed this clip "
+                f"({why})") in clip.problems
+    plain = verify_paths([data])
+    assert {c.trust for c in plain.clips} == {"unanchored"}
+    assert any(w.startswith(f"{data}: station certificate ") and "not anchored" in w
+               for w in plain.warnings), plain.warnings
+
+
+def test_a_data_dir_certificate_may_be_a_link_an_installer_made(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: the station's own keys/station.pem is read through a link (installers link
+    it), unlike files inside a bundle."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    conn.close()
+    pem = data / "keys" / "station.pem"
+    real = tmp_path / "installed-station.pem"
+    shutil.move(pem, real)
+    pem.symlink_to(real)
+    report = verify_paths([data])
+    assert report.ok, report.problems
+
+
+def test_verifying_a_data_dir_changes_nothing_in_it(sealed_station: SealedStation,
+                                                    tmp_path: Path) -> None:
+    """Rule: verification opens the station's database read-only: no byte of the data
+    directory changes (a running daemon is not disturbed); only SQLite's own index of its
+    write-ahead log may appear beside the database, as for any reader."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    conn.close()
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(data)): p.read_bytes() for p in sorted(data.rglob("*"))
+                if p.is_file() and p.name not in ("state.db-wal", "state.db-shm")}
+
+    before = snapshot()
+    assert verify_paths([data]).ok
+    assert snapshot() == before
+
+
+def test_a_data_dir_whose_database_cannot_be_opened_says_so(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: a state.db that is no database is a named failure of the store."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    conn.close()
+    for extra in ("state.db-wal", "state.db-shm"):
+        (data / extra).unlink(missing_ok=True)
+    (data / "state.db").write_bytes(b"not a database" * 100)
+    report = verify_paths([data])
+    assert any(p.startswith("store: ") for p in report.problems), report.problems
+    assert not report.ok
