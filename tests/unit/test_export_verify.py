@@ -8,6 +8,7 @@ it.  Every test tampers with its own copy.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -904,3 +905,53 @@ def test_a_data_dir_whose_database_cannot_be_opened_says_so(
     report = verify_paths([data])
     assert any(p.startswith("store: ") for p in report.problems), report.problems
     assert not report.ok
+
+
+def test_a_data_dir_names_each_clip_whose_row_bytes_or_manifest_disagree(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: for each clip the data directory's verification names, word for word, a state
+    the log's history does not lead to, bytes missing from the vault while it should hold
+    them, a sealed clip without a manifest or with one that is no JSON, and a database
+    digest that is not the manifest's."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    edited, gone, unsealed, garbled, other = sealed_station.clip_ids[:5]
+    state = {c: conn.execute("SELECT state FROM clips WHERE clip_id = ?", (c,)).fetchone()[0]
+             for c in (edited, gone, unsealed)}
+    conn.execute("UPDATE clips SET state = 'acknowledged' WHERE clip_id = ?", (edited,))
+    (gone_sha,), = conn.execute("SELECT sha256 FROM clips WHERE clip_id = ?", (gone,))
+    conn.execute("UPDATE clips SET manifest = NULL WHERE clip_id = ?", (unsealed,))
+    conn.execute("UPDATE clips SET manifest = '{' WHERE clip_id = ?", (garbled,))
+    (other_sha,), = conn.execute("SELECT sha256 FROM clips WHERE clip_id = ?", (other,))
+    conn.execute("UPDATE clips SET sha256 = ? WHERE clip_id = ?", ("ab" * 32, other))
+    conn.commit()
+    conn.close()
+    Vault(data / "vault").path_for(gone_sha).unlink()
+    report = verify_paths([data])
+    assert (f"log-state: the database says acknowledged, the log's history leaves the clip "
+            f"{state[edited]}") in _clip(report, edited).problems
+    assert (f"vault-missing: the clip is {state[gone]} but its bytes ({gone_sha}) are not in "
+            "the vault") in _clip(report, gone).problems
+    assert (f"manifest-missing: the clip is {state[unsealed]} but has no manifest") in \
+        _clip(report, unsealed).problems
+    assert any(p.startswith("manifest-missing: the stored manifest is not JSON: ")
+               for p in _clip(report, garbled).problems)
+    assert (f"manifest-db: the manifest says SHA-256 {other_sha}, the database {'ab' * 32}") in \
+        _clip(report, other).problems
+    assert {c.clip_id for c in report.clips if not c.ok} == {edited, gone, unsealed, garbled,
+                                                              other}
+
+
+def test_a_data_dir_names_a_damaged_vault_object_no_clip_refers_to(
+        sealed_station: SealedStation, tmp_path: Path) -> None:
+    """Rule: an object in the vault that no clip names and whose bytes are not its name
+    is a finding of the directory."""
+    data, conn = _data_copy(sealed_station, tmp_path)
+    conn.close()
+    name = "cd" * 32
+    stray = data / "vault" / "sha256" / name[:2] / name[2:4] / name
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"stray bytes")
+    report = verify_paths([data])
+    got = hashlib.sha256(b"stray bytes").hexdigest()
+    assert f"vault-digest: unreferenced vault object {name} reads back as {got}" in \
+        report.problems
