@@ -351,3 +351,50 @@ def test_the_officer_line_says_who_with_what_credential_and_which_cases() -> Non
     assert _officer_line({"id": "7", "status": "revoked",
                           "revoked_since": {"revoked_at": "2026-01-01T00:00:00.000Z"}}, []) == \
         "officer 7: revoked (revoked since 2026-01-01T00:00:00.000Z); cases: none"
+
+
+def test_a_manifest_below_a_directory_replaced_by_a_link_says_why_it_is_not_read(
+        bundle: Path, tmp_path: Path) -> None:
+    """Rule: a file the verifier does not read because a directory above it is not read
+    (a link) is named with that directory and its reason, not merely as missing."""
+    manifests = bundle / "data" / "manifests"
+    elsewhere = tmp_path / "forged-manifests"
+    shutil.move(manifests, elsewhere)
+    manifests.symlink_to(elsewhere, target_is_directory=True)
+    report = verify_paths([bundle])
+    clip_id = _clip_ids(bundle)[0]
+    rel = f"data/manifests/{clip_id}.dsse.json"
+    reason = (f"{rel} lies below data/manifests, which is not read (data/manifests is a "
+              "symbolic link (not followed))")
+    found = [p for c in report.clips for p in c.problems] + report.problems
+    assert any(reason in p for p in found), found
+
+
+def test_special_files_in_a_bundle_are_named_by_kind() -> None:
+    """Rule: a bundle's special file is named by its kind in the finding."""
+    import stat
+
+    from agent.verify.bundle import _kind
+
+    assert [_kind(m) for m in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK, 0)] \
+        == ["a FIFO", "a device", "a device", "a socket", "a special file"]
+
+
+@pytest.mark.parametrize(("path", "encoded"), [
+    ("data/clips/a%b", "data/clips/a%25b"), ("a\rb\nc", "a%0Db%0Ac"), ("plain", "plain")])
+def test_bagit_paths_escape_percent_cr_and_lf_and_come_back_whole(path: str,
+                                                                  encoded: str) -> None:
+    """Rule: a path in a BagIt manifest has %, CR and LF percent-encoded (RFC 8493 2.1.3),
+    and decodes to the same path."""
+    from agent.verify.bagit import decode_path, encode_path
+
+    assert encode_path(path) == encoded and decode_path(encoded) == path
+
+
+@pytest.mark.parametrize(("text", "ok"), [("ab" * 32, True), ("AB" * 32, False),
+                                          ("ab" * 31, False), ("ab" * 32 + "0", False)])
+def test_a_keyid_is_64_lowercase_hex_digits(text: str, ok: bool) -> None:
+    """Rule: certs/keys/<keyid>.pem names a key by 64 lowercase hex digits, nothing else."""
+    from agent.verify.layout import is_keyid
+
+    assert is_keyid(text) is ok
