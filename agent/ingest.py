@@ -29,6 +29,7 @@ import io
 import os
 import queue
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,9 @@ class _Stage(threading.Thread):
                     with block.data() as data:
                         self.consume(data)
                 except BaseException as exc:
+                    # Its frames hold views of the block (a failed os.write's): cleared, or
+                    # the block could not be unmapped and the error would be lost.
+                    traceback.clear_frames(exc.__traceback__)
                     self.error = exc
             if self.forward is not None:
                 self.forward.put(block)
