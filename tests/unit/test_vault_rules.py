@@ -157,17 +157,18 @@ def test_hashing_for_a_listing_may_use_the_page_cache(tmp_path: Path,
     assert os.POSIX_FADV_DONTNEED not in calls.advice
 
 
-def test_a_block_size_direct_io_cannot_use_falls_back_to_dropping_the_cache(
+def test_any_block_size_reads_the_disk_directly_and_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rule: O_DIRECT is only tried with whole 4 KiB blocks; other sizes read buffered."""
+    """Rule: the verify pass reads with O_DIRECT whatever block size is asked for (blocks
+    are whole pages), and hashes every byte."""
     path = tmp_path / "f"
-    path.write_bytes(b"y" * 20_000)
+    data = os.urandom(20_000)
+    path.write_bytes(data)
     calls = _Calls(monkeypatch, path)
-    assert hash_file(path, drop_cache=True, block=4096 * 3 + 1)[1] == 20_000
-    assert not any(flags & os.O_DIRECT for flags in calls.opens)
-    assert calls.advice[0] == os.POSIX_FADV_DONTNEED
-    assert hash_file(path, drop_cache=True, block=4096 * 3)[1] == 20_000
-    assert calls.opens[-1] & os.O_DIRECT
+    for block in (4096 * 3 + 1, 4096 * 3):
+        assert hash_file(path, drop_cache=True, block=block) == (
+            hashlib.sha256(data).hexdigest(), 20_000)
+        assert calls.opens[-1] & os.O_DIRECT
 
 
 def test_failures_of_the_vault_disk_are_named(tmp_path: Path,
