@@ -273,3 +273,50 @@ def test_a_cancelled_copy_says_why(tmp_path: Path) -> None:
         copy_to_vault(io.BytesIO(b"x"), tmp_path / "n.part", chunk_size=CHUNK, queue_chunks=2,
                       cancel=cancel)
     assert str(err.value) == "copy cancelled: the agent is stopping"
+
+
+class _ReadOnly:
+    """A device stream with read() only (no readinto), as some drivers' streams are."""
+
+    def __init__(self, data: bytes) -> None:
+        self.inner = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.inner.read(n)
+
+
+class _NoReadinto(io.BytesIO):
+    def readinto(self, _buffer: Any) -> int:
+        raise io.UnsupportedOperation("readinto")
+
+
+@pytest.mark.parametrize("make", [_ReadOnly, _NoReadinto])
+def test_a_stream_without_readinto_is_copied_whole(tmp_path: Path, make: Any) -> None:
+    """Rule: a camera stream that only has read() (or refuses readinto) is copied byte for
+    byte all the same."""
+    data = os.urandom(3 * CHUNK + 17)
+    temp = tmp_path / "r.part"
+    result = copy_to_vault(make(data), temp, chunk_size=CHUNK, queue_chunks=2)
+    assert (result.sha256, result.size) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert temp.read_bytes() == data
+
+
+def test_a_read_error_keeps_the_cameras_error_as_its_cause(tmp_path: Path) -> None:
+    """Rule: a failed read says what the camera's driver reported: the system's error is
+    kept as the cause of the DeviceError (the log shows both)."""
+    cause = OSError(errno.EIO, "Input/output error")
+    with pytest.raises(DeviceError) as err:
+        copy_to_vault(_Failing(os.urandom(2 * CHUNK), CHUNK, cause), tmp_path / "c.part",
+                      chunk_size=CHUNK, queue_chunks=2)
+    assert err.value.__cause__ is cause
+
+
+def test_an_unexpected_failure_of_the_stream_is_never_a_copy(tmp_path: Path) -> None:
+    """Rule: a stream failing in a way nobody expected (a driver defect) fails the copy
+    with that error and leaves nothing: a partial copy is never taken for a whole one."""
+    defect = ValueError("driver defect")
+    with pytest.raises(ValueError) as err:
+        copy_to_vault(_Failing(os.urandom(2 * CHUNK), CHUNK, defect), tmp_path / "v.part",
+                      chunk_size=CHUNK, queue_chunks=2)
+    assert err.value is defect
+    assert _leftovers(tmp_path) == []
