@@ -30,6 +30,7 @@ from agent.custody.keys import keyid_of, load_certificate
 from agent.store import Store
 from agent.verify import verify_paths
 from tests.conftest import write_station_config
+from tests.support.bundle_readme import readme_script
 from tests.support.stations import camera, running_station
 from tests.support.templates import built_once
 
@@ -97,27 +98,12 @@ def test_every_bundle_carries_the_format_specification(bundle: Path) -> None:
 
 # --- the hand steps --------------------------------------------------------------------------
 
-def _readme_script(bundle: Path) -> str:
-    lines = (bundle / "README.txt").read_text(encoding="utf-8").splitlines()
-    commands, i = [], 0
-    while i < len(lines):
-        if lines[i].startswith("$ "):
-            command = lines[i][2:]
-            if command.endswith("<<'EOF'"):
-                end = lines.index("EOF", i)
-                command = "\n".join([command, *lines[i + 1:end], "EOF"])
-                i = end
-            commands.append(command)
-        i += 1
-    return "set -euo pipefail\n" + "\n".join(commands) + "\n"
-
-
 def test_readme_steps_check_earlier_checkpoints_and_leave_the_bundle_untouched(
         bundle: Path, tmp_path: Path) -> None:
     earlier = (bundle / "custody" / "checkpoints.jsonl").read_bytes().splitlines()
     assert earlier, "the fixture must have earlier checkpoints"
     before = _tree(bundle)
-    result = _bash(_readme_script(bundle), bundle, tmp_path / "tmp")
+    result = _bash(readme_script(bundle), bundle, tmp_path / "tmp")
     assert result.returncode == 0, result.stderr
     # Manifest, newest checkpoint, and the first earlier checkpoint from checkpoints.jsonl.
     assert result.stdout.count("Signature Verified Successfully") == 3
@@ -136,7 +122,7 @@ def test_readme_earlier_checkpoint_signature_step_fails_on_a_forged_line(
     payload["root"] = "0" * 64
     item["envelope"]["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
     path.write_bytes(b"\n".join([json.dumps(item).encode(), *lines[1:]]) + b"\n")
-    script = _readme_script(bundle).replace("sha256sum -c tagmanifest-sha256.txt\n", "")
+    script = readme_script(bundle).replace("sha256sum -c tagmanifest-sha256.txt\n", "")
     result = _bash(script, bundle, tmp_path / "tmp")
     assert result.returncode != 0
     assert "Signature Verification Failure" in result.stdout + result.stderr

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from agent.vault import Vault
 from agent.verify import Report, verify_paths
 from agent.verify.layout import safe_name
 from drivers.simcam import DEFAULT_CATALOG, make_camera
+from tests.support.bundle_readme import readme_script, run_bash
 from tests.support.templates import built_once
 
 CLIPS = 8
@@ -153,22 +153,6 @@ def _clip(report: Report, clip_id: str) -> Any:
 
 def _codes(problems: list[str]) -> set[str]:
     return {p.split(":", 1)[0] for p in problems}
-
-
-def _readme_script(bundle: Path) -> str:
-    """The README's commands ($ lines, with their heredocs) as one bash script."""
-    lines = (bundle / "README.txt").read_text(encoding="utf-8").splitlines()
-    commands, i = [], 0
-    while i < len(lines):
-        if lines[i].startswith("$ "):
-            command = lines[i][2:]
-            if command.endswith("<<'EOF'"):
-                end = lines.index("EOF", i)
-                command = "\n".join([command, *lines[i + 1:end], "EOF"])
-                i = end
-            commands.append(command)
-        i += 1
-    return "set -euo pipefail\n" + "\n".join(commands) + "\n"
 
 
 def _entries(bundle: Path) -> list[bytes]:
@@ -370,18 +354,11 @@ def test_bundle_layout_and_proofs(sealed_station: SealedStation, bundle: Path) -
     store.close()
 
 
-def _bash(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run README commands; their ``mktemp -d`` lands in the test's directory."""
-    env = {**os.environ, "TMPDIR": str(cwd.parent)}
-    return subprocess.run(["bash", "-c", script], check=False, cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
 def test_readme_commands_work_by_hand(bundle: Path) -> None:
-    script = _readme_script(bundle)
+    script = readme_script(bundle)
     assert "sha256sum -c manifest-sha256.txt" in script
     assert "openssl pkeyutl -verify -pubin" in script and "-rawin" in script
-    result = _bash(script, bundle)
+    result = run_bash(script, bundle)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     # The manifest, the newest checkpoint and the first earlier one (checkpoints.jsonl).
@@ -405,21 +382,21 @@ def test_readme_commands_work_by_hand(bundle: Path) -> None:
     envelope["payload"] = base64.b64encode(canonicalize(doc)).decode()
     manifest.write_text(json.dumps(envelope))
     no_bagit = script.replace("sha256sum -c manifest-sha256.txt\n", "")
-    failed = _bash(no_bagit, bundle)
+    failed = run_bash(no_bagit, bundle)
     assert failed.returncode != 0
     assert "Signature Verification Failure" in failed.stdout + failed.stderr
 
 
 def test_readme_consistency_check_catches_a_forked_checkpoint(
         sealed_station: SealedStation, bundle: Path) -> None:
-    script = _readme_script(bundle)
+    script = readme_script(bundle)
     start = script.index("python3 - <<'EOF'\nimport base64, hashlib, json, sys\nnode")
     step7 = script[start:script.index("\nEOF\n", start) + 5]
-    clean = _bash(step7, bundle)
+    clean = run_bash(step7, bundle)
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.count(": True") == 2
     fork_earlier_checkpoint(bundle, sealed_station)
-    forked = _bash(step7, bundle)
+    forked = run_bash(step7, bundle)
     assert forked.returncode == 1
     assert forked.stdout.count(": False") == 1 and forked.stdout.count(": True") == 1
 

@@ -28,8 +28,8 @@ from agent.errors import ConfigError
 from agent.officers.bundle import case_path
 from agent.store import Store
 from scripts.devplatform.officers import OfficerAuthority, fields, revocation
+from tests.support.bundle_readme import readme_script, run_bash
 from tests.support.stations import camera, running_station
-from tests.unit.test_export_verify import _bash, _readme_script
 from tests.unit.test_officer_binding import import_roster
 
 CHINESE = "内公(治)行罚决字〔2019〕123号"
@@ -157,8 +157,8 @@ def test_bundle_files_have_safe_names_and_are_bagged(exported: dict[str, Any]) -
 
 
 def test_readme_hand_steps_verify_the_officer_and_the_case(bundle: Path) -> None:
-    script = _readme_script(bundle)
-    result = _bash(script, bundle)
+    script = readme_script(bundle)
+    result = run_bash(script, bundle)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     out = result.stdout
     # Manifest, checkpoint, first earlier checkpoint, credential and roster signatures.
@@ -179,7 +179,7 @@ def test_readme_hand_steps_verify_the_officer_and_the_case(bundle: Path) -> None
     envelope["payload"] = base64.b64encode(json.dumps(doc).encode()).decode()
     path.write_text(json.dumps(envelope))
     no_bagit = script.replace("sha256sum -c tagmanifest-sha256.txt\n", "")
-    failed = _bash(no_bagit, bundle)
+    failed = run_bash(no_bagit, bundle)
     assert failed.returncode != 0
     assert "Signature Verification Failure" in failed.stdout + failed.stderr
 

@@ -9,9 +9,7 @@ the next start.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from agent.pki import rotation
 from agent.verify import verify_paths
 from drivers.simcam import make_camera
 from tests.conftest import write_station_config
+from tests.support.bundle_readme import readme_script, run_bash
 
 
 def _dock(tmp_path: Path, serial: str) -> None:
@@ -51,27 +50,6 @@ def _manifest_keys(tmp_path: Path) -> list[str]:
         db.close()
     return [json.loads(dsse.b64decode(json.loads(r[0])["payload"]))["station"]["key_id"]
             for r in rows]
-
-
-def _bash(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TMPDIR": str(cwd.parent)}
-    return subprocess.run(["bash", "-c", script], check=False, cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
-def _readme_script(bundle: Path) -> str:
-    lines = (bundle / "README.txt").read_text(encoding="utf-8").splitlines()
-    commands, i = [], 0
-    while i < len(lines):
-        if lines[i].startswith("$ "):
-            command = lines[i][2:]
-            if command.endswith("<<'EOF'"):
-                end = lines.index("EOF", i)
-                command = "\n".join([command, *lines[i + 1:end], "EOF"])
-                i = end
-            commands.append(command)
-        i += 1
-    return "set -euo pipefail\n" + "\n".join(commands) + "\n"
 
 
 def test_clips_sealed_before_and_after_a_rotation_verify_in_one_bundle(
@@ -124,7 +102,7 @@ def test_clips_sealed_before_and_after_a_rotation_verify_in_one_bundle(
     # The README's hand steps (openssl, sha256sum, python3) pass, rotation included.
     readme = (bundle / "README.txt").read_text()
     assert f"certs/keys/{old}.pem" in readme, "the example clip was signed by the old key"
-    result = _bash(_readme_script(bundle), bundle)
+    result = run_bash(readme_script(bundle), bundle)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     # The manifest (old key), the checkpoint (new key), the first earlier checkpoint (old
     # key), and each signature of the rotation statement.
