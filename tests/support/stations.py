@@ -36,6 +36,19 @@ def camera(config: Config, **kwargs: Any) -> Path:
     return make_camera(config.devices["simulated"].root, **kwargs)
 
 
+def sealed_station(base: Path, clips: int = 2) -> Path:
+    """A station under ``base`` (its station.toml) that docked a camera of ``clips`` clips
+    and sealed them in one ``run --once``; returns ``base``."""
+    from agent import config as config_mod
+    from tests.conftest import write_station_config
+
+    config = config_mod.load(write_station_config(base))
+    camera(config, clips=clips)
+    with running_station(config) as station:
+        assert station.run_once().ok
+    return base
+
+
 def sim_devices(station: Station) -> list[Any]:
     return [d for det in station._make_detectors() for d in det.scan()]
 

@@ -29,22 +29,14 @@ from agent.sync.inbound import Inbound
 from agent.sync.mqtt import InboundMessage
 from agent.sync.refusals import RefusalLog
 from agent.timeutil import rfc3339
-from tests.support.stations import camera, running_station
+from tests.support.stations import sealed_station
 
 PLATFORM = StationKey.generate()
 
 
 @pytest.fixture(scope="module")
 def sealed_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from agent import config as config_mod
-    from tests.conftest import write_station_config
-
-    base = tmp_path_factory.mktemp("sealed")
-    config = config_mod.load(write_station_config(base))
-    camera(config, clips=2)
-    with running_station(config) as station:
-        assert station.run_once().ok
-    return base
+    return sealed_station(tmp_path_factory.mktemp("sealed"))
 
 
 @dataclass

@@ -36,7 +36,7 @@ from agent.sync.inbound import Inbound
 from agent.sync.mqtt import InboundMessage
 from agent.timeutil import rfc3339
 from tests.conftest import write_station_config
-from tests.support.stations import camera, running_station
+from tests.support.stations import sealed_station
 
 PLATFORM = StationKey.generate()
 NOW = dt.datetime(2026, 11, 28, 1, 0, 0, tzinfo=dt.UTC)
@@ -44,12 +44,7 @@ NOW = dt.datetime(2026, 11, 28, 1, 0, 0, tzinfo=dt.UTC)
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("sealed")
-    config = config_mod.load(write_station_config(base))
-    camera(config, clips=2)
-    with running_station(config) as station:
-        assert station.run_once().ok
-    return base
+    return sealed_station(tmp_path_factory.mktemp("sealed"))
 
 
 @dataclass
