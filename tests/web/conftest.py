@@ -132,3 +132,28 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if browser.ARTIFACTS.is_dir() else []
     if shots:
         terminalreporter.write_line(f"page screenshots ({len(shots)}): {browser.ARTIFACTS}")
+
+
+def network_web_config(tmp_path: Path, extra: str = "") -> Config:
+    """A station whose pages listen on a LAN address, with TLS files in place and the IT
+    account alice (PASSWORD); ``extra`` TOML goes before the [web] table."""
+    import os
+    import textwrap
+
+    from agent import config as config_mod
+    from agent.web.accounts import Accounts
+    from tests.conftest import write_station_config
+
+    path = write_station_config(tmp_path, textwrap.dedent(extra) + textwrap.dedent(f"""
+        [web]
+        listen = "192.0.2.1"
+        hostnames = ["station.example"]
+        tls_cert_file = "{tmp_path / 'web.pem'}"
+        tls_key_file = "{tmp_path / 'web.key'}"
+        users_file = "{tmp_path / 'users.json'}"
+        """))
+    config = config_mod.load(path)
+    Accounts(tmp_path / "users.json").add("alice", PASSWORD)
+    (tmp_path / "web.key").write_text("unused here")
+    os.chmod(tmp_path / "web.key", 0o600)
+    return config

@@ -116,27 +116,10 @@ def events(station: Station, kind: str) -> list[dict[str, Any]]:
 def network_officer_config(tmp_path: Path) -> Any:
     """A station whose pages listen on a LAN address (TLS, an IT account) and that checks
     officer credentials: its server is built but never started (nothing is bound)."""
-    import os
-
-    from agent import config as config_mod
-    from agent.web.accounts import Accounts
-    from tests.conftest import write_station_config
-    from tests.web.conftest import PASSWORD
+    from tests.web.conftest import network_web_config
 
     authority = OfficerAuthority(tmp_path / "platform")
-    path = write_station_config(tmp_path, f"""
+    return network_web_config(tmp_path, f"""
         [custody]
         credential_key_file = "{authority.pub_path}"
-
-        [web]
-        listen = "192.0.2.1"
-        hostnames = ["station.example"]
-        tls_cert_file = "{tmp_path / 'web.pem'}"
-        tls_key_file = "{tmp_path / 'web.key'}"
-        users_file = "{tmp_path / 'users.json'}"
         """)
-    config = config_mod.load(path)
-    Accounts(tmp_path / "users.json").add("alice", PASSWORD)
-    (tmp_path / "web.key").write_text("unused here")
-    os.chmod(tmp_path / "web.key", 0o600)
-    return config

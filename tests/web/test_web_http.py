@@ -14,8 +14,7 @@ import requests
 
 from agent.station import Station
 from agent.web import app as web_app
-from agent.web.accounts import Accounts
-from tests.web.conftest import PASSWORD, custody, log_size, url_of
+from tests.web.conftest import PASSWORD, custody, log_size, network_web_config, url_of
 
 
 def _csrf(html: str) -> str:
@@ -264,23 +263,10 @@ def _asgi_get(app: object, path: str, client: str) -> int:
 
 def test_from_the_network_the_officer_page_needs_a_session(tmp_path: Path) -> None:
     """Listening on a LAN address, a client elsewhere is sent to sign in; the station is not."""
-    from agent import config as config_mod
     from agent.store import Store
     from agent.web.server import WebServer
-    from tests.conftest import write_station_config
 
-    path = write_station_config(tmp_path, f"""
-        [web]
-        listen = "192.0.2.1"
-        hostnames = ["station.example"]
-        tls_cert_file = "{tmp_path / 'web.pem'}"
-        tls_key_file = "{tmp_path / 'web.key'}"
-        users_file = "{tmp_path / 'users.json'}"
-        """)
-    config = config_mod.load(path)
-    Accounts(tmp_path / "users.json").add("alice", PASSWORD)
-    (tmp_path / "web.key").write_text("unused here")
-    os.chmod(tmp_path / "web.key", 0o600)
+    config = network_web_config(tmp_path)
     store = Store(tmp_path / "state.db", station_id="ST-0001")
     try:
         server = WebServer(config, store, None, None)  # never started: nothing is bound
