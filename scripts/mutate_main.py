@@ -267,6 +267,26 @@ def parse_diff(diff: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     return path, tuple(r for r in removed if r), tuple(a for a in added if a)
 
 
+def verdicts(listing: str, rerun: set[str] | None,
+             equivalent_before: set[str]) -> list[tuple[str, str]]:
+    """Each mutant of ``mutmut results --all true`` with its status.
+
+    ``rerun``: with --again, the last run's survivors, the only mutants run again.  mutmut
+    forgets every verdict when the module's test list changed (its test selection is part
+    of its configuration), so the others keep the last run's: killed stays killed (tests are
+    only ever added), and an equivalent one is still a survivor, listed with its reason.
+    """
+    found = []
+    for line in listing.splitlines():
+        mutant, sep, status = line.strip().rpartition(": ")
+        if not sep:
+            continue
+        if rerun is not None and mutant not in rerun:
+            status = "survived" if mutant in equivalent_before else "killed"
+        found.append((mutant, status))
+    return found
+
+
 def run_module(name: str, module: dict[str, list[str]], args: argparse.Namespace,
                entries: Equivalents) -> Result:
     """Mutate the module's files in a fresh copy of the tree and run every mutant.
@@ -280,12 +300,14 @@ def run_module(name: str, module: dict[str, list[str]], args: argparse.Namespace
     work = RUN_DIR / name
     files = source_files(module)
     survivors: list[str] = []
+    equivalent_before: set[str] = set()
     if args.again:
         last = _last_result(name)
-        if last is None or last.get("source") != result.source:
+        if last is None or last.get("source") != result.source or not last.get("finished"):
             sys.exit(f"scripts/mutate --again {name}: the code changed since its last full "
-                     "run (or it has none); run scripts/mutate " + name)
+                     "run (or it has none, or it did not finish); run scripts/mutate " + name)
         survivors = list(last["surviving"])
+        equivalent_before = set(last["equivalent"])
         result.minutes = float(last["minutes"])
         result.rerun_minutes = float(last.get("rerun_minutes", 0.0))
     else:
@@ -309,10 +331,8 @@ def run_module(name: str, module: dict[str, list[str]], args: argparse.Namespace
     if args.again:
         result.rerun_minutes += spent
     listing = mutmut(work, "results", "--all", "true").stdout
-    for line in listing.splitlines():
-        mutant, sep, status = line.strip().rpartition(": ")
-        if not sep:
-            continue
+    rerun = set(survivors) if args.again else None
+    for mutant, status in verdicts(listing, rerun, equivalent_before):
         result.total += 1
         if status in CAUGHT:
             result.caught += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.mutate_main import Equivalents, Survivor, equivalent_reason, load_equivalent
+from scripts.mutate_main import Equivalents, Survivor, equivalent_reason, load_equivalent, verdicts
 
 
 def _survivor(before: str, after: str, file: str = "agent/sync/retention.py") -> Survivor:
@@ -69,3 +69,25 @@ def test_every_listed_equivalent_mutant_gives_its_file_its_lines_and_a_reason() 
         assert entry["removed"].strip() and entry["added"].strip(), entry
         assert entry["removed"].strip() != entry["added"].strip(), entry
         assert len(entry["reason"]) > 20, entry
+
+
+def test_a_rerun_of_survivors_keeps_the_last_runs_verdicts_for_the_others() -> None:
+    """Rule: `scripts/mutate --again` counts only the survivors it ran again from mutmut's
+    listing; mutmut resets every other verdict to 'not checked' when the module's test list
+    changed, and those keep the last run's (killed stays killed, equivalent stays listed)."""
+    listing = "\n".join([
+        "    agent.vault.x_put__mutmut_1: not checked",   # killed in the last run
+        "    agent.vault.x_put__mutmut_2: killed",        # a survivor the new test kills
+        "    agent.vault.x_put__mutmut_3: survived",      # a survivor still alive
+        "    agent.vault.x_put__mutmut_4: not checked",   # listed equivalent last time
+        "some line mutmut prints without a verdict",
+    ])
+    rerun = {"agent.vault.x_put__mutmut_2", "agent.vault.x_put__mutmut_3"}
+    assert verdicts(listing, rerun, {"agent.vault.x_put__mutmut_4"}) == [
+        ("agent.vault.x_put__mutmut_1", "killed"),
+        ("agent.vault.x_put__mutmut_2", "killed"),
+        ("agent.vault.x_put__mutmut_3", "survived"),
+        ("agent.vault.x_put__mutmut_4", "survived"),
+    ]
+    # A full run takes mutmut's word for every mutant, 'not checked' included.
+    assert verdicts(listing, None, set())[0] == ("agent.vault.x_put__mutmut_1", "not checked")
