@@ -316,3 +316,91 @@ def test_a_clip_that_cannot_be_recorded_goes_back_to_discovered_with_an_alert(
     assert row["state"] == "discovered"
     assert entries[-1] == ("clip.discovered", {"from": "copying", "to": "discovered",
                                                "reason": "ingest failed: database is locked"})
+
+
+class _ChangesAfterListing(FaultyDevice):
+    """A camera whose BIG.MP4 grows right after it was listed (the camera still wrote it)."""
+
+    def __init__(self, inner: Any, big: Path) -> None:
+        super().__init__(inner)
+        self.big = big
+
+    def recordings(self) -> Any:
+        listing = super().recordings()
+        with open(self.big, "ab") as f:
+            f.write(b"x" * 1000)
+        os.utime(self.big, (1_700_000_100.25, 1_700_000_100.25))
+        return listing
+
+
+def test_a_file_changed_between_listing_and_copy_is_copied_as_it_is_now_and_logged(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: a recording whose size or modification time changed after it was listed is
+    copied whole as it is when the copy begins (not quarantined, not cut to the listed
+    size); the clip's size and time are updated and a ``clip.changed_on_device`` entry
+    says what changed (listed -> now)."""
+    from agent.timeutil import rfc3339
+
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    big = _big(config)
+    listed_size = big.stat().st_size
+    listed_mtime = big.stat().st_mtime
+    with running_station(config) as station:
+        offloader = station.offloader
+        assert offloader is not None and station.store is not None
+        report = offloader.offload(_ChangesAfterListing(sim_devices(station)[0], big))
+        store = station.store
+        row = next(r for r in store.clips() if r["name"] == "BIG.MP4")
+        changed = [json.loads(r["body"]) for r in store.query(
+            "SELECT body FROM custody_log WHERE kind = 'clip.changed_on_device' AND clip_id = ?",
+            (row["clip_id"],))]
+    import hashlib
+    assert row["clip_id"] in report.copied and row["state"] == "sealed"
+    assert (row["size"], row["mtime_ms"]) == (listed_size + 1000, 1_700_000_100_250)
+    assert row["sha256"] == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert changed == [{"size": [listed_size, listed_size + 1000],
+                        "mtime": [rfc3339(mtime_ms(listed_mtime) / 1000),
+                                  rfc3339(1_700_000_100.25)]}]
+
+
+def test_a_file_unchanged_since_listing_logs_no_change(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: ``clip.changed_on_device`` is written only when size or time changed."""
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    _big(config)
+    with _offload(config) as (report, store, _screen, _handle, row):
+        assert row["clip_id"] in report.copied
+        assert store.query("SELECT seq FROM custody_log "
+                           "WHERE kind = 'clip.changed_on_device'") == []
+
+
+def test_the_bytes_being_copied_are_counted_taken_until_the_copy_ends(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: while a recording is copied its size counts as taken from the vault's free
+    space (so cameras copying at once cannot overfill the disk together); the count is
+    given back when the copy ends, however it ends."""
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    big = _big(config)
+    size = big.stat().st_size
+    seen: list[int] = []
+    with running_station(config) as station:
+        offloader = station.offloader
+        assert offloader is not None and station.vault is not None
+        copier = offloader.copier
+        # A disk whose free bytes do not move (the store and the pictures write to it too).
+        station.vault.free_bytes = lambda: 10**12  # type: ignore[method-assign]
+        free = station.vault.free_bytes
+
+        def during(rec: Recording, done: int) -> None:
+            if rec.path.endswith("BIG.MP4") and done == CHUNK:
+                seen.append(free() - copier.free_for(0))
+            if rec.path.endswith("BIG.MP4") and done == 2 * CHUNK:
+                raise DeviceError("bad sector")  # this attempt ends in a failed read
+
+        offloader.offload(FaultyDevice(sim_devices(station)[0], on_read=during))
+        after = free() - copier.free_for(0)
+        asked = free() - copier.free_for(12345)
+    # Each attempt reserved the file's size, and gave it back when its read failed.
+    assert seen == [size] * (config.ingest.change_retries + 1)
+    assert after == 0
+    assert asked == 12345
