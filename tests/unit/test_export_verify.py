@@ -8,6 +8,7 @@ it.  Every test tampers with its own copy.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import os
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from agent import config as config_mod
 from agent.cli.main import main
@@ -457,12 +459,27 @@ def test_missing_tag_file_is_named(bundle: Path) -> None:
     assert any(p.startswith("checkpoint-missing:") for p in report.problems)
 
 
+def _issued_a_day_ago(ca: DevCA, key: StationKey, station_id: str) -> x509.Certificate:
+    """A CA certificate for the station's key, valid since a day ago: it must cover the
+    checkpoints the station signed before this test issued it (the station may have been
+    built minutes earlier, once for a whole mutation run)."""
+    issued = issue_station_certificate(ca, key, station_id)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    builder = (x509.CertificateBuilder().subject_name(issued.subject)
+               .issuer_name(issued.issuer).public_key(issued.public_key())
+               .serial_number(issued.serial_number).not_valid_before(start)
+               .not_valid_after(issued.not_valid_after_utc))
+    for extension in issued.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return builder.sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
+
+
 def test_ca_issued_station_chains_to_trust_and_exports_its_ca(
         sealed_station: SealedStation, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(sealed_station.data_dir, data)
     ca = DevCA(tmp_path / "ca")
-    cert = issue_station_certificate(ca, _station_key(sealed_station), "ST-0001")
+    cert = _issued_a_day_ago(ca, _station_key(sealed_station), "ST-0001")
     (data / "keys" / "station.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     shutil.copy(ca.cert_path, data / "keys" / "platform-ca.pem")
     shutil.copy(ca.key_path, data / "keys" / "stray.pem")  # a private key: never exported
@@ -820,7 +837,7 @@ def test_a_data_dir_is_anchored_by_trust_and_fails_every_clip_under_another_ca(
     data, conn = _data_copy(sealed_station, tmp_path)
     conn.close()
     ca = DevCA(tmp_path / "ca")
-    cert = issue_station_certificate(ca, _station_key(sealed_station), "ST-0001")
+    cert = _issued_a_day_ago(ca, _station_key(sealed_station), "ST-0001")
     (data / "keys" / "station.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     anchored = verify_paths([data], trust=ca.cert_path)
     assert anchored.ok, (anchored.problems, [c.problems for c in anchored.clips])
