@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,36 @@ def sealed_station(base: Path, clips: int = 2) -> Path:
     with running_station(config) as station:
         assert station.run_once().ok
     return base
+
+
+def rotated_station(base: Path) -> None:
+    """A station under ``base`` that sealed one clip (camera CAM0001) and tagged it with
+    case CASE-7, rotated its key, then sealed one more clip (CAM0002) with the new key, and
+    exported both to ``base/bundle``.
+
+    Its newest checkpoint covers the whole log (the daemon signs one when it stops), and
+    there are several earlier ones (at each stop and at the rotation).
+    """
+    from agent.cli.main import main
+    from tests.conftest import write_station_config
+
+    config = write_station_config(base)
+
+    def dock_and_run(serial: str) -> None:
+        make_camera(base / "sim", serial=serial, clips=1, seconds=0.3, width=160, height=120,
+                    fps=10.0)
+        assert main(["run", "--once", "--config", str(config)]) == 0
+
+    dock_and_run("CAM0001")
+    db = sqlite3.connect(base / "data" / "state.db")
+    try:
+        (first,), = db.execute("SELECT clip_id FROM clips").fetchall()
+    finally:
+        db.close()
+    assert main(["tag", "--config", str(config), "--clip", first, "--case", "CASE-7"]) == 0
+    assert main(["keys", "rotate", "--config", str(config), "--reason", "yearly rotation"]) == 0
+    dock_and_run("CAM0002")
+    assert main(["export", "--all", "--config", str(config), "--out", str(base / "bundle")]) == 0
 
 
 def sim_devices(station: Station) -> list[Any]:
