@@ -62,12 +62,13 @@ def _clip(report: Report, clip_id: str) -> Any:
 
 
 def _relist(bundle: Path, rel: str) -> None:
-    """Record ``rel``'s new SHA-256 in the tag manifest (as a careful forger would)."""
+    """Record ``rel``'s SHA-256 in the tag manifest (as a careful forger would)."""
     tags = bundle / "tagmanifest-sha256.txt"
     sha = hashlib.sha256((bundle / rel).read_bytes()).hexdigest()
-    lines = [f"{sha}  {rel}" if line.endswith(f"  {rel}") else line
-             for line in tags.read_text(encoding="utf-8").splitlines()]
-    tags.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines = [line for line in tags.read_text(encoding="utf-8").splitlines()
+             if not line.endswith(f"  {rel}")]
+    tags.write_text("\n".join(sorted([*lines, f"{sha}  {rel}"], key=lambda x: x[66:])) + "\n",
+                    encoding="utf-8")
 
 
 def _keys(station: Path) -> tuple[StationKey, StationKey]:
@@ -291,6 +292,26 @@ def test_each_clip_carries_the_cases_it_is_tagged_with(bundle: Path) -> None:
     cases = {c.clip_id: c.cases for c in report.clips}
     first, second = sorted(cases)  # clip ids are time-ordered: the tagged clip came first
     assert cases == {first: ["CASE-7"], second: []}
+
+
+def test_the_bundled_credential_key_is_checked_against_the_one_given(
+        bundle: Path, tmp_path: Path) -> None:
+    """Rule: the officers' credential key carried in a bundle is only a hint: with
+    --officer-key the auditor's key must be it (a finding naming both key ids), without it
+    the bundled key's id is given to compare."""
+    bundled, given = StationKey.generate(), StationKey.generate()
+    (bundle / "officers").mkdir()
+    (bundle / "officers" / "credential-key.pem").write_bytes(bundled.public_pem())
+    _relist(bundle, "officers/credential-key.pem")
+    (tmp_path / "officer-key.pem").write_bytes(given.public_pem())
+    checked = verify_paths([bundle], officer_key=tmp_path / "officer-key.pem")
+    assert (f"officer-key: officers/credential-key.pem has key id {bundled.keyid}, not the "
+            f"credential key given with --officer-key ({given.keyid})") in checked.problems
+    unchecked = verify_paths([bundle])
+    assert unchecked.ok, _problems(unchecked)
+    assert (f"{bundle}: the credential key officers/credential-key.pem is not anchored (no "
+            f"--officer-key given); its key id is {bundled.keyid}: compare it with the "
+            "platform's record") in unchecked.warnings
 
 
 # --- names of clip files -----------------------------------------------------------------
