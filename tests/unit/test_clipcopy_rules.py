@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -404,3 +405,43 @@ def test_the_bytes_being_copied_are_counted_taken_until_the_copy_ends(
     assert seen == [size] * (config.ingest.change_retries + 1)
     assert after == 0
     assert asked == 12345
+
+
+def test_a_copy_takes_its_blocks_from_the_stations_one_budget(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: a copy's blocks come from the vault's one block budget (which bounds the
+    memory of every camera copying at once), not from a private one, and go back to it."""
+    config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
+    cam = camera(config, clips=0)
+    (cam / "DCIM").mkdir(exist_ok=True)
+    (cam / "DCIM" / "BIG.MP4").write_bytes(os.urandom(5 * CHUNK + 100))
+    held: list[int] = []
+    with running_station(config) as station:
+        offloader = station.offloader
+        assert offloader is not None and station.vault is not None
+        budget = station.vault.budget
+
+        def during(rec: Recording, done: int) -> None:
+            if done == 2 * CHUNK:
+                held.append(budget.held)
+
+        report = offloader.offload(FaultyDevice(sim_devices(station)[0], on_read=during))
+        after = budget.held
+    assert len(report.copied) == 1
+    assert held and held[0] > 0
+    assert after == 0
+
+
+def test_the_copier_tells_the_screen_it_was_given() -> None:
+    """Rule: the copier reports to the station's screen when it is given one, and to an
+    observer that ignores everything otherwise."""
+    from agent.clipcopy import ClipCopier
+    from agent.progress import NullObserver
+
+    screen = Screen()
+    given = ClipCopier(None, None, None, None, None,  # type: ignore[arg-type]
+                       stopping=threading.Event(), observer=screen)
+    alone = ClipCopier(None, None, None, None, None,  # type: ignore[arg-type]
+                       stopping=threading.Event())
+    assert given.observer is screen
+    assert isinstance(alone.observer, NullObserver)
