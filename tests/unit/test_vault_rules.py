@@ -282,3 +282,85 @@ def test_a_vault_that_cannot_be_created_says_where_and_why(tmp_path: Path) -> No
         Vault(tmp_path / "blocked" / "vault")
     assert str(err.value) == (f"cannot create the vault under {tmp_path / 'blocked' / 'vault'}"
                               ": Not a directory")
+
+
+BLOCK = 64 * 1024  # the budget's smallest block (blockbudget.MIN_BLOCK)
+
+
+def _budget(depth: int = 4) -> Any:
+    from agent.blockbudget import BlockBudget
+
+    return BlockBudget(BLOCK * depth * 4, max_block=BLOCK, depth=depth)
+
+
+def test_the_vaults_reads_take_blocks_from_its_budget_and_give_them_all_back(
+        tmp_path: Path) -> None:
+    """Rule: verifying an object and checking one already held read with blocks of the
+    vault's one budget (which bounds the memory of every camera's copy and verify
+    together), and every block is given back."""
+    budget = _budget()
+    vault = Vault(tmp_path / "vault", budget=budget)
+    data = os.urandom(10 * BLOCK + 5)
+    digest = _put(vault, data)
+    assert vault.verify(digest) == len(data)
+    assert budget.peak > 0 and budget.held == 0
+    again = _budget()
+    vault.budget = again
+    _put(vault, data, name="again")  # the object is held: the commit reads it back
+    assert again.peak > 0 and again.held == 0
+
+
+def test_a_read_error_mid_file_gives_every_block_back(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a read error part way through a verify is named, and every block the verify
+    took (those hashed and the one being filled) goes back to the budget: a failing disk
+    cannot starve the other cameras of memory."""
+    budget = _budget()
+    vault = Vault(tmp_path / "vault", budget=budget)
+    digest = _put(vault, os.urandom(32 * BLOCK))
+    real = os.preadv
+    assert budget.block_size() == BLOCK  # 32 reads: the error comes with blocks read ahead
+    reads: list[int] = []
+
+    def failing_late(fd: int, buffers: Any, offset: int) -> int:
+        reads.append(offset)
+        if len(reads) > 6:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", failing_late)
+    with pytest.raises(StoreError, match="Input/output error"):
+        vault.verify(digest)
+    assert budget.held == 0
+
+
+def test_short_reads_are_continued_until_the_block_is_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a read that returns fewer bytes than asked (a disk or file system may) is
+    continued at the right offset: the digest is that of every byte, in order."""
+    data = os.urandom(10 * 4096 + 123)
+    path = tmp_path / "object"
+    path.write_bytes(data)
+    real = os.preadv
+
+    def short(fd: int, buffers: Any, offset: int) -> int:
+        (view,) = buffers
+        with memoryview(view)[:1000] as part:  # at most 1000 bytes a call
+            return real(fd, [part], offset)
+
+    monkeypatch.setattr(os, "preadv", short)
+    assert hash_file(path, drop_cache=False, block=4096) == (
+        hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_no_child_process_inherits_an_open_vault_object(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: the vault opens objects close-on-exec, so the media probe's child processes
+    (started while other clips are read) never hold an evidence file open."""
+    vault = Vault(tmp_path / "vault")
+    digest = _put(vault, b"q" * 9000)
+    calls = _Calls(monkeypatch, vault.path_for(digest))
+    vault.verify(digest)
+    hash_file(vault.path_for(digest))
+    assert len(calls.opens) == 2
+    assert all(flags & os.O_CLOEXEC for flags in calls.opens)
