@@ -30,14 +30,22 @@ def now() -> str:
 
 
 def parse_rfc3339(text: str) -> datetime:
-    """Parse an RFC 3339 time (``Z`` or offset) into an aware UTC datetime."""
+    """Parse an RFC 3339 time (``Z`` or offset) into an aware UTC datetime.
+
+    Every invalid time raises ValueError, the one error callers catch: also one that
+    is valid with its offset but outside years 1-9999 in UTC (0001-01-01T00:00:00+01:00),
+    where the conversion would raise OverflowError.
+    """
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
     dt = datetime.fromisoformat(value)
     if dt.tzinfo is None:
         raise ValueError(f"time {text!r} has no time zone")
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"time {text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 def uuid7() -> str:

@@ -250,6 +250,8 @@ FORMAT_CASES: dict[str, tuple[Any, str]] = {
     "at not a time": (_rotation(K1, K2, 5, at="yesterday"), "'at' is not an RFC 3339 time"),
     "at without zone": (_rotation(K1, K2, 5, at="2026-03-01T08:00:00"),
                         "'at' is not an RFC 3339 time"),
+    "at out of range": (_rotation(K1, K2, 5, at="0001-01-01T00:00:00+01:00"),
+                        "'at' is not an RFC 3339 time"),
     "at a number": (_rotation(K1, K2, 5, at=1700000000), "'at' is not an RFC 3339 time"),
     "at missing": (_rotation(K1, K2, 5, at=_MISSING), "'at' is not an RFC 3339 time"),
     "another schema": (_rotation(K1, K2, 5, schema="bwc.key-rotation/v2"),
