@@ -142,7 +142,8 @@ FORGERIES: dict[str, tuple[Forger, list[str]]] = {
 @pytest.mark.parametrize("case", sorted(FORGERIES))
 def test_a_forged_rotation_statement_fails_verify_by_name(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
-    forge, expected = FORGERIES[case]
+    forge, templates = FORGERIES[case]
+    expected: list[str] = []  # filled in once the keys are known (FORGERIES stays as it is)
     config = write_station_config(tmp_path)
     _dock(tmp_path, "CAM0001")
     _run(config)
@@ -152,7 +153,7 @@ def test_a_forged_rotation_statement_fails_verify_by_name(
         body = canonicalize({"schema": rotation.SCHEMA, "station_id": station_id,
                              "old_keyid": old.keyid, "new_keyid": new.keyid, "at": at,
                              "reason": reason, "log_size": log_size})
-        expected[:] = [e.format(old=old.keyid, new=new.keyid) for e in expected]
+        expected[:] = [e.format(old=old.keyid, new=new.keyid) for e in templates]
         return {"payloadType": dsse.KEY_ROTATION,
                 "payload": dsse.sign_envelope(dsse.KEY_ROTATION, body, [new])["payload"],
                 "signatures": forge(old, new, body)}
@@ -168,6 +169,7 @@ def test_a_forged_rotation_statement_fails_verify_by_name(
         assert not report.ok
         rotation_findings = [p for p in report.problems if p.startswith("rotation-")]
         assert rotation_findings, report.problems
+        assert len(expected) == len(templates)
         for text in expected:
             assert any(p.startswith("rotation-signature:") and text in p
                        for p in rotation_findings), (text, rotation_findings)
