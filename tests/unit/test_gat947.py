@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -336,8 +337,10 @@ def test_a_corrupted_response_is_retried(rig: Rig, caplog: pytest.LogCaptureFixt
     [detail] = [r for r in caplog.records if "attempt 1 of 3 failed" in r.getMessage()]
     assert detail.levelno == logging.DEBUG
     assert "GetZFYInfo" in detail.getMessage() and "checksum mismatch" in detail.getMessage()
+    # What this exchange logged (on this thread): other threads of the process (a camera
+    # simulator, a detector) may log at the same time on a busy machine.
     assert not [r for r in caplog.records if r.levelno >= logging.INFO
-                and r.name.startswith("drivers.gat947")]
+                and r.name.startswith("drivers.gat947") and r.thread == threading.get_ident()]
 
 
 def test_a_camera_that_stops_answering_fails_after_the_retries(rig: Rig) -> None:
