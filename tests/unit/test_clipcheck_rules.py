@@ -12,7 +12,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,16 @@ from agent.station import Station
 from agent.timeutil import parse_rfc3339
 from drivers.base import DeviceInfo, Recording
 from tests.support.stations import camera, running_station
+
+
+@pytest.fixture(autouse=True)
+def _no_check_ends_in_an_unhandled_error(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Rule: every check handles its own outcome; none reaches the pools' last resort
+    ("a ... job failed" with a traceback), whatever the clip's fate."""
+    yield
+    unhandled = [r.getMessage() for r in caplog.get_records("call")
+                 if r.name == "agent.workpool" and r.exc_info]
+    assert unhandled == []
 
 
 class PhaseRecorder:
@@ -161,6 +171,10 @@ def test_a_copy_failing_its_last_verify_is_shown_failed_and_listed_quarantined(
     assert recorder.phases[row["clip_id"]][-1] == "failed"
     assert not {"probing", "sealing", "done"} & set(recorder.phases[row["clip_id"]])
     assert alerts == ["vault.verify_failed"]
+    (failed,) = [e["data"] for e in events if e["type"] == "alert"
+                 and e["data"]["code"] == "vault.verify_failed"]
+    assert failed["serial"] == report.serial
+    assert recorder.calls[-1] == (report.handle, row["clip_id"], row["path"], "failed")
     # The platform is told, with the reason.
     (told,) = [e["data"] for e in events
                if e["type"] == "alert" and e["data"].get("code") == "clip.quarantined"]
@@ -302,10 +316,13 @@ def test_a_duplicates_picture_is_dropped_and_the_originals_kept(
             real_probe, real_verify = checker.probe, station.vault.verify
             probed: set[str] = set()  # vault objects are named by their digest
 
+            probed_clips: set[str] = set()
+
             def probe(path: Path, clip_id: str, name: str) -> Any:
                 try:
                     return real_probe(path, clip_id, name)
                 finally:
+                    probed_clips.add(clip_id)
                     probed.add(path.name)
 
             def verify(sha256: str, **kwargs: Any) -> int:
@@ -314,8 +331,18 @@ def test_a_duplicates_picture_is_dropped_and_the_originals_kept(
                     time.sleep(0.01)
                 return real_verify(sha256, **kwargs)
 
+            real_record = checker._record_sha256
+
+            def record_sha256(clip: Any, verified: bool) -> str | None:
+                # An object the vault held already is not read back: wait here instead.
+                deadline = time.monotonic() + 30
+                while clip.clip_id not in probed_clips and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                return real_record(clip, verified)
+
             checker.probe = probe
             station.vault.verify = verify  # type: ignore[method-assign]
+            checker._record_sha256 = record_sha256  # type: ignore[method-assign]
         else:
             # The probes are on their way when the verify finds the duplicate.
             _probe_after_verify(station)
@@ -510,3 +537,62 @@ def test_each_check_is_queued_under_its_camera_for_fair_sharing(
     for check in ("verify", "probe"):
         assert sorted(k for c, k in keys if c == check) == sorted(
             [r.handle for r in summary.reports for _ in r.copied])
+
+
+def test_a_check_failing_unexpectedly_is_reported_once_and_nothing_is_recorded(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: a verify failing with an error nobody expected (a defect) is one ingest
+    failure: the clip goes back to discovered and its probe records nothing after it."""
+    config = station_config()
+    camera(config, clips=1)
+    with running_station(config) as station:
+
+        def broken(*_args: Any, **_kwargs: Any) -> int:
+            raise RuntimeError("a defect")
+
+        station.vault.verify = broken  # type: ignore[method-assign]
+        summary = station.run_once()
+        (row,) = station.store.clips()
+    (report,) = summary.reports
+    assert row["state"] == "discovered" and row["copied_at"] is None
+    assert len(report.errors) == 1 and report.copied == []
+
+
+def test_a_damaged_vault_object_repaired_by_a_new_copy_is_read_back_and_the_camera_named(
+        station_config: Callable[..., Config]) -> None:
+    """Rule: when a docked recording's copy replaces a vault object that no longer held its
+    bytes, the new object is read back from the disk like any new one (not trusted as an
+    object the vault held), and the vault.repaired alert names the camera it came from."""
+    import hashlib
+    import os
+
+    config = station_config()
+    cam = camera(config, clips=1)
+    (original,) = [p for p in (cam / "DCIM").rglob("*") if p.is_file()]
+    data = original.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    with running_station(config) as station:
+        assert station.run_once().ok and station.vault is not None
+        obj = station.vault.path_for(digest)
+        os.chmod(obj, 0o644)
+        with open(obj, "r+b") as f:
+            f.seek(100)
+            f.write(b"\xff\xff\xff")
+        os.chmod(obj, 0o444)
+        (original.parent / "COPY0001.MP4").write_bytes(data)
+        real = station.vault.verify
+        reads: list[str] = []
+
+        def verify(sha256: str, **kwargs: Any) -> int:
+            reads.append(sha256)
+            return real(sha256, **kwargs)
+
+        station.vault.verify = verify  # type: ignore[method-assign]
+        (report,) = station.run_once().reports
+        events = [json.loads(r["payload"]) for r in station.store.query(
+            "SELECT payload FROM outbox ORDER BY id")]
+    (repaired,) = [e["data"] for e in events if e["type"] == "alert"
+                   and e["data"]["code"] == "vault.repaired"]
+    assert repaired["serial"] == report.serial
+    assert reads == [digest]
+    assert len(report.duplicates) == 1
