@@ -410,6 +410,20 @@ def test_an_mqtt5_response_topic_wins_and_the_correlation_is_echoed(platform: Pl
                                                      None, "c-311")
 
 
+@pytest.mark.usefixtures("frozen")
+def test_an_answer_is_utf8_json_with_the_platforms_text_as_it_was_sent(
+        platform: Platform) -> None:
+    """Rule: the answer to a command is UTF-8 JSON like every message of the protocol: text
+    the platform sent (here a Chinese correlation id) comes back as the same UTF-8 bytes,
+    not as \\u escapes."""
+    sent: list[bytes] = []
+    platform.inbound.respond = lambda _topic, _corr, body: sent.append(body)
+    platform.inbound.handle_command(_command(NOW - S, NOW + 60 * S, correlation_id="关联-7"))
+    (body,) = sent
+    assert "关联-7".encode() in body and b"\\u" not in body
+    assert json.loads(body.decode("utf-8"))["correlation_id"] == "关联-7"
+
+
 # --- the worker thread: every message handled once, settled only when handled ---------------
 
 def _message(name: str, payload: bytes) -> InboundMessage:
