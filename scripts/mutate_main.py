@@ -66,6 +66,7 @@ class Result:
     not_checked: int = 0
     source: str = ""  # source_digest() of the code mutated
     rerun_minutes: float = 0.0  # of ``minutes``, those spent rerunning survivors (--again)
+    again: bool = False  # a rerun of the last run's survivors (--again)
     survivors: list[Survivor] = field(default_factory=list)
 
     @property
@@ -296,7 +297,7 @@ def run_module(name: str, module: dict[str, list[str]], args: argparse.Namespace
     added, never loosened), which holds only for the same code: refused unless
     source_digest() is the last run's.
     """
-    result = Result(name, source=source_digest())
+    result = Result(name, source=source_digest(), again=bool(args.again))
     work = RUN_DIR / name
     files = source_files(module)
     survivors: list[str] = []
@@ -370,7 +371,13 @@ def report(results: list[Result], min_rate: float) -> bool:
     RUN_DIR.mkdir(exist_ok=True)
     summary = [_summary(r) for r in results]
     (RUN_DIR / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for item in summary:
+    for r, item in zip(results, summary, strict=True):
+        if r.again and not r.finished:
+            # A rerun that could not run its survivors (a test failing without any mutant,
+            # say) keeps the last complete result, so --again can be tried once it is fixed.
+            print(f"{r.module}: the rerun did not finish (mutation-run/{r.module}/"
+                  "mutmut-again.log says why); its last complete result is kept")
+            continue
         (RUN_DIR / str(item["module"]) / "result.json").write_text(json.dumps(item, indent=2))
     return ok
 

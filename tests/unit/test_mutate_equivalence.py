@@ -6,6 +6,8 @@ is tried on mutants it must excuse and on look-alikes it must not.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from scripts.mutate_main import Equivalents, Survivor, equivalent_reason, load_equivalent, verdicts
@@ -91,3 +93,26 @@ def test_a_rerun_of_survivors_keeps_the_last_runs_verdicts_for_the_others() -> N
     ]
     # A full run takes mutmut's word for every mutant, 'not checked' included.
     assert verdicts(listing, None, set())[0] == ("agent.vault.x_put__mutmut_1", "not checked")
+
+
+def test_a_rerun_that_could_not_run_keeps_the_last_complete_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: `scripts/mutate --again` that could not run its survivors (its tests failed
+    without any mutant) leaves the module's last complete result in place, so the rerun
+    can be tried again once the tests are fixed; a finished rerun replaces it."""
+    import json
+
+    import scripts.mutate_main as mutate
+
+    monkeypatch.setattr(mutate, "RUN_DIR", tmp_path)
+    (tmp_path / "verify").mkdir()
+    last = {"module": "verify", "finished": True, "surviving": ["m1"], "killed": 9}
+    (tmp_path / "verify" / "result.json").write_text(json.dumps(last))
+    failed = mutate.Result("verify", total=10, caught=9, finished=False, not_checked=1,
+                           again=True)
+    assert not mutate.report([failed], 90.0)
+    assert json.loads((tmp_path / "verify" / "result.json").read_text()) == last
+    done = mutate.Result("verify", total=10, caught=10, again=True)
+    assert mutate.report([done], 90.0)
+    kept = json.loads((tmp_path / "verify" / "result.json").read_text())
+    assert (kept["killed"], kept["surviving"], kept["finished"]) == (10, [], True)
