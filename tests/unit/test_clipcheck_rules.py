@@ -119,11 +119,7 @@ def test_a_duplicate_is_shown_done_after_its_verify_and_keeps_no_probe(
     that clip once its copy is verified (verified = 1), shown 'done' straight after the
     verify, listed in the report's duplicates and not as copied, and never sealed."""
     config = station_config()
-    cam = camera(config, clips=1)
-    (original,) = [p for p in (cam / "DCIM").rglob("*") if p.is_file()]
-    twin = original.with_name(original.name.replace("_0001", "_0009"))
-    assert twin != original
-    shutil.copyfile(original, twin)
+    _twin(config)
     with running_station(config) as station:
         recorder = _record_phases(station)
         _probe_after_verify(station)
@@ -296,7 +292,9 @@ def _twin(config: Config) -> None:
     """A camera of one recording and a second file holding the same bytes."""
     cam = camera(config, clips=1)
     (original,) = [p for p in (cam / "DCIM").rglob("*") if p.is_file()]
-    shutil.copyfile(original, original.with_name(original.name.replace("_0001", "_0009")))
+    twin = original.with_name(original.name.replace("_0001", "_0009"))
+    assert twin != original
+    shutil.copyfile(original, twin)
 
 
 @pytest.mark.parametrize("order", ["probe first", "verify first, probe running"])
