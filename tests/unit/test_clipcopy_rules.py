@@ -158,10 +158,28 @@ def test_a_recording_of_bytes_already_copied_is_a_duplicate_and_done(
         station_config: Callable[..., Config]) -> None:
     """Rule: a second recording holding bytes already in the vault is reported as a
     duplicate of it by its clip id, and shown done on the screen."""
+    import sqlite3
+    import time
+
     config = station_config(f"[ingest]\nchunk_kib = {CHUNK // 1024}\n")
     big = _big(config)
     (big.parent / "BIG2.MP4").write_bytes(big.read_bytes())
-    with _offload(config) as (report, store, screen, handle, row):
+
+    def after_the_first_is_verified(rec: Recording, done: int) -> None:
+        # The bytes are "already copied" once the first copy's digest is recorded (its
+        # verify ended); copied back to back, whichever verify ends first is the original.
+        if rec.path.endswith("BIG2.MP4") and done == 0:
+            db = sqlite3.connect(config.data_dir / "state.db")
+            try:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and db.execute(
+                        "SELECT sha256 FROM clips WHERE name = 'BIG.MP4'").fetchone() in \
+                        (None, (None,)):
+                    time.sleep(0.01)
+            finally:
+                db.close()
+
+    with _offload(config, after_the_first_is_verified) as (report, store, screen, handle, row):
         second = next(r for r in store.clips() if r["name"] == "BIG2.MP4")
         assert second["state"] == "duplicate" and second["duplicate_of"] == row["clip_id"]
         assert report.duplicates == [second["clip_id"]]
