@@ -21,34 +21,25 @@ import pytest
 from agent.clipcopy import mtime_ms
 from agent.config import Config
 from agent.errors import DeviceError
-from drivers.base import DeviceInfo, Recording
+from agent.progress import NullObserver
+from drivers.base import Recording
 from tests.support.stations import FaultyDevice, camera, gone_after, running_station, sim_devices
 
 CHUNK = 64 * 1024
 
 
-class Screen:
+class Screen(NullObserver):
     """The station's screen as the copier sees it: every phase and byte count, in order."""
 
     def __init__(self) -> None:
         self.phases: list[tuple[str, str, str, str]] = []  # handle, clip, path, phase
         self.bytes: list[tuple[str, str, int]] = []
 
-    def identified(self, handle: str, info: DeviceInfo) -> None:
-        pass
-
-    def listed(self, handle: str, recordings: list[Recording], unreadable: int,
-               todo: list[tuple[str, Recording]]) -> None:
-        pass
-
     def clip_phase(self, handle: str, clip_id: str, rec: Recording, phase: str) -> None:
         self.phases.append((handle, clip_id, rec.path, phase))
 
     def clip_bytes(self, handle: str, clip_id: str, done: int) -> None:
         self.bytes.append((handle, clip_id, done))
-
-    def finished(self, handle: str, errors: list[str]) -> None:
-        pass
 
 
 def _entries(store: Any, clip_id: str) -> list[tuple[str, dict[str, Any]]]:
