@@ -50,6 +50,23 @@ def sealed_station(base: Path, clips: int = 2) -> Path:
     return base
 
 
+def exported_station(base: Path) -> None:
+    """A station under ``base`` (its station.toml, data directory ``base/data``) that
+    docked a camera of one short clip, sealed it in one ``run --once`` and exported it to
+    ``base/bundle``."""
+    from agent import config as config_mod
+    from agent.cli.main import main
+    from tests.conftest import write_station_config
+
+    config_path = write_station_config(base)
+    config = config_mod.load(config_path)
+    camera(config, clips=1, seconds=0.3)
+    with running_station(config) as station:
+        assert station.run_once().ok
+    assert main(["export", "--config", str(config_path), "--all", "--out",
+                 str(base / "bundle")]) == 0
+
+
 def rotated_station(base: Path) -> None:
     """A station under ``base`` that sealed one clip (camera CAM0001) and tagged it with
     case CASE-7, rotated its key, then sealed one more clip (CAM0002) with the new key, and

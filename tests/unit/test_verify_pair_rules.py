@@ -1,7 +1,7 @@
 """Verifying a clip with its manifest alone (verify CLIP MANIFEST --cert CERT): the findings.
 
 A station seals one clip and exports it once (tests/support/templates.py); each test
-takes its own copy of the clip, its signed manifest and the station certificate, changes
+takes its own copy (tests/support/pairs.py) of the clip, its signed manifest and the station certificate, changes
 one thing the way an auditor's files could differ (links, a missing or foreign
 certificate, a manifest re-signed with the station's own key) and checks the exact
 finding, warning and trust verdict the auditor reads.
@@ -9,106 +9,26 @@ finding, warning and trust verdict the auditor reads.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
-from agent import config as config_mod
-from agent.cli.main import main
 from agent.custody import dsse
-from agent.custody.jcs import canonicalize
 from agent.custody.keys import StationKey, make_dev_certificate
 from agent.verify import Report
 from agent.verify.checks import hash_paths, load_identity
 from agent.verify.layout import safe_name
-from agent.verify.pair import verify_clip_file
-from agent.verify.report import ClipResult
-from tests.conftest import write_station_config
-from tests.support.stations import camera, running_station
+from tests.support.pairs import Pair
+from tests.support.stations import exported_station
 from tests.support.templates import built_once
-
-
-def _build(base: Path) -> None:
-    config_path = write_station_config(base)
-    config = config_mod.load(config_path)
-    camera(config, clips=1, seconds=0.3)
-    with running_station(config) as station:
-        assert station.run_once().ok
-    assert main(["export", "--config", str(config_path), "--all", "--out",
-                 str(base / "bundle")]) == 0
 
 
 @pytest.fixture(scope="module")
 def station(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return built_once("verify-pair-rules", tmp_path_factory, _build)
-
-
-class Pair:
-    """One clip file, its manifest and the station certificate, in a directory of its own."""
-
-    def __init__(self, station: Path, into: Path) -> None:
-        bundle = station / "bundle"
-        (self.clip_id,) = (p.name for p in (bundle / "data" / "clips").iterdir())
-        (original,) = (bundle / "data" / "clips" / self.clip_id).iterdir()
-        into.mkdir()
-        self.clip = into / original.name
-        self.manifest = into / f"{self.clip_id}.dsse.json"
-        self.cert = into / "station.pem"
-        shutil.copyfile(original, self.clip)
-        shutil.copyfile(bundle / "data" / "manifests" / f"{self.clip_id}.dsse.json",
-                        self.manifest)
-        shutil.copyfile(bundle / "certs" / "station.pem", self.cert)
-        self.key = StationKey.load(station / "data" / "keys" / "station.key")
-
-    @property
-    def source(self) -> str:
-        return f"{self.clip} + {self.manifest}"
-
-    def envelope(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.manifest.read_text(encoding="utf-8"))
-        return value
-
-    def payload(self) -> bytes:
-        return base64.b64decode(self.envelope()["payload"])
-
-    def signed(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.payload())
-        return value
-
-    def write(self, payload_type: str, payload: bytes, keys: list[StationKey]) -> None:
-        self.manifest.write_text(json.dumps(dsse.sign_envelope(payload_type, payload, keys)),
-                                 encoding="utf-8")
-
-    def resign(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """The manifest changed by ``change`` and signed again with the station's own key."""
-        manifest = self.signed()
-        change(manifest)
-        self.write(dsse.MANIFEST, canonicalize(manifest), [self.key])
-        return manifest
-
-    def verify(self, *, clip: Path | None = None, manifest: Path | None = None,
-               cert: Path | None = None,
-               trust: list[x509.Certificate] | None = None) -> tuple[Report, ClipResult]:
-        report = Report()
-        verify_clip_file(clip or self.clip, manifest or self.manifest, cert or self.cert,
-                         report, trust)
-        (result,) = report.clips
-        return report, result
-
-    def unanchored_warning(self, source: str | None = None) -> str:
-        cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
-        return (f"{source or self.source}: station certificate "
-                f"{cert.subject.rfc4514_string()} is self-signed / not anchored (no --trust "
-                f"given); its SHA-256 fingerprint is {cert.fingerprint(hashes.SHA256()).hex()}: "
-                "compare it with the platform's record of the station")
+    return built_once("exported-station", tmp_path_factory, exported_station)
 
 
 def _custody_warning(source: str) -> str:
