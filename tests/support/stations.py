@@ -50,17 +50,17 @@ def sealed_station(base: Path, clips: int = 2) -> Path:
     return base
 
 
-def exported_station(base: Path) -> None:
+def exported_station(base: Path, clips: int = 1) -> None:
     """A station under ``base`` (its station.toml, data directory ``base/data``) that
-    docked a camera of one short clip, sealed it in one ``run --once`` and exported it to
-    ``base/bundle``."""
+    docked a camera of ``clips`` short clips, sealed them in one ``run --once`` and
+    exported them all to ``base/bundle``."""
     from agent import config as config_mod
     from agent.cli.main import main
     from tests.conftest import write_station_config
 
     config_path = write_station_config(base)
     config = config_mod.load(config_path)
-    camera(config, clips=1, seconds=0.3)
+    camera(config, clips=clips, seconds=0.3)
     with running_station(config) as station:
         assert station.run_once().ok
     assert main(["export", "--config", str(config_path), "--all", "--out",

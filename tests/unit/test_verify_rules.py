@@ -9,6 +9,7 @@ for the right clip, and fails.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -16,30 +17,19 @@ from typing import Any
 
 import pytest
 
-from agent import config as config_mod
 from agent.cli.main import main
 from agent.custody import dsse
 from agent.custody.jcs import canonicalize
 from agent.custody.keys import StationKey
 from agent.verify import Report, verify_paths
-from tests.conftest import write_station_config
-from tests.support.stations import camera, running_station
+from tests.support.stations import exported_station
 from tests.support.templates import built_once
-
-
-def _build(base: Path) -> None:
-    config_path = write_station_config(base)
-    config = config_mod.load(config_path)
-    camera(config, clips=2, seconds=0.3)
-    with running_station(config) as station:
-        assert station.run_once().ok
-    assert main(["export", "--config", str(config_path), "--all", "--out",
-                 str(base / "bundle")]) == 0
 
 
 @pytest.fixture(scope="module")
 def station(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return built_once("verify-rules", tmp_path_factory, _build)
+    return built_once("verify-rules", tmp_path_factory,
+                      functools.partial(exported_station, clips=2))
 
 
 @pytest.fixture
