@@ -93,7 +93,9 @@ class Report:
         return not self.problems and all(c.ok for c in self.clips)
 
     def clip(self, clip_id: str, source: str, name: str = "") -> ClipResult:
-        """The result for ``clip_id`` from ``source``, created on first use."""
+        """The result for ``clip_id`` from ``source``, created on first use; its name is the
+        first non-empty ``name`` given for it (a finding made before the clip's record is
+        read names no file)."""
         for result in self.clips:
             if result.clip_id == clip_id and result.source == source:
                 if name and not result.name:

@@ -73,3 +73,27 @@ def test_a_checkpoint_s_signing_time_is_its_at_field() -> None:
     assert signed_time({"at": 5}) is None
     assert signed_time({"at": "yesterday"}) is None
     assert signed_time(None) is None
+
+
+def test_a_clip_keeps_the_first_name_it_is_given() -> None:
+    """Rule: a clip first reported without a name takes the first name given later for the
+    same clip of the same target, and keeps it: a later finding neither blanks nor renames
+    it."""
+    report = Report()
+    first = report.clip("C-1", "bundle")
+    assert report.clip("C-1", "bundle", "A.MP4") is first and first.name == "A.MP4"
+    assert report.clip("C-1", "bundle", "B.MP4") is first and first.name == "A.MP4"
+    assert report.clip("C-1", "bundle").name == "A.MP4"
+    assert report.clip("C-1", "other", "B.MP4") is not first
+    assert [(c.clip_id, c.source, c.name) for c in report.clips] == [
+        ("C-1", "bundle", "A.MP4"), ("C-1", "other", "B.MP4")]
+
+
+def test_the_figures_add_up_from_zero() -> None:
+    """Rule: each figure printed after the verdict (bytes hashed, seconds) is the sum of
+    every target's count, starting from nothing."""
+    report = Report()
+    report.count("bytes_hashed", 100)
+    report.count("hash_seconds", 0.25)
+    report.count("bytes_hashed", 23)
+    assert report.stats == {"bytes_hashed": 123, "hash_seconds": 0.25}
