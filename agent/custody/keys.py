@@ -48,6 +48,7 @@ __all__ = [
     "load_certificate",
     "load_public_key",
     "make_dev_certificate",
+    "public_key_from_pem",
 ]
 
 log = logging.getLogger(__name__)
@@ -276,13 +277,28 @@ def certificate_problems(
     return problems
 
 
+# A PEM public key or certificate is a few KiB; a file far larger is not one (and is not read
+# whole into memory to find that out).
+MAX_PUBLIC_KEY_FILE = 1 << 20
+
+
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
-    """An Ed25519 public key from a PEM SubjectPublicKeyInfo or a PEM certificate."""
+    """An Ed25519 public key from a PEM SubjectPublicKeyInfo or a PEM certificate file."""
     target = Path(path)
     try:
-        data = target.read_bytes()
+        with target.open("rb") as handle:
+            data = handle.read(MAX_PUBLIC_KEY_FILE + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read public key {target}: {exc.strerror}") from None
+    if len(data) > MAX_PUBLIC_KEY_FILE:
+        raise ConfigError(f"{target} is larger than {MAX_PUBLIC_KEY_FILE} bytes: not a PEM "
+                          "public key or certificate")
+    return public_key_from_pem(data, str(target))
+
+
+def public_key_from_pem(data: bytes, source: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from the bytes of a PEM SubjectPublicKeyInfo or PEM certificate
+    already read (from a bundle, without following links); ``source`` names them in errors."""
     try:
         public_key: object
         if b"-----BEGIN CERTIFICATE-----" in data:
@@ -291,9 +307,9 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
             public_key = serialization.load_pem_public_key(data)
     except ValueError as exc:
         raise ConfigError(
-            f"{target} is neither a PEM public key nor a PEM certificate: {exc}") from None
+            f"{source} is neither a PEM public key nor a PEM certificate: {exc}") from None
     if not isinstance(public_key, Ed25519PublicKey):
-        raise ConfigError(f"{target} holds {_describe_key(public_key)}, not an Ed25519 key")
+        raise ConfigError(f"{source} holds {_describe_key(public_key)}, not an Ed25519 key")
     return public_key
 
 

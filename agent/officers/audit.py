@@ -30,7 +30,7 @@ from typing import Any
 
 from agent import boundedjson
 from agent.custody import dsse
-from agent.custody.keys import keyid_of, load_public_key
+from agent.custody.keys import keyid_of, load_public_key, public_key_from_pem
 from agent.errors import AgentError
 from agent.officers.credentials import Credential, Outcome, judge, parse_credential
 from agent.officers.layout import (
@@ -106,11 +106,14 @@ class _Audit:
             key = load_public_key(self.officer_key)
             given = keyid_of(key)
             self.keys = {given: key}
-        if self.read(CREDENTIAL_KEY) is not None:  # a regular file, not a link or a FIFO
+        # The bytes read once, as a regular file (not a link or a FIFO), are the key checked:
+        # the name is never opened again, so nothing swapped in after the check is used.
+        raw = self.read(CREDENTIAL_KEY)
+        if raw is not None:
             try:
-                bundled = load_public_key(self.root / CREDENTIAL_KEY)
+                bundled = public_key_from_pem(raw, CREDENTIAL_KEY)
             except AgentError as exc:
-                self.problem(f"officer-key: {CREDENTIAL_KEY}: {exc}")
+                self.problem(f"officer-key: {exc}")
                 return
             keyid = keyid_of(bundled)
             if given is not None and keyid != given:
@@ -121,12 +124,13 @@ class _Audit:
                 self.report.warning(f"{self.source}: the credential key {CREDENTIAL_KEY} is not "
                                     f"anchored (no --officer-key given); its key id is {keyid}: "
                                     "compare it with the platform's record")
-        if self.read(PLATFORM_KEY) is not None:
+        raw = self.read(PLATFORM_KEY)
+        if raw is not None:
             try:
-                platform = load_public_key(self.root / PLATFORM_KEY)
+                platform = public_key_from_pem(raw, PLATFORM_KEY)
                 self.platform_keys = {keyid_of(platform): platform}
             except AgentError as exc:
-                self.problem(f"case-window: {PLATFORM_KEY}: {exc}")
+                self.problem(f"case-window: {exc}")
 
     def load_rosters(self) -> None:
         raw = self.read(ROSTERS)

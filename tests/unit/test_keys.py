@@ -234,6 +234,14 @@ def test_load_public_key_from_spki_or_certificate(tmp_path: Path) -> None:
         keys.load_public_key(tmp_path / "junk.pem")
     with pytest.raises(ConfigError, match=r"cannot read public key .*missing\.pem"):
         keys.load_public_key(tmp_path / "missing.pem")
+    # A key file is read up to a bound: a file of exactly that size is read whole and parsed,
+    # one byte over it is refused without being read whole.
+    (tmp_path / "edge.pem").write_bytes(key.public_pem().ljust(keys.MAX_PUBLIC_KEY_FILE, b"\n"))
+    assert keys.keyid_of(keys.load_public_key(tmp_path / "edge.pem")) == key.keyid
+    (tmp_path / "huge.pem").write_bytes(b"\n" * (keys.MAX_PUBLIC_KEY_FILE + 1))
+    expected = f"{tmp_path / 'huge.pem'} is larger than 1048576 bytes: not a PEM public key"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        keys.load_public_key(tmp_path / "huge.pem")
 
 
 def test_load_certificate(tmp_path: Path) -> None:

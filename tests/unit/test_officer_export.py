@@ -244,3 +244,44 @@ def test_config_reads_the_officers_section_by_key_path(
         station_config("[officers]\ntime_tolerance_s = -1\nhold = 1\n")
     assert any(p.startswith("officers.time_tolerance_s:") for p in refused.value.problems)
     assert any(p.startswith("officers.hold:") for p in refused.value.problems)
+
+
+def test_the_bundled_credential_key_checked_is_the_key_used(
+        bundle: Path, exported: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: the bundle's credential key is read once, as a regular file, and those bytes are
+    the key the credentials are checked with; a key swapped in under the same name after
+    that read (a link to a forger's key) is never opened."""
+    from agent.custody.keys import keyid_of, load_public_key
+    from agent.officers import audit
+    from agent.verify import verify_paths
+
+    authority: OfficerAuthority = exported["authority"]
+    forger = OfficerAuthority(bundle.parent / "forger")
+    original_read = audit._Audit.read
+
+    def read_then_swap(self: Any, rel: str) -> bytes | None:
+        data = original_read(self, rel)
+        if rel == "officers/credential-key.pem":
+            (bundle / rel).unlink()
+            (bundle / rel).symlink_to(forger.pub_path)
+        return data
+
+    monkeypatch.setattr(audit._Audit, "read", read_then_swap)
+    report = verify_paths([bundle]).as_dict()
+    authority_keyid = keyid_of(load_public_key(authority.pub_path))
+    assert any(f"its key id is {authority_keyid}" in w for w in report["warnings"]), \
+        report["warnings"]
+    zhang1, _ = exported["zhang"]
+    officer = next(c for c in report["clips"] if c["clip_id"] == zhang1)["officer"]
+    assert (officer["credential_id"], officer["status"]) == ("C-1", "valid")
+
+
+def test_a_bundled_credential_key_that_is_not_a_key_is_named(bundle: Path) -> None:
+    """Rule: a credential key file that holds no PEM key is an officer-key finding naming
+    the bundle's file (not the auditor's path to it)."""
+    (bundle / "officers" / "credential-key.pem").write_bytes(b"not a key\n")
+    result = verify(str(bundle), "--json")
+    problems = json.loads(result.stdout)["problems"]
+    assert result.returncode == 1
+    assert any(p.startswith("officer-key: officers/credential-key.pem is neither a PEM "
+                            "public key nor a PEM certificate") for p in problems), problems
