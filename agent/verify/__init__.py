@@ -89,6 +89,16 @@ def verify_paths(paths: Sequence[str | os.PathLike[str]], *,
                               "certificate: --cert station.pem")
         plan.append(("clip", (path, manifest, Path(cert))))
         i += 2
+    # An option that no target uses would be silently ignored, and the auditor would believe
+    # the check it names was made: refuse it instead.
+    kinds = {kind for kind, _ in plan}
+    if officer_key is not None and "bundle" not in kinds:
+        raise ConfigError("--officer-key checks the officer credentials of an export bundle, "
+                          "and no target is a bundle")
+    if cert is not None and "clip" not in kinds:
+        raise ConfigError("--cert is the station certificate of a clip and its manifest, "
+                          "and no target is a clip (bundles and data directories carry "
+                          "their own)")
     report = Report()
     for kind, args in plan:
         if kind == "data_dir":

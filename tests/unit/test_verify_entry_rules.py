@@ -140,6 +140,29 @@ def test_a_program_giving_no_target_is_told_what_the_verifier_takes() -> None:
 
 # --- what the options reach ------------------------------------------------------------
 
+def test_officer_key_without_a_bundle_is_a_usage_error(
+        pair: Pair, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rule: --officer-key given when no target is a bundle (the only target whose officer
+    credentials it checks) is refused (exit 2), never silently ignored."""
+    key = tmp_path / "officer-key.pem"
+    key.write_bytes(StationKey.generate().public_pem())
+    expected = ("--officer-key checks the officer credentials of an export bundle, and no "
+                "target is a bundle")
+    assert _usage_error(capsys, data, "--officer-key", key) == expected
+    assert _usage_error(capsys, pair.clip, pair.manifest, "--cert", pair.cert,
+                        "--officer-key", key) == expected
+
+
+def test_cert_without_a_clip_is_a_usage_error(
+        station: Path, pair: Pair, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rule: --cert given when no target is a clip and its manifest (bundles and data
+    directories carry their own certificates) is refused (exit 2), never silently ignored."""
+    expected = ("--cert is the station certificate of a clip and its manifest, and no target "
+                "is a clip (bundles and data directories carry their own)")
+    assert _usage_error(capsys, data, "--cert", pair.cert) == expected
+    assert _usage_error(capsys, station / "bundle", "--cert", pair.cert) == expected
+
+
 def test_a_clip_and_its_manifest_are_checked_against_trust(
         pair: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Rule: --trust applies to a clip and its manifest: a station certificate that does not
