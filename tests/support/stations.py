@@ -50,10 +50,12 @@ def sealed_station(base: Path, clips: int = 2) -> Path:
     return base
 
 
-def exported_station(base: Path, clips: int = 1) -> None:
+def exported_station(base: Path, clips: int = 1,
+                     before: Callable[[Station], None] | None = None) -> None:
     """A station under ``base`` (its station.toml, data directory ``base/data``) that
-    docked a camera of ``clips`` short clips, sealed them in one ``run --once`` and
-    exported them all to ``base/bundle``."""
+    docked a camera of ``clips`` short clips, sealed them in one ``run --once`` (after
+    ``before(station)``, a dock of its own, where given) and exported them all to
+    ``base/bundle``."""
     from agent import config as config_mod
     from agent.cli.main import main
     from tests.conftest import write_station_config
@@ -62,6 +64,8 @@ def exported_station(base: Path, clips: int = 1) -> None:
     config = config_mod.load(config_path)
     camera(config, clips=clips, seconds=0.3)
     with running_station(config) as station:
+        if before is not None:
+            before(station)
         assert station.run_once().ok
     assert main(["export", "--config", str(config_path), "--all", "--out",
                  str(base / "bundle")]) == 0

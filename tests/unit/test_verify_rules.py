@@ -19,9 +19,9 @@ import pytest
 
 from agent.cli.main import main
 from agent.custody import dsse
-from agent.custody.jcs import canonicalize
 from agent.custody.keys import StationKey
 from agent.verify import Report, verify_paths
+from tests.support.bundles import clip_ids, copy_bundle, resign_manifest
 from tests.support.stations import exported_station
 from tests.support.templates import built_once
 
@@ -34,9 +34,7 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def bundle(station: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "bundle"
-    shutil.copytree(station / "bundle", copy)
-    return copy
+    return copy_bundle(station, tmp_path)
 
 
 def _entries(bundle: Path) -> list[bytes]:
@@ -80,28 +78,13 @@ def test_a_duplicated_log_line_is_named_as_such(bundle: Path) -> None:
     assert not clip.ok
 
 
-def _resign_manifest(bundle: Path, station: Path, clip_id: str, change: Any) -> dict[str, Any]:
-    path = bundle / "data" / "manifests" / f"{clip_id}.dsse.json"
-    envelope = json.loads(path.read_text(encoding="utf-8"))
-    manifest = json.loads(base64.b64decode(envelope["payload"]))
-    change(manifest)
-    key = StationKey.load(station / "data" / "keys" / "station.key")
-    path.write_text(json.dumps(dsse.sign_envelope(dsse.MANIFEST, canonicalize(manifest),
-                                                  [key])), encoding="utf-8")
-    return manifest
-
-
-def _clip_ids(bundle: Path) -> list[str]:
-    return sorted(p.name for p in (bundle / "data" / "clips").iterdir())
-
-
 def test_a_size_that_differs_from_the_signed_one_fails_even_when_the_digest_matches(
         bundle: Path, station: Path) -> None:
     """Rule: the clip file must have the size its signed manifest states, besides its
     SHA-256; a manifest re-signed with the station's own key to state another size is
     caught by the size (and by the log's record of the sealed manifest)."""
-    clip_id = _clip_ids(bundle)[0]
-    manifest = _resign_manifest(bundle, station, clip_id,
+    clip_id = clip_ids(bundle)[0]
+    manifest = resign_manifest(bundle, station, clip_id,
                                 lambda m: m["file"].update(size=m["file"]["size"] + 1))
     report = verify_paths([bundle])
     clip = _clip(report, clip_id)
@@ -109,7 +92,7 @@ def test_a_size_that_differs_from_the_signed_one_fails_even_when_the_digest_matc
     assert f"file-size: file is {size - 1} bytes, the manifest says {size}" in clip.problems
     assert not [p for p in clip.problems if p.startswith("file-digest")], clip.problems
     assert not clip.ok and not report.ok
-    other = _clip(report, _clip_ids(bundle)[1])
+    other = _clip(report, clip_ids(bundle)[1])
     assert other.ok, other.problems
 
 
@@ -117,8 +100,8 @@ def test_a_manifest_digest_that_is_not_lowercase_hex_is_named(bundle: Path,
                                                               station: Path) -> None:
     """Rule: a manifest digest must be 64 lowercase hex digits; an upper-case one (the
     same bytes, loosely written) is a finding, not a match."""
-    clip_id = _clip_ids(bundle)[0]
-    manifest = _resign_manifest(bundle, station, clip_id, lambda m: m["file"]["digests"].update(
+    clip_id = clip_ids(bundle)[0]
+    manifest = resign_manifest(bundle, station, clip_id, lambda m: m["file"]["digests"].update(
         sha256=m["file"]["digests"]["sha256"].upper()))
     clip = _clip(verify_paths([bundle]), clip_id)
     digest = manifest["file"]["digests"]["sha256"]
@@ -147,7 +130,7 @@ def test_a_clip_and_its_manifest_verify_alone_and_say_what_was_not_checked(
         bundle: Path) -> None:
     """Rule: a clip with its signed manifest and the station certificate verifies on its
     own, under the manifest's clip id and name, and says the custody log was not checked."""
-    clip_id = _clip_ids(bundle)[0]
+    clip_id = clip_ids(bundle)[0]
     clip, manifest, cert = _pair(bundle, clip_id)
     report = _verify_pair(clip, manifest, cert)
     assert report.ok, _problems(report)
@@ -167,7 +150,7 @@ def test_a_clip_and_manifest_pair_names_each_kind_of_damage(bundle: Path, statio
     """Rule: a missing manifest or clip, altered bytes, a manifest not signed by the
     station or not canonical fail the pair with their finding; a renamed file is only a
     warning (the bytes decide)."""
-    clip_id = _clip_ids(bundle)[0]
+    clip_id = clip_ids(bundle)[0]
     clip, manifest, cert = _pair(bundle, clip_id)
     envelope = json.loads(manifest.read_text())
     if damage == "manifest gone":
@@ -211,8 +194,8 @@ def test_the_certificate_is_checked_at_the_time_the_clip_was_sealed(
         bundle: Path, station: Path) -> None:
     """Rule: the station certificate must have been valid when the clip was sealed (its
     copy time): a manifest claiming a copy before the certificate existed fails."""
-    clip_id = _clip_ids(bundle)[0]
-    _resign_manifest(bundle, station, clip_id,
+    clip_id = clip_ids(bundle)[0]
+    resign_manifest(bundle, station, clip_id,
                      lambda m: m["ingest"].update(copied_at="2001-01-01T00:00:00.000Z"))
     clip, manifest, cert = _pair(bundle, clip_id)
     report = _verify_pair(clip, manifest, cert)
@@ -276,7 +259,7 @@ def test_a_manifest_link_inside_a_bundle_is_not_followed(bundle: Path) -> None:
     read; the finding says so."""
     from agent.verify.checks import load_json_file
 
-    clip_id = _clip_ids(bundle)[0]
+    clip_id = clip_ids(bundle)[0]
     manifest = bundle / "data" / "manifests" / f"{clip_id}.dsse.json"
     forged = bundle.parent / "forged.json"
     forged.write_bytes(manifest.read_bytes())
@@ -352,7 +335,7 @@ def test_a_manifest_below_a_directory_replaced_by_a_link_says_why_it_is_not_read
     shutil.move(manifests, elsewhere)
     manifests.symlink_to(elsewhere, target_is_directory=True)
     report = verify_paths([bundle])
-    clip_id = _clip_ids(bundle)[0]
+    clip_id = clip_ids(bundle)[0]
     rel = f"data/manifests/{clip_id}.dsse.json"
     reason = (f"{rel} lies below data/manifests, which is not read (data/manifests is a "
               "symbolic link (not followed))")
