@@ -502,7 +502,8 @@ class _BundleCheck:
             result.add(p)
         for w in warnings:
             self.report.warning(f"{clip_id}: {w}")
-        name = manifest.get("file", {}).get("name") if isinstance(manifest, dict) else None
+        file = manifest.get("file") if isinstance(manifest, dict) else None
+        name = file.get("name") if isinstance(file, dict) else None
         if isinstance(name, str):
             result.name = name
             if files and files[0] != layout.clip_file_path(clip_id, name):

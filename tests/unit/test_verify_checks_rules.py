@@ -226,6 +226,7 @@ def _set(dotted: str, value: Any) -> Any:
 
 
 @pytest.mark.parametrize(("change", "expected"), [
+    (_set("file", "DCIM/A.MP4"), ["manifest-field: file is not an object"]),
     (_set("file.digests", "none"), ["manifest-field: file.digests is not an object"]),
     (_unset("schema", "file.size"), ["manifest-field: schema is missing",
                                      "manifest-field: file.size is missing",
@@ -242,7 +243,7 @@ def _set(dotted: str, value: Any) -> Any:
      ["manifest-field: file.mtime is 'yesterday', not an RFC 3339 time"]),
     (_set("ingest.copied_at", "2025-03-01T08:00:01.250"),
      ["manifest-field: ingest.copied_at is '2025-03-01T08:00:01.250', not an RFC 3339 time"]),
-], ids=["digests not an object", "missing", "optional string a number",
+], ids=["file not an object", "digests not an object", "missing", "optional string a number",
         "size a string", "size true", "digest a number", "long value", "time not a time",
         "time without zone"])
 def test_a_malformed_manifest_field_is_named_by_its_path_value_and_expected_type(
