@@ -309,6 +309,19 @@ SCHEMA_FIELDS: dict[str, Any] = {
 }
 
 
+# A value a finding quotes comes from the hostile file: at most this many characters of its
+# repr are shown, then how long it was (a finding stays a line an auditor can read).
+SHOWN_CHARS = 100
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut after SHOWN_CHARS characters with its whole length named."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}… ({len(text)} characters)"
+
+
 def _field_problems(value: Any, spec: Any, path: str, out: list[str], unknown: list[str]) -> None:
     if isinstance(spec, dict):
         if not isinstance(value, dict):
@@ -335,7 +348,7 @@ def _field_problems(value: Any, spec: Any, path: str, out: list[str], unknown: l
         try:
             parse_rfc3339(value)
         except ValueError:
-            out.append(f"manifest-field: {path} is {value!r}, not an RFC 3339 time")
+            out.append(f"manifest-field: {path} is {shown(value)}, not an RFC 3339 time")
 
 
 def manifest_problems(manifest: Any, *, clip_id: str | None, identity: Identity | None,
@@ -349,22 +362,22 @@ def manifest_problems(manifest: Any, *, clip_id: str | None, identity: Identity 
     if not isinstance(manifest, dict):
         return problems, warnings
     if manifest.get("schema") != MANIFEST_SCHEMA:
-        problems.append(f"manifest-field: schema is {manifest.get('schema')!r}, "
+        problems.append(f"manifest-field: schema is {shown(manifest.get('schema'))}, "
                         f"expected {MANIFEST_SCHEMA!r}")
     if clip_id is not None and manifest.get("clip_id") != clip_id:
-        problems.append(f"manifest-clip: manifest names clip {manifest.get('clip_id')!r}, "
+        problems.append(f"manifest-clip: manifest names clip {shown(manifest.get('clip_id'))}, "
                         f"but it is filed as {clip_id}")
     station = manifest["station"] if isinstance(manifest.get("station"), dict) else {}
     if identity is not None:
         if identity.station_id is not None and station.get("id") != identity.station_id:
-            problems.append(f"manifest-station: manifest names station {station.get('id')!r}, "
-                            f"the certificate is for {identity.station_id!r}")
+            problems.append(f"manifest-station: manifest names station {shown(station.get('id'))}, "
+                            f"the certificate is for {shown(identity.station_id)}")
         if station.get("key_id") != identity.keyid:
-            problems.append(f"manifest-station: manifest names key {station.get('key_id')!r}, "
+            problems.append(f"manifest-station: manifest names key {shown(station.get('key_id'))}, "
                             f"the certificate's keyid is {identity.keyid}")
     claimed_sha, claimed_size = manifest_digest(manifest)
     if claimed_sha is not None and not HEX64.fullmatch(claimed_sha):
-        problems.append(f"manifest-field: file.digests.sha256 {claimed_sha!r} is not 64 "
+        problems.append(f"manifest-field: file.digests.sha256 {shown(claimed_sha)} is not 64 "
                         "lowercase hex digits")
     if digest is not None:
         sha, size = digest
@@ -409,10 +422,11 @@ def checkpoint_fields(payload: bytes, what: str) -> tuple[dict[str, Any] | None,
     if not isinstance(value.get("station_id"), str):
         problems.append(f"checkpoint-field: {what} has no station_id string")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        problems.append(f"checkpoint-field: {what} size {size!r} is not a count")
+        problems.append(f"checkpoint-field: {what} size {shown(size)} is not a count")
         return None, problems
     if not isinstance(root, str) or not HEX64.fullmatch(root):
-        problems.append(f"checkpoint-field: {what} root {root!r} is not 64 lowercase hex digits")
+        problems.append(f"checkpoint-field: {what} root {shown(root)} is not 64 lowercase hex "
+                        "digits")
         return None, problems
     try:
         parse_rfc3339(at) if isinstance(at, str) else None
@@ -457,11 +471,11 @@ def history_problems(entries: Sequence[Mapping[str, Any]]) -> tuple[list[str], s
                 and kind == f"clip.{body.get('to')}" and "from" in body):
             continue
         if state is None:
-            problems.append(f"log-history: seq {seq} moves the clip from {body['from']!r} "
+            problems.append(f"log-history: seq {seq} moves the clip from {shown(body['from'])} "
                             "but no clip.discovered entry comes before it")
         elif body["from"] != state:
-            problems.append(f"log-history: seq {seq} moves the clip from {body['from']!r}, "
-                            f"but the entries before it leave it {state!r} (an entry is "
+            problems.append(f"log-history: seq {seq} moves the clip from {shown(body['from'])}, "
+                            f"but the entries before it leave it {shown(state)} (an entry is "
                             "missing or out of order)")
         state = str(body["to"])
     return problems, state

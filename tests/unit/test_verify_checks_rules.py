@@ -257,6 +257,22 @@ def test_a_malformed_manifest_field_is_named_by_its_path_value_and_expected_type
                      "file-size", "file-digest") == expected
 
 
+@pytest.mark.parametrize(("length", "shown"), [
+    (98, "'" + "7" * 98 + "'"),
+    (99, "'" + "7" * 99 + "… (101 characters)"),
+    (500_000, "'" + "7" * 99 + "… (500002 characters)"),
+], ids=["100 characters whole", "101 characters cut", "half a MB cut"])
+def test_a_value_a_finding_quotes_is_cut_after_100_characters(
+        bundle: Path, station: Path, length: int, shown: str) -> None:
+    """Rule: a value from the bundle that a finding quotes is shown as its repr up to 100
+    characters, then cut with its whole length named: a forged field of half a MB (as large
+    as a manifest within its envelope's 1 MiB bound gets) makes a finding of one line."""
+    clip_id = clip_ids(bundle)[0]
+    resign_manifest(bundle, station, clip_id, _set("file.mtime", "7" * length))
+    assert _findings(bundle, clip_id, "manifest-field") == [
+        f"manifest-field: file.mtime is {shown}, not an RFC 3339 time"]
+
+
 def test_a_manifest_that_is_not_an_object_is_named(bundle: Path, station: Path) -> None:
     """Rule: a signed manifest that is JSON but not an object is named as such."""
     clip_id = clip_ids(bundle)[0]
