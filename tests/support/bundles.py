@@ -8,6 +8,7 @@ station's key can make of it: a manifest or a checkpoint changed and signed agai
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -63,3 +64,13 @@ def sign_checkpoint(bundle: Path, station: Path, payload: bytes) -> None:
     station's own key."""
     (bundle / "custody" / "checkpoint.dsse.json").write_text(json.dumps(dsse.sign_envelope(
         dsse.CHECKPOINT, payload, [station_key(station)])), encoding="utf-8")
+
+
+def relist(bundle: Path, rel: str) -> None:
+    """Record ``rel``'s SHA-256 in the tag manifest (as a careful forger would)."""
+    tags = bundle / "tagmanifest-sha256.txt"
+    sha = hashlib.sha256((bundle / rel).read_bytes()).hexdigest()
+    lines = [line for line in tags.read_text(encoding="utf-8").splitlines()
+             if not line.endswith(f"  {rel}")]
+    tags.write_text("\n".join(sorted([*lines, f"{sha}  {rel}"], key=lambda x: x[66:])) + "\n",
+                    encoding="utf-8")

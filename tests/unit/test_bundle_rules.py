@@ -28,6 +28,7 @@ from agent.devpki import DevCA
 from agent.verify import Report, verify_paths
 from agent.verify.files import LIMITS
 from agent.verify.layout import safe_name
+from tests.support.bundles import relist
 from tests.support.stations import rotated_station
 from tests.support.templates import built_once
 
@@ -59,16 +60,6 @@ def _clip_ids(bundle: Path) -> list[str]:
 def _clip(report: Report, clip_id: str) -> Any:
     (result,) = [c for c in report.clips if c.clip_id == clip_id]
     return result
-
-
-def _relist(bundle: Path, rel: str) -> None:
-    """Record ``rel``'s SHA-256 in the tag manifest (as a careful forger would)."""
-    tags = bundle / "tagmanifest-sha256.txt"
-    sha = hashlib.sha256((bundle / rel).read_bytes()).hexdigest()
-    lines = [line for line in tags.read_text(encoding="utf-8").splitlines()
-             if not line.endswith(f"  {rel}")]
-    tags.write_text("\n".join(sorted([*lines, f"{sha}  {rel}"], key=lambda x: x[66:])) + "\n",
-                    encoding="utf-8")
 
 
 def _keys(station: Path) -> tuple[StationKey, StationKey]:
@@ -186,10 +177,10 @@ def test_certificates_issued_by_the_trusted_ca_anchor_every_clip(
     (tmp_path / "ca.pem").write_bytes(_pem(ca_cert))
     old, new = _keys(station)
     (bundle / "certs" / "station.pem").write_bytes(_pem(_issued(ca_key, ca_cert, new)))
-    _relist(bundle, "certs/station.pem")
+    relist(bundle, "certs/station.pem")
     retired = f"certs/keys/{old.keyid}.pem"
     (bundle / retired).write_bytes(_pem(_issued(ca_key, ca_cert, old)))
-    _relist(bundle, retired)
+    relist(bundle, retired)
     report = verify_paths([bundle], trust=tmp_path / "ca.pem")
     assert report.ok, _problems(report)
     assert {c.trust for c in report.clips} == {"anchored"}
@@ -205,7 +196,7 @@ def test_a_certificate_that_expired_after_the_checkpoint_is_a_warning(
     body["at"] = "2020-06-01T00:00:00.000Z"
     (bundle / rel).write_text(json.dumps(dsse.sign_envelope(dsse.CHECKPOINT,
                                                             canonicalize(body), [key])))
-    _relist(bundle, rel)
+    relist(bundle, rel)
     cert = (x509.CertificateBuilder().subject_name(_STATION).issuer_name(_STATION)
             .public_key(key.public_key).serial_number(x509.random_serial_number())
             .not_valid_before(dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
@@ -213,7 +204,7 @@ def test_a_certificate_that_expired_after_the_checkpoint_is_a_warning(
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(key.private_key, None))
     (bundle / "certs" / "station.pem").write_bytes(_pem(cert))
-    _relist(bundle, "certs/station.pem")
+    relist(bundle, "certs/station.pem")
     report = verify_paths([bundle])
     assert not [p for p in _problems(report) if p.startswith("cert-")], _problems(report)
     assert (f"{bundle}: the station certificate expired at 2021-01-01T00:00:00+00:00, after "
@@ -302,7 +293,7 @@ def test_the_bundled_credential_key_is_checked_against_the_one_given(
     bundled, given = StationKey.generate(), StationKey.generate()
     (bundle / "officers").mkdir()
     (bundle / "officers" / "credential-key.pem").write_bytes(bundled.public_pem())
-    _relist(bundle, "officers/credential-key.pem")
+    relist(bundle, "officers/credential-key.pem")
     (tmp_path / "officer-key.pem").write_bytes(given.public_pem())
     checked = verify_paths([bundle], officer_key=tmp_path / "officer-key.pem")
     assert (f"officer-key: officers/credential-key.pem has key id {bundled.keyid}, not the "

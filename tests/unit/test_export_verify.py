@@ -8,7 +8,6 @@ it.  Every test tampers with its own copy.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import json
 import os
@@ -20,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from agent import config as config_mod
 from agent.cli.main import main
 from agent.config import Config
 from agent.custody import dsse, merkle
 from agent.custody.jcs import canonicalize
-from agent.custody.keys import StationKey, issue_station_certificate
+from agent.custody.keys import StationKey
 from agent.devpki import DevCA
 from agent.errors import IntegrityError
 from agent.export import export_bundle, select_clips
@@ -39,6 +37,7 @@ from agent.verify import Report, verify_paths
 from agent.verify.layout import safe_name
 from drivers.simcam import DEFAULT_CATALOG, make_camera
 from tests.support.bundle_readme import readme_script, run_bash
+from tests.support.certificates import ca_since_yesterday, issued_a_day_ago
 from tests.support.templates import built_once
 
 CLIPS = 8
@@ -459,42 +458,12 @@ def test_missing_tag_file_is_named(bundle: Path) -> None:
     assert any(p.startswith("checkpoint-missing:") for p in report.problems)
 
 
-def _since_yesterday(cert: x509.Certificate, ca: DevCA) -> x509.Certificate:
-    """``cert`` signed again by ``ca``, valid since a day ago."""
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    builder = (x509.CertificateBuilder().subject_name(cert.subject)
-               .issuer_name(cert.issuer).public_key(cert.public_key())
-               .serial_number(cert.serial_number).not_valid_before(start)
-               .not_valid_after(cert.not_valid_after_utc))
-    for extension in cert.extensions:
-        builder = builder.add_extension(extension.value, extension.critical)
-    return builder.sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
-
-
-def _ca_since_yesterday(directory: Path) -> DevCA:
-    """A development CA whose certificate is valid since a day ago: with the station
-    certificate of _issued_a_day_ago, it covers checkpoints the station signed before
-    this test made the CA (the station may have been built long before, once for a
-    whole mutation run)."""
-    ca = DevCA(directory)
-    ca.cert = _since_yesterday(ca.cert, ca)
-    ca.cert_path.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
-    return ca
-
-
-def _issued_a_day_ago(ca: DevCA, key: StationKey, station_id: str) -> x509.Certificate:
-    """A CA certificate for the station's key, valid since a day ago: it must cover the
-    checkpoints the station signed before this test issued it (the station may have been
-    built minutes earlier, once for a whole mutation run)."""
-    return _since_yesterday(issue_station_certificate(ca, key, station_id), ca)
-
-
 def test_ca_issued_station_chains_to_trust_and_exports_its_ca(
         sealed_station: SealedStation, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(sealed_station.data_dir, data)
-    ca = _ca_since_yesterday(tmp_path / "ca")
-    cert = _issued_a_day_ago(ca, _station_key(sealed_station), "ST-0001")
+    ca = ca_since_yesterday(tmp_path / "ca")
+    cert = issued_a_day_ago(ca, _station_key(sealed_station), "ST-0001")
     (data / "keys" / "station.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     shutil.copy(ca.cert_path, data / "keys" / "platform-ca.pem")
     shutil.copy(ca.key_path, data / "keys" / "stray.pem")  # a private key: never exported
@@ -851,8 +820,8 @@ def test_a_data_dir_is_anchored_by_trust_and_fails_every_clip_under_another_ca(
     the certificate's fingerprint is given to compare."""
     data, conn = _data_copy(sealed_station, tmp_path)
     conn.close()
-    ca = _ca_since_yesterday(tmp_path / "ca")
-    cert = _issued_a_day_ago(ca, _station_key(sealed_station), "ST-0001")
+    ca = ca_since_yesterday(tmp_path / "ca")
+    cert = issued_a_day_ago(ca, _station_key(sealed_station), "ST-0001")
     (data / "keys" / "station.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     anchored = verify_paths([data], trust=ca.cert_path)
     assert anchored.ok, (anchored.problems, [c.problems for c in anchored.clips])

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from agent.custody import dsse
@@ -36,6 +36,7 @@ from agent.verify.checks import Identity, manifest_problems
 from agent.verify.files import LIMITS
 from agent.verify.report import Report
 from agent.verify.rotation import KeySchedule, bundle_schedule, data_dir_schedule
+from tests.support.certificates import intermediate_ca
 
 STATION = "ST-0001"
 K1, K2, K3, K4 = (StationKey.generate() for _ in range(4))
@@ -590,29 +591,10 @@ def test_the_old_certificate_chains_to_trust(tmp_path: Path, ca: DevCA,
                         "not among the 1 trust anchor(s)"]
 
 
-def _intermediate(ca: DevCA) -> DevCA:
-    """A CA (pathlen 0) under ``ca``, shaped as DevCA for issue_station_certificate."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stations CA")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(ca.cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - dt.timedelta(days=1))
-            .not_valid_after(_now() + dt.timedelta(days=900))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .sign(ca.key, hashes.SHA256()))  # type: ignore[arg-type]
-    intermediate = object.__new__(DevCA)
-    intermediate.key, intermediate.cert = key, cert
-    return intermediate
-
-
 def test_the_old_certificate_file_carries_its_intermediates(tmp_path: Path, ca: DevCA) -> None:
     """Rule: ``<keyid>.pem`` is the leaf first, then the intermediate CAs it needs to reach
     ``--trust``; a leaf without them does not chain."""
-    intermediate = _intermediate(ca)
+    intermediate = intermediate_ca(ca)
     leaf = issue_station_certificate(intermediate, K1, STATION)
     rotation = [_rotation(K1, K2, 5)]
     with_chain = {f"{K1.keyid}.pem": cert_pem(leaf) + cert_pem(intermediate.cert)}

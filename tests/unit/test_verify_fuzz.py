@@ -27,8 +27,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agent import boundedjson
-from agent import config as config_mod
-from agent.cli.main import main
 from agent.custody import dsse
 from agent.custody.jcs import canonicalize
 from agent.verify import verify_paths
@@ -43,8 +41,7 @@ from agent.verify.checks import (
     parse_canonical,
 )
 from agent.verify.report import Report
-from tests.conftest import write_station_config
-from tests.support.stations import camera, running_station
+from tests.support.stations import exported_station
 from tests.support.templates import built_once
 from tests.unit.test_officer_export import exported  # noqa: F401 (a fixture: officers, cases)
 
@@ -75,19 +72,9 @@ json_values = st.recursive(
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bundle = built_once("verify-fuzz", tmp_path_factory, _build_bundle) / "bundle"
+    bundle = built_once("verify-fuzz", tmp_path_factory, exported_station) / "bundle"
     assert verify_paths([bundle]).ok
     return bundle
-
-
-def _build_bundle(base: Path) -> None:
-    config_path = write_station_config(base)
-    config = config_mod.load(config_path)
-    camera(config, clips=1, seconds=0.2)
-    with running_station(config) as station:
-        assert station.run_once().ok
-    bundle = base / "bundle"
-    assert main(["export", "--config", str(config_path), "--all", "--out", str(bundle)]) == 0
 
 
 @pytest.fixture(scope="module")
