@@ -69,6 +69,20 @@ def _fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+def _bit_string_common_name(cert: x509.Certificate) -> bytes:
+    """``cert`` (PEM) with its subject's common name encoded as a BIT STRING: the DER still
+    parses, but cryptography refuses the name (a TypeError) when it is first read."""
+    der = bytearray(cert.public_bytes(serialization.Encoding.DER))
+    value = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    assert isinstance(value, str)
+    encoded = value.encode()
+    # The subject follows the issuer in the DER: its common name is the last occurrence.
+    at = der.rindex(bytes([len(encoded)]) + encoded) - 1
+    assert der[at] in (0x0C, 0x13)  # UTF8String or PrintableString
+    der[at] = 0x03
+    return cert_pem(x509.load_der_x509_certificate(bytes(der)))
+
+
 # --- how fast, and how many at once ----------------------------------------------------------
 
 def test_verify_says_how_many_bytes_it_hashed_and_in_how_long(
@@ -152,6 +166,40 @@ def test_a_certificate_with_a_key_no_station_signs_with_names_the_key_and_the_ru
         "signature: manifest: not checked, no usable station certificate",
         "trust: the station certificate does not establish who signed this clip "
         "(cert-missing: no usable station certificate)"]
+
+
+def test_a_certificate_with_a_damaged_name_is_a_finding_not_a_crash(
+        bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rule: a bundle's station certificate whose name cryptography refuses (a common name
+    encoded as a BIT STRING) is cert-invalid with the parser's reason, and verify exits 1
+    with its report, like any other damaged certificate."""
+    pem = bundle / "certs" / "station.pem"
+    pem.write_bytes(_bit_string_common_name(x509.load_pem_x509_certificate(pem.read_bytes())))
+    relist(bundle, "certs/station.pem")
+    assert main(["verify", str(bundle)]) == 1
+    out = capsys.readouterr().out
+    assert (f"problem: cert-invalid: {bundle}: certs/station.pem is not a usable PEM "
+            "certificate: oid must be X500_UNIQUE_IDENTIFIER for BitString type.\n") in out
+    assert out.splitlines()[-2].startswith("NOT VERIFIED: 1 of 1 clip(s) failed")
+
+
+@pytest.mark.parametrize("where", ["intermediate", "trust"])
+def test_a_ca_certificate_with_a_damaged_name_is_a_finding_not_a_crash(
+        pair: Pair, tmp_path: Path, where: str) -> None:
+    """Rule: when the certificate file's second certificate (an intermediate CA) or a
+    --trust CA has a name cryptography refuses, the station certificate cannot be checked
+    against --trust: a cert-invalid finding with the parser's reason, and the clip fails."""
+    leaf = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    damaged = _bit_string_common_name(make_dev_certificate(StationKey.generate(), "a CA"))
+    trust = [DevCA(tmp_path / "ca").cert]
+    if where == "intermediate":
+        pair.cert.write_bytes(cert_pem(leaf) + damaged)
+    else:
+        trust = [x509.load_pem_x509_certificate(damaged)]
+    report, result = pair.verify(trust=trust)
+    assert report.problems == [f"cert-invalid: {pair.source}: the certificate cannot be "
+                               "checked: oid must be X500_UNIQUE_IDENTIFIER for BitString type."]
+    assert result.trust == "failed" and not result.ok
 
 
 def test_a_certificate_with_a_damaged_extension_cannot_be_checked_and_says_why(
