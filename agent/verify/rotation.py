@@ -325,5 +325,8 @@ def _signature_problems(entry: Mapping[str, Any], old: str, new: str,
 def _cert_problems(identity: Identity, at: dt.datetime,
                    trust: Sequence[x509.Certificate] | None, station_id: str | None) -> list[str]:
     anchors = list(trust) if trust is not None else [identity.cert]
-    return certificate_problems(identity.cert, at, anchors, station_id=station_id,
-                                intermediates=identity.chain)
+    try:
+        return certificate_problems(identity.cert, at, anchors, station_id=station_id,
+                                    intermediates=identity.chain)
+    except CERT_ERRORS as exc:  # a damaged extension or name, parsed lazily
+        return [f"the certificate cannot be checked: {str(exc)[:300]}"]

@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from agent.custody import dsse
 from agent.custody.jcs import canonicalize
@@ -36,7 +36,7 @@ from agent.verify.checks import Identity, manifest_problems
 from agent.verify.files import LIMITS
 from agent.verify.report import Report
 from agent.verify.rotation import KeySchedule, bundle_schedule, data_dir_schedule
-from tests.support.certificates import intermediate_ca
+from tests.support.certificates import intermediate_ca, reissued
 
 STATION = "ST-0001"
 K1, K2, K3, K4 = (StationKey.generate() for _ in range(4))
@@ -607,6 +607,20 @@ def test_the_old_certificate_file_carries_its_intermediates(tmp_path: Path, ca: 
     assert problems == [f"rotation-cert: {_what(5)}: certificate of the old key {K1.keyid}: "
                         "certificate issuer CN=stations CA is not among the 1 trust "
                         "anchor(s)"]
+
+
+def test_an_old_certificate_with_a_damaged_extension_is_a_finding(tmp_path: Path) -> None:
+    """Rule: a retired key's certificate whose extension is damaged (read only when the
+    certificate is checked) is a rotation-cert finding saying it cannot be checked, with
+    the parser's reason, instead of an error that ends the verification."""
+    junk = x509.UnrecognizedExtension(ExtensionOID.CERTIFICATE_POLICIES, b"\x01\x01\xff")
+    damaged = reissued(CERTS[K1.keyid], K1.private_key, extra=[(junk, False)])
+    with pytest.raises(ValueError) as refused:
+        _ = damaged.extensions
+    _, problems = _data_dir(tmp_path, [_rotation(K1, K2, 5)],
+                            {f"{K1.keyid}.pem": cert_pem(damaged)}, current=_identity(K2))
+    assert problems == [f"rotation-cert: {_what(5)}: certificate of the old key {K1.keyid}: "
+                        f"the certificate cannot be checked: {refused.value}"]
 
 
 def test_the_station_certificate_is_the_old_key_s_certificate_too(tmp_path: Path) -> None:
