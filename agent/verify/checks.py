@@ -40,8 +40,9 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_DEPTH = 32
 K = TypeVar("K")
 # What cryptography raises for a damaged certificate, at load or when a part is first used
-# (TypeError: a name whose attribute has a type its OID forbids, such as a BIT STRING CN).
-CERT_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
+# (TypeError: a name whose attribute has a type its OID forbids, such as a BIT STRING CN;
+# KeyError: a TLS feature extension naming a feature it does not know).
+CERT_ERRORS = (ValueError, TypeError, KeyError, UnsupportedAlgorithm, x509.InvalidVersion,
                x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 # Hash files in parallel: hashlib and file reads release the GIL, and a bundle
 # or a vault is many files.  More threads than this only thrash the disk.

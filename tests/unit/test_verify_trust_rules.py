@@ -202,14 +202,20 @@ def test_a_ca_certificate_with_a_damaged_name_is_a_finding_not_a_crash(
     assert result.trust == "failed" and not result.ok
 
 
+@pytest.mark.parametrize(("oid", "value", "error"), [
+    (ExtensionOID.CERTIFICATE_POLICIES, b"\x01\x01\xff", ValueError),  # not a SEQUENCE
+    (ExtensionOID.TLS_FEATURE, b"\x30\x03\x02\x01\x63", KeyError),  # feature 99: unknown
+], ids=["malformed", "unknown-tls-feature"])
 def test_a_certificate_with_a_damaged_extension_cannot_be_checked_and_says_why(
-        pair: Pair) -> None:
-    """Rule: a certificate whose extension is damaged (read only when the certificate is
-    checked) is cert-invalid saying it cannot be checked, with the parser's reason."""
+        pair: Pair, oid: x509.ObjectIdentifier, value: bytes, error: type[Exception]) -> None:
+    """Rule: a certificate whose extension cannot be read (malformed, or naming a value
+    cryptography does not know; read only when the certificate is checked) is cert-invalid
+    saying it cannot be checked, with the parser's reason, instead of ending the
+    verification."""
     leaf = x509.load_pem_x509_certificate(pair.cert.read_bytes())
-    junk = x509.UnrecognizedExtension(ExtensionOID.CERTIFICATE_POLICIES, b"\x01\x01\xff")
-    damaged = reissued(leaf, pair.key.private_key, extra=[(junk, False)])
-    with pytest.raises(ValueError) as refused:
+    extension = x509.UnrecognizedExtension(oid, value)
+    damaged = reissued(leaf, pair.key.private_key, extra=[(extension, False)])
+    with pytest.raises(error) as refused:
         _ = damaged.extensions
     pair.cert.write_bytes(cert_pem(damaged))
     report, result = pair.verify()
