@@ -175,8 +175,15 @@ def trust_status(identity: Identity | None, cert_problems: Sequence[str],
 
 
 def apply_trust(report: Report, source: str, status: str, cert_problems: Sequence[str]) -> None:
-    """Put the certificate's verdict into every clip of ``source``: a clip is no better."""
-    why = cert_problems[0] if cert_problems else "cert-missing: no usable station certificate"
+    """Put the certificate's verdict into every clip of ``source``: a clip is no better.
+
+    Without ``cert_problems`` (no certificate to check) the clip names the finding that said
+    why ``source`` has no usable certificate: missing, unreadable or unusable are not alike.
+    """
+    why = cert_problems[0] if cert_problems else next(
+        (p for p in report.problems
+         if p.startswith((f"cert-missing: {source}: ", f"cert-invalid: {source}: "))),
+        "cert-missing: no usable station certificate")
     for result in report.clips:
         if result.source != source:
             continue

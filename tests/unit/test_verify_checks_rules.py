@@ -197,9 +197,12 @@ def test_each_target_verified_together_gets_its_own_trust_verdict(bundle: Path,
     assert len(mine) == len(theirs) == 2
     assert [(c.trust, c.ok) for c in mine] == [("unanchored", True)] * 2
     assert [c.trust for c in theirs] == ["failed"] * 2
+    missing = (f"cert-missing: {other}: no usable station certificate: certs/station.pem "
+               "is missing")
+    assert missing in report.problems
     for clip in theirs:
         assert ("trust: the station certificate does not establish who signed this clip "
-                "(cert-missing: no usable station certificate)") in clip.problems
+                f"({missing})") in clip.problems
 
 
 # --- manifest fields ----------------------------------------------------------------------

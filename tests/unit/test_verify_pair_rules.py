@@ -67,12 +67,11 @@ def test_a_missing_certificate_is_named_for_the_pair_and_fails_its_clip(pair: Pa
     missing file, the manifest's signature is not checked, and the clip fails its trust."""
     pair.cert.unlink()
     report, result = pair.verify()
-    assert report.problems == [f"cert-missing: {pair.source}: no usable station certificate: "
-                               f"{pair.cert} is missing"]
+    missing = f"cert-missing: {pair.source}: no usable station certificate: {pair.cert} is missing"
+    assert report.problems == [missing]
     assert result.problems == [
         "signature: manifest: not checked, no usable station certificate",
-        "trust: the station certificate does not establish who signed this clip "
-        "(cert-missing: no usable station certificate)"]
+        f"trust: the station certificate does not establish who signed this clip ({missing})"]
     assert result.trust == "failed" and not report.ok
 
 

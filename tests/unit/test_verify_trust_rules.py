@@ -160,12 +160,12 @@ def test_a_certificate_with_a_key_no_station_signs_with_names_the_key_and_the_ru
     pair.cert.write_bytes(cert_pem(DevCA(tmp_path / "ca").issue_for_key(
         public, "ST-0001")))  # type: ignore[arg-type]
     report, result = pair.verify()
-    assert report.problems == [f"cert-invalid: {pair.source}: {pair.cert} carries a "
-                               f"{type(public).__name__} key; station signatures are Ed25519"]
+    invalid = (f"cert-invalid: {pair.source}: {pair.cert} carries a "
+               f"{type(public).__name__} key; station signatures are Ed25519")
+    assert report.problems == [invalid]
     assert result.problems == [
         "signature: manifest: not checked, no usable station certificate",
-        "trust: the station certificate does not establish who signed this clip "
-        "(cert-missing: no usable station certificate)"]
+        f"trust: the station certificate does not establish who signed this clip ({invalid})"]
 
 
 def test_a_certificate_with_a_damaged_name_is_a_finding_not_a_crash(
@@ -385,7 +385,8 @@ def test_a_payload_that_is_not_base64_is_named_once(pair: Pair) -> None:
         "signature: manifest: not checked, no usable station certificate",
         "signature: manifest: envelope has no readable payload",
         "trust: the station certificate does not establish who signed this clip "
-        "(cert-missing: no usable station certificate)"]
+        f"(cert-missing: {pair.source}: no usable station certificate: {pair.cert} is "
+        "missing)"]
 
 
 # --- the bundle's checkpoint -------------------------------------------------------------
