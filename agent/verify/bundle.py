@@ -140,8 +140,7 @@ class _BundleCheck:
         self.check_earlier_checkpoints()
         self.check_clips()
         apply_trust(self.report, self.source,
-                    trust_status(self.identity, cert_problems, self.trust),
-                    cert_problems)
+                    trust_status(self.identity, cert_problems, self.trust))
 
     # --- reading -------------------------------------------------------------------------
 

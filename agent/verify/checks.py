@@ -174,16 +174,17 @@ def trust_status(identity: Identity | None, cert_problems: Sequence[str],
     return "anchored" if trust is not None else "unanchored"
 
 
-def apply_trust(report: Report, source: str, status: str, cert_problems: Sequence[str]) -> None:
+def apply_trust(report: Report, source: str, status: str) -> None:
     """Put the certificate's verdict into every clip of ``source``: a clip is no better.
 
-    Without ``cert_problems`` (no certificate to check) the clip names the finding that said
-    why ``source`` has no usable certificate: missing, unreadable or unusable are not alike.
+    A failed clip names the first finding that said why ``source``'s certificate cannot be
+    used (missing, unreadable, unusable, invalid: not alike).  Every path to "failed" made
+    one first: load_identity and identity_from_pem when there is no identity,
+    check_certificate for each problem of the certificate.
     """
-    why = cert_problems[0] if cert_problems else next(
-        (p for p in report.problems
-         if p.startswith((f"cert-missing: {source}: ", f"cert-invalid: {source}: "))),
-        "cert-missing: no usable station certificate")
+    why = next((p for p in report.problems
+                if p.startswith((f"cert-missing: {source}: ", f"cert-invalid: {source}: "))),
+               "cert-missing: no usable station certificate")
     for result in report.clips:
         if result.source != source:
             continue

@@ -78,8 +78,7 @@ def verify_data_dir(root: Path, report: Report,
                                               signed_time(newest))
         objects = _check_vault(root / "vault", report)
         _check_clips(store, report, keys, entries=entries, objects=objects, source=source)
-        apply_trust(report, source, trust_status(identity, cert_problems, trust),
-                    cert_problems)
+        apply_trust(report, source, trust_status(identity, cert_problems, trust))
     finally:
         store.close()
 

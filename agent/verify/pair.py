@@ -71,8 +71,7 @@ def verify_clip_file(clip: Path, manifest_path: Path, cert: Path, report: Report
     cert_problems: list[str] = []
     if identity is not None:
         cert_problems = check_certificate(identity, report, source, trust, _sealed_time(info))
-    apply_trust(report, source, trust_status(identity, cert_problems, trust),
-                cert_problems)
+    apply_trust(report, source, trust_status(identity, cert_problems, trust))
     report.warning(f"{source}: custody log not checked (a clip and its manifest carry no log "
                    "proof; verify the export bundle or the station data directory for that)")
 
