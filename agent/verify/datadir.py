@@ -108,15 +108,21 @@ def _check_log(store: Store, report: Report, source: str) -> list[dict[str, Any]
             body = None
         entry = {"seq": seq, "at": row["at"], "kind": row["kind"], "clip_id": clip_id,
                  "body": body}
+        stored = bytes(row["leaf"])
+        leaf: bytes | None
         try:
             leaf = merkle.leaf_hash(canonicalize(entry))
         except (ValueError, TypeError) as exc:
             finding(f"log-format: seq {seq} cannot be canonicalized: {exc}")
-            leaf = b""
-        if leaf != bytes(row["leaf"]):
+            leaf = None  # logging canonicalizes: the entry as it is now was never logged
+        if leaf != stored:
             finding(f"log-leaf: seq {seq} ({row['kind']}) no longer hashes to the leaf stored "
                     "when it was logged: the entry was edited")
-        entry["_leaf"] = leaf or bytes(row["leaf"])
+        if leaf is None:
+            # The tree keeps the leaf stored when the entry was logged; one that is no
+            # SHA-256 (emptied, cut) stands as 32 zero bytes, the hash of nothing known.
+            leaf = stored if len(stored) == merkle.HASH_SIZE else bytes(merkle.HASH_SIZE)
+        entry["_leaf"] = leaf
         entries.append(entry)
     return entries
 

@@ -257,6 +257,30 @@ def test_an_entry_that_cannot_be_hashed_is_named_and_its_stored_leaf_kept(data: 
         "the entry was edited"]
 
 
+def test_an_entry_that_cannot_be_hashed_beside_an_emptied_leaf_is_named(data: Path) -> None:
+    """Rule: an entry that cannot be put in canonical form was never logged as it is now:
+    log-leaf even when its stored leaf was emptied too, and the tree counts that leaf as
+    32 zero bytes, so each checkpoint over it names the root an auditor can recompute."""
+    with _db(data) as conn:
+        conn.execute("UPDATE custody_log SET body = '{\"offset\": NaN}', leaf = X'' "
+                     "WHERE seq = 2")
+        kind, = conn.execute("SELECT kind FROM custody_log WHERE seq = 2").fetchone()
+        leaves = [bytes(leaf) or bytes(32) for leaf, in
+                  conn.execute("SELECT leaf FROM custody_log ORDER BY seq")]
+    report = verify_paths([data])
+    assert report.problems[:2] == [
+        "log-format: seq 2 cannot be canonicalized: number nan is not finite; canonical JSON "
+        "has no NaN or Infinity",
+        f"log-leaf: seq 2 ({kind}) no longer hashes to the leaf stored when it was logged: "
+        "the entry was edited"]
+    for checkpoint in _checkpoints(data):
+        if checkpoint["size"] >= 2:
+            assert (f"checkpoint-root: the log's first {checkpoint['size']} entries hash to "
+                    f"{merkle.root(leaves[:checkpoint['size']]).hex()}, the checkpoint signed "
+                    f"at {checkpoint['at']} says {checkpoint['root']}: the log was changed "
+                    "after it was signed") in report.problems, checkpoint
+
+
 def test_a_missing_transition_is_named_under_its_clip(data: Path) -> None:
     """Rule: a clip's state change removed from the log is named under that clip, with the
     state the entry before leaves and the one the next entry starts from."""
