@@ -2,7 +2,8 @@
 
 RFC 8493 as docs/FORMATS.md describes the bundle: which files are read and which refused
 (links, FIFOs, entries that cannot be examined or listed), the manifests' lines, files
-outside the layout, Payload-Oxum and the bag-info.txt fields.  One station is built per
+outside the layout, Payload-Oxum and the bag-info.txt fields; and the custody log's inclusion
+proofs an auditor checks each entry against (custody/proofs.json).  One station is built per
 module (tests/support/stations.rotated_station: two clips, a key rotation, an officer's
 case tag, so the bundle holds every kind of file the layout names); each test changes its
 own copy of the bundle and checks the exact findings (docs/AUDIT.md section 5).
@@ -12,15 +13,19 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.custody.jcs import canonicalize
 from agent.verify import Report, verify_paths
 from agent.verify.files import LIMITS
-from tests.support.bundles import clip_ids, copy_bundle, relist
+from tests.support.bundles import clip_ids, copy_bundle, relist, sign_checkpoint, signed_payload
 from tests.support.stations import rotated_station
 from tests.support.templates import built_once
 
@@ -305,3 +310,124 @@ def test_a_station_certificate_that_is_no_pem_is_named_for_the_bundle(bundle: Pa
     report = verify_paths([bundle])
     assert any(p.startswith(f"cert-invalid: {bundle}: certs/station.pem is not a usable PEM "
                             "certificate: ") for p in report.problems), report.problems
+
+
+# --- the log's proofs --------------------------------------------------------------------
+
+PROOFS = "custody/proofs.json"
+
+
+def _change_proofs(bundle: Path, change: Callable[[dict[int, dict[str, Any]]], None]) -> None:
+    """custody/proofs.json with ``change`` applied to its proofs by seq, listed again."""
+    path = bundle / PROOFS
+    doc = json.loads(path.read_bytes())
+    by_seq = {proof["seq"]: proof for proof in doc["entries"]}
+    change(by_seq)
+    doc["entries"] = [by_seq[seq] for seq in sorted(by_seq)]
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    relist(bundle, PROOFS)
+
+
+def _first_seqs(bundle: Path) -> dict[str, int]:
+    """Each clip's first seq in the bundle's log."""
+    firsts: dict[str, int] = {}
+    for line in (bundle / "custody" / "entries.jsonl").read_bytes().splitlines():
+        entry = json.loads(line)
+        if entry["clip_id"] is not None:
+            firsts.setdefault(entry["clip_id"], entry["seq"])
+    return firsts
+
+
+def test_each_entry_without_its_proof_is_named_under_its_clip(bundle: Path) -> None:
+    """Rule: every log entry needs its inclusion proof; each one without is named under its
+    clip, and the entries after it are still checked."""
+    firsts = _first_seqs(bundle)
+    _change_proofs(bundle, lambda proofs: [proofs.pop(seq) for seq in firsts.values()])
+    report = verify_paths([bundle])
+    for clip_id, seq in firsts.items():
+        assert (f"log-inclusion: seq {seq} has no inclusion proof in {PROOFS}"
+                in _clip_problems(report, clip_id)), clip_id
+
+
+def test_a_proof_for_another_leaf_is_named_under_its_clip(bundle: Path) -> None:
+    """Rule: a proof's leaf_index must be seq - 1 and its leaf_hash the entry's leaf; each
+    difference is named with both values under the entry's clip."""
+    clip_id, seq = next(iter(_first_seqs(bundle).items()))
+    leaf = json.loads((bundle / PROOFS).read_bytes())["entries"]
+    (made_for,) = [p["leaf_hash"] for p in leaf if p["seq"] == seq]
+
+    def change(proofs: dict[int, dict[str, Any]]) -> None:
+        proofs[seq]["leaf_index"] = 99
+        proofs[seq]["leaf_hash"] = "ab" * 32
+
+    _change_proofs(bundle, change)
+    problems = _clip_problems(verify_paths([bundle]), clip_id)
+    assert (f"log-order: the proof for seq {seq} is for leaf index 99, not {seq - 1} "
+            "(entries renumbered or moved)") in problems
+    assert (f"log-leaf: seq {seq} hashes to {made_for}, the proof was made for leaf "
+            f"{'ab' * 32} (the entry was edited)") in problems
+
+
+def test_an_altered_inclusion_path_is_named_under_its_clip(bundle: Path) -> None:
+    """Rule: an entry whose inclusion path does not lead to the checkpoint root is named
+    with its leaf index and the checkpoint's size."""
+    clip_id, seq = next(iter(_first_seqs(bundle).items()))
+    size = json.loads((bundle / PROOFS).read_bytes())["checkpoint"]["size"]
+
+    def change(proofs: dict[int, dict[str, Any]]) -> None:
+        proofs[seq]["inclusion_proof"][0] = "00" * 32
+
+    _change_proofs(bundle, change)
+    assert (f"log-inclusion: seq {seq} (leaf index {seq - 1}) is not included under the "
+            f"checkpoint root (size {size}): the entry or its proof was altered"
+            in _clip_problems(verify_paths([bundle]), clip_id))
+
+
+def test_without_a_checkpoint_every_entry_is_named_unproven(bundle: Path) -> None:
+    """Rule: with no usable signed checkpoint, each entry is named under its clip as having
+    nothing to be proven against."""
+    (bundle / "custody" / "checkpoint.dsse.json").unlink()
+    report = verify_paths([bundle])
+    for clip_id, seq in _first_seqs(bundle).items():
+        assert (f"log-inclusion: seq {seq}: no usable signed checkpoint to prove it against"
+                in _clip_problems(report, clip_id)), clip_id
+
+
+def test_a_checkpoint_naming_another_station_establishes_no_inclusion(
+        station: Path, bundle: Path) -> None:
+    """Rule: a checkpoint signed by the station's key but naming another station is a
+    checkpoint-field finding with both names, and no entry's inclusion rests on it."""
+    rel = "custody/checkpoint.dsse.json"
+    payload = signed_payload(bundle / rel)
+    payload["station_id"] = "ST-9999"
+    sign_checkpoint(bundle, station, canonicalize(payload))
+    relist(bundle, rel)
+    report = verify_paths([bundle])
+    assert ("checkpoint-field: checkpoint names station 'ST-9999', the certificate is for "
+            "'ST-0001'") in report.problems
+    for clip_id, seq in _first_seqs(bundle).items():
+        assert (f"log-inclusion: seq {seq} leads to a checkpoint that does not verify, so its "
+                "inclusion is not established" in _clip_problems(report, clip_id)), clip_id
+
+
+def test_a_proof_without_its_entry_is_named_under_the_clip_it_names(bundle: Path) -> None:
+    """Rule: a proof whose entry is gone is log-missing; under the clip its clip_id names
+    when that is a clip id, for the bundle otherwise (another name, not a string)."""
+    clip_id = clip_ids(bundle)[0]
+
+    def change(proofs: dict[int, dict[str, Any]]) -> None:
+        template = next(iter(proofs.values()))
+        for seq, owner in ((97, 5), (98, "not-a-clip"), (99, clip_id)):
+            proofs[seq] = {**template, "seq": seq, "leaf_index": seq - 1, "clip_id": owner}
+
+    _change_proofs(bundle, change)
+    report = verify_paths([bundle])
+
+    def missing(seq: int) -> str:
+        return (f"log-missing: {PROOFS} has a proof for seq {seq} but custody/entries.jsonl "
+                "has no such entry (an entry was removed)")
+
+    assert missing(99) in _clip_problems(report, clip_id)
+    for seq in (97, 98):
+        assert missing(seq) in report.problems, seq
+        assert not any(missing(seq) in c.problems for c in report.clips), seq
