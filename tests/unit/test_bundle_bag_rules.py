@@ -431,3 +431,45 @@ def test_a_proof_without_its_entry_is_named_under_the_clip_it_names(bundle: Path
     for seq in (97, 98):
         assert missing(seq) in report.problems, seq
         assert not any(missing(seq) in c.problems for c in report.clips), seq
+
+
+# --- the log's lines ---------------------------------------------------------------------
+
+ENTRIES = "custody/entries.jsonl"
+
+
+def test_every_bad_log_line_is_named_by_its_number(bundle: Path) -> None:
+    """Rule: each line of entries.jsonl that is no JSON, no log entry, or not exactly the
+    entry's canonical form is named by its number (the last under the clip it names, when
+    that is a clip id), and the lines after it are still read."""
+    path = bundle / ENTRIES
+    lines = path.read_bytes().splitlines()
+    clip_line = next(i for i, line in enumerate(lines) if json.loads(line)["clip_id"])
+    clip_entry = json.loads(lines[clip_line])
+    other = json.loads(lines[-1])
+    other["clip_id"] = "not-a-clip"
+    lines[clip_line] = json.dumps(clip_entry).encode()  # ", " and ": ": not RFC 8785
+    lines[-1] = json.dumps(other).encode()
+    lines[1:1] = [b"{not json", b"", b'{"seq": 1}']  # a blank line is skipped
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = verify_paths([bundle])
+    assert any(p.startswith(f"log-format: {ENTRIES} line 2 payload is not acceptable JSON: ")
+               for p in report.problems), report.problems
+    assert (f"log-format: {ENTRIES} line 4 is not a log entry {{seq, at, kind, clip_id, body}}"
+            in report.problems)
+
+    def not_canonical(number: int) -> str:
+        return (f"log-format: {ENTRIES} line {number} payload is not in canonical (RFC 8785) "
+                "form: a log line must be exactly the entry's canonical form")
+
+    clip_number = clip_line + 1 + (3 if clip_line >= 1 else 0)
+    assert not_canonical(clip_number) in _clip_problems(report, clip_entry["clip_id"])
+    assert not_canonical(len(lines)) in report.problems
+
+
+def test_a_missing_log_is_named(bundle: Path) -> None:
+    """Rule: a bundle without custody/entries.jsonl is log-missing, saying why."""
+    (bundle / ENTRIES).unlink()
+    report = verify_paths([bundle])
+    assert (f"log-missing: {ENTRIES} is missing or unreadable: {ENTRIES} is missing"
+            in report.problems)
