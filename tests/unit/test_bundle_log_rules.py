@@ -18,11 +18,19 @@ from typing import Any
 
 import pytest
 
-from agent.custody import merkle
+from agent.custody import dsse, merkle
 from agent.custody.jcs import canonicalize
+from agent.custody.keys import StationKey
 from agent.verify import Report, verify_paths
 from agent.verify.report import ClipResult
-from tests.support.bundles import clip_ids, copy_bundle, relist, sign_checkpoint, signed_payload
+from tests.support.bundles import (
+    clip_ids,
+    copy_bundle,
+    relist,
+    sign_checkpoint,
+    signed_payload,
+    station_key,
+)
 from tests.support.stations import exported_station, rotated_station
 from tests.support.templates import built_once
 
@@ -40,6 +48,13 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def bundle(station: Path, tmp_path: Path) -> Path:
     return copy_bundle(station, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A station that rotated its key between two clips: its bundle has earlier checkpoints,
+    signed by the retired key and by the new one."""
+    return built_once("rotated-station", tmp_path_factory, rotated_station)
 
 
 def _lines(bundle: Path) -> list[bytes]:
@@ -84,6 +99,11 @@ def _log_findings(result: ClipResult) -> list[str]:
 
 def _checkpoint(bundle: Path) -> dict[str, Any]:
     return signed_payload(bundle / CHECKPOINT)
+
+
+def _payload(envelope: dict[str, Any]) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(dsse.b64decode(envelope["payload"]))
+    return value
 
 
 def _resign_checkpoint(bundle: Path, station: Path, **change: Any) -> None:
@@ -226,6 +246,46 @@ def test_a_proof_naming_no_clip_is_a_general_log_missing_finding(bundle: Path) -
     assert _log_findings(_clip(report, clip_id)) == []
 
 
+def test_proofs_that_are_not_a_json_object_are_named_and_every_entry_is_unproven(
+        bundle: Path) -> None:
+    """Rule: a custody/proofs.json that is JSON but no object is a general log-missing
+    finding saying so; then no entry has a proof."""
+    (clip_id,) = clip_ids(bundle)
+    (bundle / PROOFS).write_text("[]", encoding="utf-8")
+    relist(bundle, PROOFS)
+    report = verify_paths([bundle])
+    assert report.problems == [f"log-missing: {PROOFS}: not a JSON object"]
+    assert _log_findings(_clip(report, clip_id)) == [
+        f"log-inclusion: seq {seq} has no inclusion proof in {PROOFS}" for seq in (3, 4, 5, 6)]
+
+
+def test_proofs_made_for_a_checkpoint_of_the_same_size_and_another_root_are_named(
+        bundle: Path) -> None:
+    """Rule: the checkpoint custody/proofs.json says it was made for must have the signed
+    checkpoint's size and its root: another root alone is a log-inclusion finding."""
+    doc = _proofs(bundle)
+    doc["checkpoint"]["root"] = "0" * 64
+    _write_proofs(bundle, doc)
+    report = verify_paths([bundle])
+    assert report.problems == [f"log-inclusion: {PROOFS} was made for checkpoint "
+                               f"{doc['checkpoint']}, not the signed one (size 6)"]
+
+
+def test_proof_items_that_are_not_objects_or_have_no_integer_seq_are_passed_over(
+        bundle: Path) -> None:
+    """Rule: an item of the proofs' entries that is no object, or whose seq is no integer,
+    proves nothing: its entry has no proof, and no proof is left over without entry."""
+    (clip_id,) = clip_ids(bundle)
+    doc = _proofs(bundle)
+    _proof(doc, 4)["seq"] = "4"
+    doc["entries"].append(5)
+    _write_proofs(bundle, doc)
+    report = verify_paths([bundle])
+    assert report.problems == []
+    assert _clip(report, clip_id).problems == [
+        f"log-inclusion: seq 4 has no inclusion proof in {PROOFS}"]
+
+
 # --- the checkpoint the proofs lead to --------------------------------------------------
 
 def test_entries_without_a_usable_checkpoint_each_say_so_under_their_clip(
@@ -265,12 +325,11 @@ def test_entries_proven_against_a_checkpoint_that_does_not_verify_are_not_establ
 
 
 def test_a_checkpoint_is_checked_against_the_key_in_force_at_its_size(
-        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+        rotated: Path, tmp_path: Path) -> None:
     """Rule: after a key rotation, an earlier checkpoint (of the log before the rotation,
     signed by the retired key) given as the bundle's checkpoint is checked against the
     retired key: its signature holds, and what is named is that the proofs were made for
     another checkpoint."""
-    rotated = built_once("rotated-station", tmp_path_factory, rotated_station)
     bundle = copy_bundle(rotated, tmp_path)
     first = json.loads((bundle / CHECKPOINTS).read_bytes().splitlines()[0])
     (bundle / CHECKPOINT).write_text(json.dumps(first["envelope"]), encoding="utf-8")
@@ -352,3 +411,89 @@ def test_a_line_that_is_not_the_entry_s_canonical_form_is_named_under_its_clip(
     assert _clip(report, clip_id).problems == [
         f"log-format: {ENTRIES} line 2 payload is not in canonical (RFC 8785) form: a log "
         "line must be exactly the entry's canonical form"]
+
+
+# --- earlier checkpoints ----------------------------------------------------------------
+
+def _checkpoint_lines(bundle: Path) -> list[bytes]:
+    return (bundle / CHECKPOINTS).read_bytes().splitlines()
+
+
+def _write_checkpoint_lines(bundle: Path, lines: list[bytes]) -> None:
+    (bundle / CHECKPOINTS).write_bytes(b"".join(line + b"\n" for line in lines))
+    relist(bundle, CHECKPOINTS)
+
+
+def test_each_earlier_checkpoint_line_is_named_by_its_number_and_the_rest_are_checked(
+        rotated: Path, tmp_path: Path) -> None:
+    """Rule: every line of custody/checkpoints.jsonl is checked, blank ones passed over, and
+    a finding names its line: one that is not JSON, not an object, a checkpoint that is
+    not signed, a proof that does not lead to the newest checkpoint (with the earlier
+    checkpoint's size and signing time)."""
+    bundle = copy_bundle(rotated, tmp_path)
+    lines = _checkpoint_lines(bundle)
+    altered = json.loads(lines[1])
+    altered["consistency_proof"][0] = "0" * 64
+    _write_checkpoint_lines(bundle, [lines[0], b"", b"{bad", b"[1]",
+                                     json.dumps({"envelope": None}).encode(),
+                                     json.dumps(altered).encode(), *lines[2:]])
+    old = _payload(altered["envelope"])
+    report = verify_paths([bundle])
+    assert report.problems[0].startswith(f"checkpoint-field: {CHECKPOINTS} line 3 is not "
+                                         "acceptable JSON: ")
+    assert report.problems[1:] == [
+        f"checkpoint-field: {CHECKPOINTS} line 4 is not a JSON object",
+        f"signature: {CHECKPOINTS} line 5: envelope is a NoneType, not a JSON object",
+        f"checkpoint-consistency: the checkpoint of size {old['size']} signed at {old['at']} "
+        "is not a prefix of the newest (size 16): the log was rewritten between them, or "
+        "the proof was altered"]
+
+
+def test_an_earlier_checkpoint_without_a_consistency_proof_is_not_a_prefix(
+        rotated: Path, tmp_path: Path) -> None:
+    """Rule: an earlier checkpoint whose consistency proof is missing is a
+    checkpoint-consistency finding."""
+    bundle = copy_bundle(rotated, tmp_path)
+    lines = _checkpoint_lines(bundle)
+    item = json.loads(lines[1])
+    item["consistency_proof"] = None
+    lines[1] = json.dumps(item).encode()
+    _write_checkpoint_lines(bundle, lines)
+    old = _payload(item["envelope"])
+    report = verify_paths([bundle])
+    assert report.problems == [
+        f"checkpoint-consistency: the checkpoint of size {old['size']} signed at {old['at']} "
+        "is not a prefix of the newest (size 16): the log was rewritten between them, or "
+        "the proof was altered"]
+
+
+def test_an_earlier_checkpoint_of_the_newest_size_is_consistent_with_an_empty_proof(
+        rotated: Path, tmp_path: Path) -> None:
+    """Rule: a checkpoint of the same size and root as the newest (signed again at a later
+    stop) is a prefix of it, proven by the empty consistency proof: no finding."""
+    bundle = copy_bundle(rotated, tmp_path)
+    newest = json.loads((bundle / CHECKPOINT).read_bytes())
+    item = {"envelope": newest, "consistency_proof": []}
+    _write_checkpoint_lines(bundle, [*_checkpoint_lines(bundle), json.dumps(item).encode()])
+    report = verify_paths([bundle])
+    assert report.problems == [] and report.ok
+
+
+def test_another_signature_on_an_earlier_checkpoint_is_a_warning_naming_its_line(
+        rotated: Path, tmp_path: Path) -> None:
+    """Rule: an earlier checkpoint the station signed that also carries another key's
+    signature verifies; the report warns, for the bundle and the line, which signature is
+    ignored."""
+    bundle = copy_bundle(rotated, tmp_path)
+    lines = _checkpoint_lines(bundle)
+    item = json.loads(lines[-1])
+    other = StationKey.generate()
+    item["envelope"] = dsse.sign_envelope(dsse.CHECKPOINT, dsse.b64decode(
+        item["envelope"]["payload"]), [station_key(rotated), other])
+    lines[-1] = json.dumps(item).encode()
+    _write_checkpoint_lines(bundle, lines)
+    report = verify_paths([bundle])
+    assert report.problems == [] and report.ok
+    assert (f"{bundle}: {CHECKPOINTS} line {len(lines)}: signature 1 (keyid {other.keyid}) is "
+            "not the station's, or does not verify; it is ignored (only the station's "
+            "signature counts)") in report.warnings
