@@ -114,9 +114,9 @@ def _resign_checkpoint(bundle: Path, station: Path, **change: Any) -> None:
 
 # --- order ------------------------------------------------------------------------------
 
-def test_a_log_from_its_very_first_entry_is_in_order(bundle: Path, station: Path) -> None:
-    """Rule: seq 1, the log's first entry, comes after nothing: a bundle holding the whole
-    log from seq 1 (the station's own entries of no clip, with their proofs) verifies."""
+def _with_station_entries(bundle: Path, station: Path) -> None:
+    """The bundle's log from seq 1: the station's own entries of no clip (a dock, a clock
+    set), which the exporter leaves out, put back with their proofs from the station's log."""
     db = sqlite3.connect(station / "data" / "state.db")
     try:
         rows = db.execute("SELECT seq, at, kind, clip_id, body, leaf FROM custody_log "
@@ -136,6 +136,12 @@ def test_a_log_from_its_very_first_entry_is_in_order(bundle: Path, station: Path
                                                merkle.inclusion_proof(seq - 1, leaves)]}
                           for seq, *_ in own]
     _write_proofs(bundle, doc)
+
+
+def test_a_log_from_its_very_first_entry_is_in_order(bundle: Path, station: Path) -> None:
+    """Rule: seq 1, the log's first entry, comes after nothing: a bundle holding the whole
+    log from seq 1 (the station's own entries of no clip, with their proofs) verifies."""
+    _with_station_entries(bundle, station)
     report = verify_paths([bundle])
     assert report.problems == [] and [c.problems for c in report.clips] == [[]]
     assert report.ok
@@ -411,6 +417,39 @@ def test_a_line_that_is_not_the_entry_s_canonical_form_is_named_under_its_clip(
     assert _clip(report, clip_id).problems == [
         f"log-format: {ENTRIES} line 2 payload is not in canonical (RFC 8785) form: a log "
         "line must be exactly the entry's canonical form"]
+
+
+def test_a_line_of_no_clip_not_in_canonical_form_is_a_general_finding(
+        bundle: Path, station: Path) -> None:
+    """Rule: a log line of an entry of no clip (clip_id null) in another JSON form than its
+    RFC 8785 one is a general log-format finding; no clip is named."""
+    (clip_id,) = clip_ids(bundle)
+    _with_station_entries(bundle, station)
+    lines = _lines(bundle)
+    lines[0] = json.dumps(json.loads(lines[0])).encode()
+    _write_lines(bundle, lines)
+    report = verify_paths([bundle])
+    assert report.problems == [
+        f"log-format: {ENTRIES} line 1 payload is not in canonical (RFC 8785) form: a log "
+        "line must be exactly the entry's canonical form"]
+    assert [(c.clip_id, c.problems) for c in report.clips] == [(clip_id, [])]
+
+
+def test_a_line_naming_no_clip_id_not_in_canonical_form_is_a_general_finding(
+        bundle: Path) -> None:
+    """Rule: the log-format finding of a line in another JSON form than its RFC 8785 one
+    is filed under the entry's clip only when its clip_id is a clip id; a forged clip_id
+    (here a camera path) makes it a general finding."""
+    lines = _lines(bundle)
+    entry = json.loads(lines[1])
+    entry["clip_id"] = "DCIM/A.MP4"
+    lines[1] = json.dumps(entry).encode()
+    _write_lines(bundle, lines)
+    report = verify_paths([bundle])
+    finding = (f"log-format: {ENTRIES} line 2 payload is not in canonical (RFC 8785) form: a "
+               "log line must be exactly the entry's canonical form")
+    assert finding in report.problems
+    assert [c.clip_id for c in report.clips if finding in c.problems] == []
 
 
 # --- earlier checkpoints ----------------------------------------------------------------
