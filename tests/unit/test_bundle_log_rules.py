@@ -404,6 +404,24 @@ def test_json_that_is_not_a_log_entry_is_named_with_the_fields_an_entry_has(
         "entry was removed)"]
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("seq", True), ("seq", 0), ("seq", "4"), ("at", 5), ("kind", None), ("clip_id", 5),
+    ("body", [])])
+def test_an_entry_field_of_the_wrong_type_makes_the_line_no_log_entry(
+        bundle: Path, field: str, value: Any) -> None:
+    """Rule: a log line is an entry only with an integer seq of at least 1 (not a boolean),
+    a string at and kind, a clip_id that is a string or null and an object body; any other
+    is a general log-format finding."""
+    lines = _lines(bundle)
+    entry = json.loads(lines[1])
+    entry[field] = value
+    lines[1] = canonicalize(entry)
+    _write_lines(bundle, lines)
+    report = verify_paths([bundle])
+    assert report.problems == [f"log-format: {ENTRIES} line 2 is not a log entry "
+                               "{seq, at, kind, clip_id, body}"]
+
+
 def test_a_line_that_is_not_the_entry_s_canonical_form_is_named_under_its_clip(
         bundle: Path) -> None:
     """Rule: a log line holding an entry in another JSON form than its RFC 8785 one is a
