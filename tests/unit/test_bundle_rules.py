@@ -28,7 +28,7 @@ from agent.devpki import DevCA
 from agent.verify import Report, verify_paths
 from agent.verify.files import LIMITS
 from agent.verify.layout import safe_name
-from tests.support.bundles import relist
+from tests.support.bundles import copy_bundle, relist
 from tests.support.stations import rotated_station
 from tests.support.templates import built_once
 
@@ -42,9 +42,7 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def bundle(station: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "bundle"
-    shutil.copytree(station / "bundle", copy)
-    return copy
+    return copy_bundle(station, tmp_path)
 
 
 # --- helpers -----------------------------------------------------------------------------

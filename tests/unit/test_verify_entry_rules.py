@@ -24,6 +24,7 @@ from agent.cli.main import main
 from agent.custody.keys import StationKey, make_dev_certificate
 from agent.errors import ConfigError
 from agent.verify import verify_paths
+from tests.support.bundles import copy_bundle
 from tests.support.pairs import Pair
 from tests.support.stations import exported_station
 from tests.support.templates import built_once
@@ -186,8 +187,7 @@ def test_a_bundle_s_credential_key_must_be_the_one_given_with_officer_key(
     """Rule: --officer-key reaches a bundle's officer check: a credential key in the bundle
     other than the one the auditor gives is an officer-key finding naming both key ids, and
     the bundle does not verify (exit 1)."""
-    bundle = tmp_path / "bundle"
-    shutil.copytree(station / "bundle", bundle)
+    bundle = copy_bundle(station, tmp_path)
     bundled, given = StationKey.generate(), StationKey.generate()
     (bundle / "officers").mkdir()
     (bundle / "officers" / "credential-key.pem").write_bytes(bundled.public_pem())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from agent.devpki import DevCA, cert_pem
 from agent.verify import Report, checks, verify_paths
 from agent.verify.checks import hash_all
 from agent.verify.layout import CHECKPOINT
-from tests.support.bundles import relist
+from tests.support.bundles import copy_bundle, relist
 from tests.support.certificates import (
     ca_since_yesterday,
     intermediate_ca,
@@ -60,9 +59,7 @@ def pair(station: Path, tmp_path: Path) -> Pair:
 
 @pytest.fixture
 def bundle(station: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "bundle"
-    shutil.copytree(station / "bundle", copy)
-    return copy
+    return copy_bundle(station, tmp_path)
 
 
 def _fingerprint(cert: x509.Certificate) -> str:
